@@ -1,0 +1,17 @@
+namespace ScalableCache.Core;
+
+/// <summary>Torch runtime settings (configuration section <c>Torch</c>).</summary>
+public sealed class TorchOptions
+{
+    /// <summary>Configuration section name.</summary>
+    public const string SectionName = "Torch";
+
+    /// <summary>Device for models and tensors: <c>cpu</c>, <c>cuda</c> or <c>cuda:N</c>.</summary>
+    public string Device { get; set; } = "cpu";
+
+    /// <summary>Intra-op CPU threads; 0 leaves libtorch's default (one per core).</summary>
+    public int Threads { get; set; }
+
+    /// <summary>Images per forward pass during feature extraction.</summary>
+    public int BatchSize { get; set; } = 256;
+}
