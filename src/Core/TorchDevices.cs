@@ -27,7 +27,7 @@ public static class TorchDevices
 
             if (!torch.cuda.is_available())
             {
-                throw new InvalidOperationException(
+                throw new DeviceUnavailableException(
                     $"Device '{name}' was requested but CUDA is not available in this build: it references the CPU-only " +
                     $"native package libtorch-cpu-linux-x64. A CUDA build references {CudaNativePackage} instead " +
                     "(swap the PackageReference in src/Core/Core.csproj) and needs an NVIDIA driver.");
@@ -45,3 +45,6 @@ public static class TorchDevices
         throw new ArgumentException($"Device '{name}' is not valid: use cpu, cuda or cuda:N.", nameof(name));
     }
 }
+
+/// <summary>The configured device exists in name but not in this build or on this machine.</summary>
+public sealed class DeviceUnavailableException(string message) : InvalidOperationException(message);

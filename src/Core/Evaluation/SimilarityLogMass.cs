@@ -1,0 +1,89 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Core.Evaluation;
+
+/// <summary>
+/// The per-class log-mass kernel shared by every store that has explicit similarities:
+/// <c>L_c = log Σ_{k: y_k = c} exp(θ s_k)</c> for a block of similarities <c>s [b, n]</c>, for several θ at once.
+/// </summary>
+/// <remarks>
+/// Stable for any θ &gt; 0: per row and class the largest similarity <c>m_c</c> is factored out
+/// (<c>L_c = θ m_c + log Σ exp(θ (s_k − m_c))</c>), so every class that has keys gets a finite value, even at θ = 200
+/// with cosine similarity 1. The class max is θ-independent, so one pass over <c>s</c> serves every θ.
+/// </remarks>
+public static class SimilarityLogMass
+{
+    /// <summary>
+    /// Log-mass <c>[thetas.Length, b, classCount]</c> (float32) of the similarities <paramref name="similarities"/>
+    /// <c>[b, n]</c> whose columns carry <paramref name="labels"/> <c>[n]</c> (int64). Classes absent from
+    /// <paramref name="labels"/> get −∞. Differentiable with respect to <paramref name="similarities"/>.
+    /// </summary>
+    public static Tensor Compute(Tensor similarities, Tensor labels, int classCount, ReadOnlySpan<double> thetas)
+    {
+        ArgumentNullException.ThrowIfNull(similarities);
+        ArgumentNullException.ThrowIfNull(labels);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(classCount);
+        foreach (var theta in thetas)
+        {
+            if (!(theta > 0) || double.IsInfinity(theta))
+            {
+                throw new ArgumentOutOfRangeException(nameof(thetas), theta, "θ must be finite and positive.");
+            }
+        }
+
+        using var scope = NewDisposeScope();
+        var s = similarities.to_type(ScalarType.Float32);
+        var b = s.shape[0];
+        var n = s.shape[1];
+        if (labels.shape.Length != 1 || labels.shape[0] != n)
+        {
+            throw new ArgumentException($"labels has shape [{string.Join(", ", labels.shape)}]; expected [{n}].", nameof(labels));
+        }
+
+        var (y, order) = labels.to(s.device).to_type(ScalarType.Int64).sort();
+        if (n > 0 && (y[0].item<long>() < 0 || y[n - 1].item<long>() >= classCount))
+        {
+            throw new ArgumentException($"labels must lie in [0, {classCount}).", nameof(labels));
+        }
+
+        if (n == 0)
+        {
+            return full(thetas.Length, b, classCount, float.NegativeInfinity, dtype: ScalarType.Float32, device: s.device)
+                .MoveToOuterDisposeScope();
+        }
+
+        // Columns grouped by class, then the per-row, per-class maximum similarity (θ-independent since θ > 0);
+        // classes without keys stay −∞.
+        var grouped = s.index_select(1, order);
+        var counts = bincount(y, minlength: classCount).cpu().data<long>().ToArray();
+        var maxima = new Tensor[classCount];
+        long start = 0;
+        for (var c = 0; c < classCount; c++)
+        {
+            maxima[c] = counts[c] > 0
+                ? grouped.detach().narrow(1, start, counts[c]).amax([1])
+                : full(b, float.NegativeInfinity, dtype: ScalarType.Float32, device: s.device);
+            start += counts[c];
+        }
+
+        var classMax = stack(maxima, 1);
+        var present = isfinite(classMax);
+        var safeMax = where(present, classMax, zeros_like(classMax));
+        var shifted = grouped - safeMax.index_select(1, y); // ≤ 0; 0 at each class maximum
+        var oneHot = nn.functional.one_hot(y, classCount).to_type(ScalarType.Float32);
+
+        var negInf = full_like(safeMax, float.NegativeInfinity);
+        var perTheta = new Tensor[thetas.Length];
+        for (var t = 0; t < thetas.Length; t++)
+        {
+            var theta = thetas[t];
+            var scaled = shifted * theta;
+            var weights = scaled.requires_grad ? scaled.exp() : scaled.exp_();
+            var logMass = weights.mm(oneHot).log() + safeMax * theta; // mass ≥ 1 for present classes
+            perTheta[t] = where(present, logMass, negInf);
+        }
+
+        return stack(perTheta).MoveToOuterDisposeScope();
+    }
+}

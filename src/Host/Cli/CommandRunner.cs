@@ -1,0 +1,77 @@
+using System.Text.Json.Serialization;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using ScalableCache.Core;
+using Spectre.Console;
+
+namespace ScalableCache.Host.Cli;
+
+/// <summary>The outcome of a command: the JSON result object and how to show it to a person.</summary>
+internal sealed record CommandOutcome(object Result, Action<IAnsiConsole> Render, int ExitCode = ExitCodes.Success);
+
+/// <summary>Runs one command: validates configuration first, maps failures to named exit codes and clear messages.</summary>
+internal sealed class CommandRunner(IServiceProvider services, CommandOutput output, ILogger<CommandRunner> logger)
+{
+    /// <summary>Runs <paramref name="work"/> and returns the process exit code.</summary>
+    public async Task<int> RunAsync(string command, Func<CancellationToken, Task<CommandOutcome>> work, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        try
+        {
+            services.GetService<IStartupValidator>()?.Validate();
+            _ = services.GetRequiredService<CacheProviderSelector>();
+            var outcome = await work(cancellationToken).ConfigureAwait(false);
+            output.Result(outcome.Result, outcome.Render);
+            return outcome.ExitCode;
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            var code = Classify(ex);
+            if (code == ExitCodes.Failure)
+            {
+                logger.LogError(ex, "{Command} failed", command);
+            }
+
+            var message = Describe(ex);
+            output.Error.MarkupLineInterpolated($"[red]error[/] ({ExitCodes.NameOf(code)}): {message}");
+            if (output.Json)
+            {
+                output.Result(new ErrorResult(command, message, code, ExitCodes.NameOf(code), ex.GetType().Name), _ => { });
+            }
+
+            return code;
+        }
+    }
+
+    /// <summary>The named exit code for a failure.</summary>
+    public static int Classify(Exception ex) => ex switch
+    {
+        OperationCanceledException => ExitCodes.Cancelled,
+        UsageException => ExitCodes.Usage,
+        DeviceUnavailableException => ExitCodes.DeviceUnavailable,
+        UnknownProviderException or OptionsValidationException => ExitCodes.Configuration,
+        FileNotFoundException or DirectoryNotFoundException => ExitCodes.NotFound,
+        _ when ex.GetType().Name.Contains("Checkpoint", StringComparison.Ordinal) => ExitCodes.InvalidCheckpoint,
+        _ when ex.GetType().Name.Contains("CacheFile", StringComparison.Ordinal) => ExitCodes.InvalidCacheFile,
+        _ when ex.GetType().Name.Contains("DatasetFormat", StringComparison.Ordinal) => ExitCodes.InvalidData,
+        InvalidDataException => ExitCodes.InvalidData,
+        ArgumentException or InvalidOperationException when ex.TargetSite?.DeclaringType?.Namespace?.StartsWith("ScalableCache", StringComparison.Ordinal) == true
+            => ExitCodes.Configuration,
+        _ => ExitCodes.Failure,
+    };
+
+    private static string Describe(Exception ex) => ex switch
+    {
+        OptionsValidationException o => "invalid configuration: " + string.Join("; ", o.Failures),
+        AggregateException { InnerExceptions.Count: 1 } a => Describe(a.InnerExceptions[0]),
+        _ => ex.Message,
+    };
+
+    private sealed record ErrorResult(
+        string Command,
+        string Error,
+        int ExitCode,
+        string ExitName,
+        [property: JsonPropertyName("exception")] string ExceptionType);
+}

@@ -1,0 +1,45 @@
+using System.CommandLine;
+using Microsoft.Extensions.Options;
+using ScalableCache.Core;
+using ScalableCache.Host.Cli;
+using Spectre.Console;
+using TorchSharp;
+
+namespace ScalableCache.Host.Commands;
+
+/// <summary><c>scache info</c>: the runtime this build uses (libtorch, device, threads, provider).</summary>
+internal sealed class InfoCommand : IScacheCommand
+{
+    public InfoCommand(CommandRunner runner, TorchRuntime torchRuntime, IOptions<CacheOptions> cache)
+    {
+        Definition = new Command("info", "Show the torch runtime, device and cache provider this configuration uses.");
+        Definition.SetAction((parse, ct) => runner.RunAsync("info", _ =>
+        {
+            var device = torchRuntime.Device;
+            var result = new InfoResult(
+                typeof(torch).Assembly.GetName().Version?.ToString() ?? "unknown",
+                torch.__version__,
+                device.ToString(),
+                torch.cuda.is_available(),
+                torch.get_num_threads(),
+                cache.Value.Provider,
+                Environment.ProcessorCount);
+            return Task.FromResult(new CommandOutcome(result, console =>
+            {
+                var table = new Table().AddColumns("setting", "value");
+                table.AddRow("TorchSharp", result.TorchSharpVersion);
+                table.AddRow("libtorch", result.LibtorchVersion);
+                table.AddRow("device", result.Device);
+                table.AddRow("CUDA available", result.CudaAvailable.ToString());
+                table.AddRow("torch threads", result.TorchThreads.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                table.AddRow("cache provider", result.Provider);
+                console.Write(table);
+            }));
+        }, ct));
+    }
+
+    public Command Definition { get; }
+
+    private sealed record InfoResult(
+        string TorchSharpVersion, string LibtorchVersion, string Device, bool CudaAvailable, int TorchThreads, string Provider, int ProcessorCount);
+}

@@ -1,0 +1,3 @@
+using ScalableCache.Host.Cli;
+
+return await ScacheApplication.RunAsync(args).ConfigureAwait(false);

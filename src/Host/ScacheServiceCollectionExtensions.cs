@@ -1,0 +1,35 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using ScalableCache.Core;
+using ScalableCache.Host.Cli;
+using ScalableCache.Host.Commands;
+
+namespace ScalableCache.Host;
+
+/// <summary>Registers everything <c>scache</c> needs: options, cache providers, commands.</summary>
+internal static class ScacheServiceCollectionExtensions
+{
+    public static IServiceCollection AddScache(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddOptions<TorchOptions>().Bind(configuration.GetSection(TorchOptions.SectionName))
+            .Validate(o => o.BatchSize > 0, "Torch:BatchSize must be positive.")
+            .Validate(o => o.Threads >= 0, "Torch:Threads must be 0 (libtorch default) or positive.")
+            .ValidateOnStart();
+        services.AddOptions<CacheOptions>().Bind(configuration.GetSection(CacheOptions.SectionName))
+            .Validate(o => !string.IsNullOrWhiteSpace(o.Provider), "Cache:Provider must name a provider.")
+            .ValidateOnStart();
+
+        // Every backend registers itself; Cache:Provider picks one at start-up.
+        services.AddExactCache(configuration.GetSection("Cache:Exact"));
+
+        services.AddSingleton<CacheProviderSelector>();
+        services.AddSingleton<CommandOutput>();
+        services.AddSingleton<CommandRunner>();
+        services.AddSingleton<TorchRuntime>();
+
+        services.AddSingleton<IScacheCommand, InfoCommand>();
+        services.AddSingleton<IScacheCommand, ProvidersCommand>();
+        return services;
+    }
+}

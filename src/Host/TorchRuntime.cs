@@ -1,0 +1,25 @@
+using Microsoft.Extensions.Options;
+using ScalableCache.Core;
+using TorchSharp;
+
+namespace ScalableCache.Host;
+
+/// <summary>Applies <see cref="TorchOptions"/> once (threads) and resolves the configured device.</summary>
+internal sealed class TorchRuntime(IOptions<TorchOptions> options)
+{
+    private readonly Lazy<torch.Device> _device = new(() =>
+    {
+        if (options.Value.Threads > 0)
+        {
+            torch.set_num_threads(options.Value.Threads);
+        }
+
+        return TorchDevices.Resolve(options.Value.Device);
+    });
+
+    /// <summary>The configured device (validated; CUDA without a CUDA build is a <see cref="DeviceUnavailableException"/>).</summary>
+    public torch.Device Device => _device.Value;
+
+    /// <summary>Images per forward pass.</summary>
+    public int BatchSize => options.Value.BatchSize;
+}
