@@ -2,7 +2,10 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using ScalableCache.Core;
+using ScalableCache.Core.Models;
+using ScalableCache.Host.Assets;
 using ScalableCache.Host.Cli;
+using ScalableCache.Host.Experiments;
 using ScalableCache.Host.Commands;
 
 namespace ScalableCache.Host;
@@ -28,7 +31,19 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<CommandRunner>();
         services.AddSingleton<TorchRuntime>();
 
+        services.AddOptions<AssetOptions>().Bind(configuration.GetSection(AssetOptions.SectionName));
+        services.AddOptions<GridSearchOptions>().Bind(configuration.GetSection(GridSearchOptions.SectionName))
+            .Validate(o => o.Validate().Count == 0, "GridSearch section is invalid (θ must be positive, λ in [0, 1], grids non-empty).")
+            .ValidateOnStart();
+        services.AddSingleton<IModelRegistry, ModelRegistry>();
+        services.AddSingleton<AssetLocator>();
+        services.AddSingleton<ProgressReporter>();
+        services.AddSingleton<ExperimentSession>();
+        services.AddSingleton<Table1Experiment>();
+
         services.AddSingleton<IScacheCommand, InfoCommand>();
+        services.AddSingleton<IScacheCommand, EvaluateCommand>();
+        services.AddSingleton<IScacheCommand, ReproduceCommand>();
         services.AddSingleton<IScacheCommand, ProvidersCommand>();
         return services;
     }

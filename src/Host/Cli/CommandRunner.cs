@@ -19,7 +19,11 @@ internal sealed class CommandRunner(IServiceProvider services, CommandOutput out
         ArgumentNullException.ThrowIfNull(work);
         try
         {
-            services.GetService<IStartupValidator>()?.Validate();
+            foreach (var validator in services.GetServices<IAsyncStartupValidator>())
+            {
+                await validator.ValidateAsync(cancellationToken).ConfigureAwait(false);
+            }
+
             _ = services.GetRequiredService<CacheProviderSelector>();
             var outcome = await work(cancellationToken).ConfigureAwait(false);
             output.Result(outcome.Result, outcome.Render);

@@ -8,11 +8,40 @@ internal sealed record PlotSeries(string Label, IReadOnlyList<double> X, IReadOn
 /// <summary>Writes PNG plots for reports (ScottPlot).</summary>
 internal static class PlotWriter
 {
+    private static readonly Lazy<bool> FontsReady = new(RegisterFont);
+
+    // SkiaSharp's dependency-free native build has no fontconfig, so text renders only with a font registered by file.
+    private static bool RegisterFont()
+    {
+        string[] folders = ["/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts", "/System/Library/Fonts", @"C:\Windows\Fonts"];
+        string[] preferred = ["DejaVuSans.ttf", "LiberationSans-Regular.ttf", "NotoSans-Regular.ttf", "Arial.ttf", "arial.ttf"];
+        foreach (var folder in folders.Where(Directory.Exists))
+        {
+            foreach (var name in preferred)
+            {
+                var file = Directory.EnumerateFiles(folder, name, SearchOption.AllDirectories).FirstOrDefault();
+                if (file is not null)
+                {
+                    var family = Path.GetFileNameWithoutExtension(name);
+                    Fonts.AddFontFile(family, file);
+                    Fonts.Default = family;
+                    return true;
+                }
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>Whether a font file was found for plot text (plots are still written without one, with no text).</summary>
+    public static bool HasFont => FontsReady.Value;
+
     /// <summary>A line plot of <paramref name="series"/>, saved as a PNG at <paramref name="path"/>.</summary>
     public static void Lines(string path, string title, string xLabel, string yLabel, IReadOnlyList<PlotSeries> series,
         bool logX = false, IReadOnlyList<(double Position, string Label)>? xTicks = null)
     {
         ArgumentNullException.ThrowIfNull(series);
+        _ = FontsReady.Value;
         var plot = new Plot();
         foreach (var s in series)
         {
@@ -52,6 +81,7 @@ internal static class PlotWriter
     {
         ArgumentNullException.ThrowIfNull(x);
         ArgumentNullException.ThrowIfNull(y);
+        _ = FontsReady.Value;
         var plot = new Plot();
         var points = plot.Add.ScatterPoints(x.ToArray(), y.ToArray());
         points.MarkerSize = 4;

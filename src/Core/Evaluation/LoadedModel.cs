@@ -1,0 +1,54 @@
+using ScalableCache.Core.Checkpoints;
+using ScalableCache.Core.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Core.Evaluation;
+
+/// <summary>A registry model with its checkpoint loaded, in eval mode, on its device. Owns the module.</summary>
+public sealed class LoadedModel : IDisposable
+{
+    private LoadedModel(ModelSpec spec, ImageClassifier model, CheckpointLoadResult checkpoint, Device device)
+    {
+        Spec = spec;
+        Model = model;
+        Checkpoint = checkpoint;
+        Device = device;
+    }
+
+    /// <summary>The architecture's registry entry (normalisation, input shape).</summary>
+    public ModelSpec Spec { get; }
+
+    /// <summary>The network.</summary>
+    public ImageClassifier Model { get; }
+
+    /// <summary>What was loaded from the checkpoint.</summary>
+    public CheckpointLoadResult Checkpoint { get; }
+
+    /// <summary>Where the parameters live.</summary>
+    public Device Device { get; }
+
+    /// <summary>Builds <paramref name="name"/> from <paramref name="registry"/> and loads <paramref name="weightsPath"/> into it.</summary>
+    public static LoadedModel Load(IModelRegistry registry, string name, string weightsPath, Device device, int? classCount = null)
+    {
+        ArgumentNullException.ThrowIfNull(registry);
+        ArgumentNullException.ThrowIfNull(device);
+        var spec = registry.Resolve(name);
+        var model = registry.Create(name, classCount);
+        try
+        {
+            var result = CheckpointLoader.Load(model, weightsPath);
+            model.to(device);
+            model.eval();
+            return new LoadedModel(spec, model, result, device);
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => Model.Dispose();
+}

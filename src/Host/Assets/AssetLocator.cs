@@ -1,0 +1,133 @@
+using System.Security.Cryptography;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using ScalableCache.Core.Data;
+
+namespace ScalableCache.Host.Assets;
+
+/// <summary>
+/// Finds the data set and checkpoints a command needs: flag → environment (<c>SCACHE_DATA</c>, <c>SCACHE_MODELS</c>) →
+/// configuration (<see cref="AssetOptions"/>). A public checkpoint that is not on disk is downloaded from its canonical URL
+/// and its SHA-256 checked; offline, the error says so and how to point at a local copy.
+/// </summary>
+internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<AssetLocator> logger)
+{
+    /// <summary>Environment variable naming the checkpoint folder.</summary>
+    public const string ModelsEnvironmentVariable = "SCACHE_MODELS";
+
+    // The public CIFAR ResNets (Idelbayev, BSD-2-Clause). The file name carries the first 8 hex digits of the SHA-256.
+    private static readonly Dictionary<string, (string File, string? Sha256)> PublicCheckpoints = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["resnet20"] = ("resnet20-12fca82f.th", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),
+        ["resnet32"] = ("resnet32-d509ac18.th", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850"),
+        ["resnet44"] = ("resnet44-014dd654.th", null),
+        ["resnet56"] = ("resnet56-4bfd9763.th", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),
+        ["resnet110"] = ("resnet110-1d1ed7c2.th", null),
+    };
+
+    private const string CheckpointBaseUrl = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/";
+
+    /// <summary>The CIFAR-10 <c>cifar-10-batches-bin</c> folder, validated for <paramref name="parts"/>.</summary>
+    public string Cifar10(string? flag, DatasetParts parts = DatasetParts.All)
+    {
+        var path = flag ?? Environment.GetEnvironmentVariable(DatasetLocator.EnvironmentVariable) ?? options.Value.Cifar10;
+        return DatasetLocator.ResolveCifar10(path, parts);
+    }
+
+    /// <summary>The checkpoint for <paramref name="model"/>: <paramref name="flag"/>, else found in the models folder, else downloaded.</summary>
+    public async Task<string> CheckpointAsync(string model, string? flag, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (flag is not null)
+        {
+            return File.Exists(flag)
+                ? Path.GetFullPath(flag)
+                : throw new FileNotFoundException($"Checkpoint '{Path.GetFullPath(flag)}' (from --weights) does not exist.", flag);
+        }
+
+        var folder = Environment.GetEnvironmentVariable(ModelsEnvironmentVariable) ?? options.Value.Models;
+        var found = FindIn(folder, model) ?? FindIn(DownloadFolder, model);
+        if (found is not null)
+        {
+            return found;
+        }
+
+        if (!PublicCheckpoints.TryGetValue(model, out var entry))
+        {
+            throw new FileNotFoundException(
+                $"No checkpoint for '{model}' in '{Path.GetFullPath(folder)}' (looked for {model}.safetensors, {model}.pt, {model}.pth, {model}-*.th, {model}.th) " +
+                $"and no public download is known for it. Pass --weights FILE or set {ModelsEnvironmentVariable} to a folder that holds one.");
+        }
+
+        return await DownloadAsync(model, entry.File, entry.Sha256, folder, cancellationToken).ConfigureAwait(false);
+    }
+
+    private string DownloadFolder => string.IsNullOrEmpty(options.Value.DownloadCache)
+        ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "scalablecache", "models")
+        : options.Value.DownloadCache;
+
+    private static string? FindIn(string folder, string model)
+    {
+        if (!Directory.Exists(folder))
+        {
+            return null;
+        }
+
+        foreach (var pattern in new[] { $"{model}.safetensors", $"{model}.pt", $"{model}.pth", $"{model}-*.th", $"{model}.th" })
+        {
+            var match = Directory.EnumerateFiles(folder, pattern).Order(StringComparer.Ordinal).FirstOrDefault();
+            if (match is not null)
+            {
+                return Path.GetFullPath(match);
+            }
+        }
+
+        return null;
+    }
+
+    private async Task<string> DownloadAsync(string model, string file, string? sha256, string searched, CancellationToken cancellationToken)
+    {
+        var url = CheckpointBaseUrl + file;
+        var hint = $"Pass --weights FILE or set {ModelsEnvironmentVariable} (or Assets:Models) to a folder holding {file} or {model}.safetensors.";
+        if (!options.Value.AllowDownload)
+        {
+            throw new FileNotFoundException($"No checkpoint for '{model}' in '{Path.GetFullPath(searched)}' and downloads are off (Assets:AllowDownload). {hint}");
+        }
+
+        Directory.CreateDirectory(DownloadFolder);
+        var target = Path.Combine(DownloadFolder, file);
+        var temp = target + ".part";
+        logger.LogWarning("Downloading {Model} checkpoint from {Url}", model, url);
+        try
+        {
+            using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
+            using (var response = await http.GetAsync(new Uri(url), HttpCompletionOption.ResponseHeadersRead, cancellationToken).ConfigureAwait(false))
+            {
+                response.EnsureSuccessStatusCode();
+                await using var output = File.Create(temp);
+                await response.Content.CopyToAsync(output, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException or IOException)
+        {
+            File.Delete(temp);
+            throw new FileNotFoundException(
+                $"No checkpoint for '{model}' in '{Path.GetFullPath(searched)}', and downloading {url} failed ({ex.Message}); this machine may be offline. {hint}", ex);
+        }
+
+        await using (var stream = File.OpenRead(temp))
+        {
+            var actual = Convert.ToHexStringLower(await SHA256.HashDataAsync(stream, cancellationToken).ConfigureAwait(false));
+            var expectedPrefix = file[(file.LastIndexOf('-') + 1)..file.LastIndexOf('.')];
+            if ((sha256 is not null && actual != sha256) || !actual.StartsWith(expectedPrefix, StringComparison.Ordinal))
+            {
+                stream.Close();
+                File.Delete(temp);
+                throw new InvalidDataException($"Downloaded {url} has SHA-256 {actual}, expected {sha256 ?? expectedPrefix + "…"}; the file was discarded.");
+            }
+        }
+
+        File.Move(temp, target, overwrite: true);
+        return target;
+    }
+}

@@ -1,0 +1,65 @@
+using Microsoft.Extensions.DependencyInjection;
+using System.CommandLine;
+using ScalableCache.Host.Cli;
+using ScalableCache.Host.Experiments;
+using ScalableCache.Host.Reports;
+
+namespace ScalableCache.Host.Commands;
+
+/// <summary><c>scache reproduce</c>: the main job — Table 1 of Orhan (2018) on CIFAR-10 for ResNet-20, -32 and -56.</summary>
+internal sealed class ReproduceCommand : IScacheCommand
+{
+    public ReproduceCommand(CommandRunner runner, IServiceProvider services)
+    {
+        var models = new Option<string>("--models")
+        {
+            Description = "Comma-separated models (default resnet20,resnet32,resnet56).",
+            DefaultValueFactory = _ => "resnet20,resnet32,resnet56",
+        };
+        var quick = new Option<bool>("--quick") { Description = "ResNet-20 only." };
+        var data = CommonOptions.Data();
+        var output = CommonOptions.Out();
+        var seed = CommonOptions.Seed();
+        var flip = CommonOptions.Flip();
+        var thetas = CommonOptions.Thetas();
+        var lambdas = CommonOptions.Lambdas();
+        var includeCacheOnly = CommonOptions.IncludeCacheOnly();
+        var maxLayers = CommonOptions.MaxLayers();
+        Definition = new Command("reproduce", "Table 1 on CIFAR-10: network, cache and cache-only errors for ResNet-20, -32 and -56, layers chosen by greedy search.")
+        {
+            models, quick, data, output, seed, flip, thetas, lambdas, includeCacheOnly, maxLayers,
+        };
+        Definition.SetAction((parse, ct) => runner.RunAsync("reproduce", async token =>
+        {
+            var session = services.GetRequiredService<ExperimentSession>();
+            var experiment = services.GetRequiredService<Table1Experiment>();
+            var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"),
+                parse.GetValue(includeCacheOnly));
+            var names = parse.GetValue(quick) ? ["resnet20"] : CommonOptions.Names(parse.GetValue(models)) ?? [];
+            if (names.Count == 0)
+            {
+                throw new UsageException("--models names no model.");
+            }
+
+            var folder = ReportFolder.Create(parse.GetValue(output), "reproduce");
+            var rows = new List<Table1Row>();
+            foreach (var name in names)
+            {
+                rows.Add(await experiment.RunAsync(new Table1Request(
+                    name, null, parse.GetValue(data), null, null, parse.GetValue(maxLayers), parse.GetValue(seed), parse.GetValue(flip), grid, null, null),
+                    token).ConfigureAwait(false));
+                Table1Report.Plot(folder, rows[^1]);
+
+                // Written after every model, so a long run that is stopped keeps what it finished.
+                folder.WriteText("report.md", Table1Report.Markdown(rows, "Table 1 (CIFAR-10): cache model of Orhan (2018)"));
+                folder.WriteJson("result.json", new ReproduceResult(rows, folder.Path));
+            }
+
+            return new CommandOutcome(new ReproduceResult(rows, folder.Path), console => EvaluateCommand.Render(console, rows, folder.Path));
+        }, ct));
+    }
+
+    public Command Definition { get; }
+
+    private sealed record ReproduceResult(IReadOnlyList<Table1Row> Rows, string ReportFolder);
+}

@@ -1,0 +1,82 @@
+using Microsoft.Extensions.Options;
+using ScalableCache.Core;
+using ScalableCache.Core.Data;
+using ScalableCache.Core.Evaluation;
+using ScalableCache.Core.Features;
+using ScalableCache.Core.Models;
+using ScalableCache.Host.Assets;
+using ScalableCache.Host.Cli;
+
+namespace ScalableCache.Host.Experiments;
+
+/// <summary>Loads what the experiment commands share — model, data, features, the configured cache provider — with progress.</summary>
+internal sealed class ExperimentSession(
+    AssetLocator assets,
+    TorchRuntime torchRuntime,
+    IModelRegistry registry,
+    CacheProviderSelector providers,
+    ProgressReporter progress,
+    IOptions<GridSearchOptions> grid)
+{
+    /// <summary>The configured grid (section <c>GridSearch</c>), overridden by command flags where given.</summary>
+    public GridSearchOptions Grid(IReadOnlyList<double>? thetas, IReadOnlyList<double>? lambdas, bool includeCacheOnly)
+    {
+        var result = new GridSearchOptions
+        {
+            Thetas = thetas is { Count: > 0 } ? thetas : grid.Value.Thetas,
+            Lambdas = lambdas is { Count: > 0 } ? lambdas : grid.Value.Lambdas,
+            IncludeCacheOnly = includeCacheOnly || grid.Value.IncludeCacheOnly,
+        };
+        var problems = result.Validate();
+        return problems.Count == 0 ? result : throw new UsageException("Invalid θ/λ grid: " + string.Join(" ", problems));
+    }
+
+    /// <summary>The configured cache provider's factory.</summary>
+    public ICacheMemoryFactory Provider => providers.Selected;
+
+    public ProgressReporter Progress => progress;
+
+    public int BatchSize => torchRuntime.BatchSize;
+
+    public async Task<LoadedModel> LoadModelAsync(string model, string? weights, CancellationToken cancellationToken)
+    {
+        var spec = registry.Resolve(model); // unknown names fail before any file is touched
+        var path = await assets.CheckpointAsync(spec.Name, weights, cancellationToken).ConfigureAwait(false);
+        var device = torchRuntime.Device;
+        var loaded = LoadedModel.Load(registry, model, path, device);
+        progress.Status($"{spec.Name}: loaded {loaded.Checkpoint.TensorCount} tensors from {path} ({loaded.Checkpoint.Format}) onto {device}");
+        return loaded;
+    }
+
+    public ImageDataset LoadTest(string? data) => Cifar10.LoadTest(assets.Cifar10(data, DatasetParts.Test));
+
+    public ImageDataset LoadTrain(string? data, bool flips)
+    {
+        var train = Cifar10.LoadTrain(assets.Cifar10(data, DatasetParts.Train));
+        return flips ? train.WithHorizontalFlips() : train;
+    }
+
+    /// <summary>Keys, probabilities and labels of <paramref name="data"/> for <paramref name="layers"/>.</summary>
+    public FeatureTable Extract(LoadedModel model, ImageDataset data, IReadOnlyList<string> layers, string label, CancellationToken cancellationToken)
+    {
+        var step = progress.Step($"{label} [{string.Join(",", layers)}]", data.Count);
+        var source = new FeatureSource(model, BatchSize);
+        return source.Extract(data, layers, new ExtractionProgressAdapter(step), cancellationToken);
+    }
+
+    /// <summary>Per-layer float16 keys of <paramref name="data"/> for a layer search.</summary>
+    public PerLayerKeys ExtractPerLayer(LoadedModel model, ImageDataset data, IReadOnlyList<string> layers, string label, CancellationToken cancellationToken)
+    {
+        var step = progress.Step($"{label} [{layers.Count} layers]", data.Count);
+        var source = new FeatureSource(model, BatchSize);
+        return source.ExtractPerLayer(data, layers, new ExtractionProgressAdapter(step), cancellationToken);
+    }
+
+    /// <summary>The validation and report halves of the test set.</summary>
+    public static DatasetSplit Split(ImageDataset test, int seed, double validationFraction) => test.SeededSplit(seed, validationFraction);
+
+    private sealed class ExtractionProgressAdapter(IProgress<long> inner) : IProgress<ExtractionProgress>
+    {
+        public void Report(ExtractionProgress value) => inner.Report(value.Processed);
+    }
+}

@@ -1,0 +1,99 @@
+using System.Globalization;
+using System.Text;
+using ScalableCache.Host.Reports;
+
+namespace ScalableCache.Host.Experiments;
+
+/// <summary>Markdown, JSON and a θ plot for Table 1 rows.</summary>
+internal static class Table1Report
+{
+    public static string Markdown(IReadOnlyList<Table1Row> rows, string title)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        var sb = new StringBuilder();
+        sb.AppendLine(CultureInfo.InvariantCulture, $"# {title}").AppendLine();
+        var first = rows.FirstOrDefault();
+        if (first is not null)
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture,
+                $"Protocol: the public checkpoints were trained on all 50,000 training images, so θ, λ (and the layers, where searched) are " +
+                $"chosen on a seeded random half of the CIFAR-10 test set (seed {first.Seed}, {first.ValidationCount} images) and errors are " +
+                $"reported on the other half ({first.ReportCount} images). Cache: {first.CacheSize:N0} training keys " +
+                $"({(first.Flip ? "with horizontal flips, C-10+" : "no flips")}), provider {first.Provider}.").AppendLine();
+        }
+
+        sb.Append(Reports.Markdown.Table(
+            ["model", "layers", "key dim", "network", "cache", "cache-only", "gain (points)", "θ, λ", "cache-only θ"],
+            rows.Select(r => (IReadOnlyList<string>)
+            [
+                r.Model, string.Join(", ", r.Layers), r.KeyDimension.ToString(CultureInfo.InvariantCulture),
+                Reports.Markdown.Percent(r.BaselineError), Reports.Markdown.Percent(r.CacheError), Reports.Markdown.Percent(r.CacheOnlyError),
+                ((r.BaselineError - r.CacheError) * 100).ToString("0.00", CultureInfo.InvariantCulture),
+                $"{Reports.Markdown.Number(r.Theta)}, {Reports.Markdown.Number(r.Lambda)}", Reports.Markdown.Number(r.CacheOnlyTheta),
+            ])));
+        sb.AppendLine();
+        foreach (var r in rows)
+        {
+            if (r.ThetaAtGridEdge || r.CacheOnlyThetaAtGridEdge)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture,
+                    $"**Warning ({r.Model}):** the chosen θ ({(r.ThetaAtGridEdge ? "cache model" : "cache-only model")}) lies at the edge of the grid " +
+                    $"[{string.Join(", ", r.Thetas)}]: the grid is too small; widen it with --thetas.").AppendLine();
+            }
+        }
+
+        sb.AppendLine("## Validation half").AppendLine();
+        sb.Append(Reports.Markdown.Table(
+            ["model", "network", "cache", "cache-only"],
+            rows.Select(r => (IReadOnlyList<string>)
+            [
+                r.Model, Reports.Markdown.Percent(r.ValidationBaselineError), Reports.Markdown.Percent(r.ValidationCacheError),
+                Reports.Markdown.Percent(r.ValidationCacheOnlyError),
+            ])));
+        sb.AppendLine();
+
+        foreach (var r in rows.Where(r => r.LayerSearch is not null))
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture, $"## Layer-combination search: {r.Model}").AppendLine();
+            sb.AppendLine("Greedy forward selection on the validation half (best validation error over the θ × λ grid per set).").AppendLine();
+            sb.Append(Reports.Markdown.Table(
+                ["round", "layers", "validation error", "θ", "λ"],
+                r.LayerSearch!.Path.Select((s, i) => (IReadOnlyList<string>)
+                [
+                    (i + 1).ToString(CultureInfo.InvariantCulture), string.Join(", ", s.Layers), Reports.Markdown.Percent(s.Error),
+                    Reports.Markdown.Number(s.Theta), Reports.Markdown.Number(s.Lambda),
+                ])));
+            sb.AppendLine().AppendLine("All sets scored:").AppendLine();
+            sb.Append(Reports.Markdown.Table(
+                ["layers", "validation error"],
+                r.LayerSearch.Evaluated.Select(s => (IReadOnlyList<string>)[string.Join(", ", s.Layers), Reports.Markdown.Percent(s.Error)])));
+            sb.AppendLine();
+        }
+
+        sb.AppendLine("## Run times (s)").AppendLine();
+        var keys = rows.SelectMany(r => r.Seconds.Keys).Distinct().ToList();
+        sb.Append(Reports.Markdown.Table(
+            ["model", .. keys],
+            rows.Select(r => (IReadOnlyList<string>)[r.Model, .. keys.Select(k => r.Seconds.TryGetValue(k, out var v) ? v.ToString("0.0", CultureInfo.InvariantCulture) : "")])));
+        return sb.ToString();
+    }
+
+    /// <summary>Validation error against θ for a few λ (the grid search surface), one PNG per row.</summary>
+    public static void Plot(ReportFolder folder, Table1Row row)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        ArgumentNullException.ThrowIfNull(row);
+        var series = new List<PlotSeries>();
+        for (var l = 0; l < row.Lambdas.Count; l++)
+        {
+            series.Add(new PlotSeries(
+                $"λ = {Reports.Markdown.Number(row.Lambdas[l])}",
+                row.Thetas,
+                row.Thetas.Select((_, t) => row.ValidationErrorGrid[t][l] * 100).ToList()));
+        }
+
+        series.Add(new PlotSeries("network", row.Thetas, row.Thetas.Select(_ => row.ValidationBaselineError * 100).ToList(), Markers: false));
+        PlotWriter.Lines(folder.File($"{row.Model}-theta-lambda.png"), $"{row.Model}: validation error over the θ × λ grid",
+            "θ", "validation error (%)", series);
+    }
+}

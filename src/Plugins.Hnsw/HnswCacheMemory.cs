@@ -1,0 +1,802 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.ExceptionServices;
+using System.Runtime.InteropServices;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Hnsw;
+
+/// <summary>
+/// HNSW key store over the USearch native index. Key id <c>k</c> (a USearch key) is the k-th row ever added; its label
+/// lives in a managed array at index <c>k</c>. Similarity is <c>1 − distance</c> of USearch's inner-product metric
+/// (<c>distance = 1 − a·b</c>); for <see cref="HnswScalarKind.Int8"/> the cosine metric, which equals the inner product
+/// on the contract's unit keys.
+/// </summary>
+/// <remarks>
+/// <para><b>Native threading.</b> The C++ index holds a fixed pool of per-thread contexts; every <c>usearch_add</c> and
+/// <c>usearch_search</c> borrows one and fails when none is free. After each <c>usearch_reserve</c> (which resets the
+/// pool to the hardware thread count) the pool is set to <c>T = Options.EffectiveThreads</c> for adds and searches, and a
+/// semaphore with <c>T</c> permits gates every native add/search call, whichever thread makes it. Bulk adds run as a
+/// <see cref="Parallel.For(int, int, ParallelOptions, Action{int})"/> over rows with at most <c>T</c> workers, each calling
+/// <c>usearch_add</c> concurrently (the graph locks nodes internally); queries run the same way over the batch.</para>
+/// <para><b>Capacity.</b> Room is reserved before inserting (exactly the needed count on the first add, then growth by
+/// half). <c>usearch_reserve</c> reallocates and must not overlap any other native call, so it takes the write side of a
+/// reader–writer lock whose read side every add batch and query batch holds.</para>
+/// <para><b>Snapshots.</b> <see cref="Add"/> calls are serialised. Labels are written, then the keys inserted, then a new
+/// immutable <see cref="Snapshot"/> (count, labels array) is published with one reference write. A query reads the
+/// snapshot once and considers only key ids below its count: if a plain search returns a key of a concurrent, unpublished
+/// add, that query is searched again with a native filter admitting ids below the count. A query therefore sees all rows
+/// of an <see cref="Add"/> or none.</para>
+/// <para><b>Exhaustive queries.</b> When TopK ≥ the snapshot count and the graph walk returns fewer keys (HNSW graphs of
+/// clustered data need not be connected), the missed keys are read back (<c>usearch_get</c>) and scored directly, so the
+/// result is the exact full log-mass.</para>
+/// </remarks>
+internal sealed unsafe class HnswCacheMemory : IHnswCacheMemory
+{
+    /// <summary>Bytes of keys per chunk handed to the native add (bounds the size of one span over tensor memory).</summary>
+    private const int AddChunkBytes = 256 << 20;
+
+    private readonly USearchIndexHandle _handle;
+    private readonly nint _index;
+    private readonly int _threads;
+    private readonly SemaphoreSlim _slots;
+    private readonly ReaderWriterLockSlim _resize = new(LockRecursionPolicy.NoRecursion);
+    private readonly Lock _writeGate = new();
+    private readonly HnswCacheOptions _options;
+    private volatile Snapshot _snapshot;
+    private long _capacity;
+    private int[] _labelBuffer;
+    private bool _disposed;
+    private long _filteredSearches;
+    private long _exhaustiveCompletions;
+
+    private HnswCacheMemory(USearchIndexHandle handle, int dimension, int classCount, HnswCacheOptions options, int[] labels, long count)
+    {
+        _handle = handle;
+        _index = handle.DangerousGetHandle();
+        _options = options;
+        _threads = options.EffectiveThreads;
+        _slots = new SemaphoreSlim(_threads, _threads);
+        Dimension = dimension;
+        ClassCount = classCount;
+        _labelBuffer = labels;
+        _snapshot = new Snapshot(count, labels);
+    }
+
+    public string Provider => HnswCacheMemoryFactory.ProviderName;
+
+    public int Dimension { get; }
+
+    public int ClassCount { get; }
+
+    public long Count => _snapshot.Count;
+
+    public HnswCacheOptions Options => _options.Clone();
+
+    /// <summary>Queries that met keys of an unpublished add and were searched again with the snapshot filter.</summary>
+    internal long FilteredSearches => Interlocked.Read(ref _filteredSearches);
+
+    /// <summary>Queries with TopK ≥ Count whose graph walk missed keys that were then scored directly.</summary>
+    internal long ExhaustiveCompletions => Interlocked.Read(ref _exhaustiveCompletions);
+
+    public long NativeMemoryBytes
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            nint error = 0;
+            var bytes = USearchNative.MemoryUsage(_index, ref error);
+            USearchNative.Check(error, "memory_usage");
+            return (long)bytes;
+        }
+    }
+
+    /// <summary>Creates an empty memory; <paramref name="options"/> is copied and validated.</summary>
+    public static HnswCacheMemory Create(int dimension, int classCount, HnswCacheOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfLessThan(dimension, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(classCount, 1);
+        options = ValidatedCopy(options);
+
+        var handle = USearchIndexHandle.Create(InitOptionsFor(dimension, options));
+        try
+        {
+            var memory = new HnswCacheMemory(handle, dimension, classCount, options, [], 0);
+            if (options.InitialCapacity > 0)
+            {
+                lock (memory._writeGate)
+                {
+                    memory.EnsureCapacity(options.InitialCapacity);
+                }
+            }
+            else
+            {
+                memory.ApplyThreadLimits();
+            }
+
+            return memory;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Restores a memory from <see cref="SaveGraph"/> output without rebuilding the graph. Dimension, metric and scalar
+    /// kind come from the graph bytes (the stored scalar kind overrides <paramref name="options"/>); search settings and
+    /// threads come from <paramref name="options"/>.
+    /// </summary>
+    public static HnswCacheMemory Load(ReadOnlySpan<byte> graph, ReadOnlySpan<int> labels, int classCount, HnswCacheOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfLessThan(classCount, 1);
+        if (graph.IsEmpty)
+        {
+            throw new ArgumentException("The graph bytes are empty.", nameof(graph));
+        }
+
+        options = ValidatedCopy(options);
+        for (var row = 0; row < labels.Length; row++)
+        {
+            if ((uint)labels[row] >= (uint)classCount)
+            {
+                throw new ArgumentException(
+                    $"Label {labels[row]} of key {row} is outside [0, {classCount}).", nameof(labels));
+            }
+        }
+
+        var meta = default(USearchNative.InitOptions);
+        nint error = 0;
+        fixed (byte* bytes = graph)
+        {
+            USearchNative.MetadataBuffer(bytes, (nuint)graph.Length, ref meta, ref error);
+        }
+
+        ThrowIfNotAGraph(error, "metadata_buffer");
+        options.ScalarKind = FromNative(meta.Quantization);
+        var expectedMetric = MetricFor(options.ScalarKind);
+        if (meta.MetricKind != expectedMetric)
+        {
+            throw new ArgumentException(
+                $"The graph uses metric {meta.MetricKind}; an HNSW cache memory with {options.ScalarKind} keys uses {expectedMetric}.",
+                nameof(graph));
+        }
+
+        if (meta.Dimensions is 0 or > int.MaxValue)
+        {
+            throw new ArgumentException($"The graph records an invalid dimension ({meta.Dimensions}).", nameof(graph));
+        }
+
+        var dimension = (int)meta.Dimensions;
+        var handle = USearchIndexHandle.Create(InitOptionsFor(dimension, options));
+        try
+        {
+            var index = handle.DangerousGetHandle();
+            fixed (byte* bytes = graph)
+            {
+                USearchNative.LoadBuffer(index, bytes, (nuint)graph.Length, ref error);
+            }
+
+            ThrowIfNotAGraph(error, "load_buffer");
+            var size = (long)USearchNative.Size(index, ref error);
+            USearchNative.Check(error, "size");
+            if (size != labels.Length)
+            {
+                throw new ArgumentException(
+                    $"The graph holds {size} keys but {labels.Length} labels were given.", nameof(labels));
+            }
+
+            if (size > 0)
+            {
+                var first = USearchNative.Contains(index, 0, ref error);
+                var last = USearchNative.Contains(index, (ulong)(size - 1), ref error);
+                USearchNative.Check(error, "contains");
+                if (!first || !last)
+                {
+                    throw new ArgumentException(
+                        $"The graph's keys are not the ids 0..{size - 1}: it was not written by an HNSW cache memory.", nameof(graph));
+                }
+            }
+
+            USearchNative.ChangeExpansionSearch(index, (nuint)options.ExpansionSearch, ref error);
+            USearchNative.Check(error, "change_expansion_search");
+
+            var memory = new HnswCacheMemory(handle, dimension, classCount, options, labels.ToArray(), size);
+            lock (memory._writeGate)
+            {
+                memory.EnsureCapacity(Math.Max(size, options.InitialCapacity));
+                memory.ApplyThreadLimits();
+            }
+
+            return memory;
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+
+    public void Add(Tensor keys, Tensor labels)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(keys);
+        ArgumentNullException.ThrowIfNull(labels);
+        if (keys.dim() != 2 || keys.shape[1] != Dimension)
+        {
+            throw new ArgumentException(
+                $"keys has shape [{string.Join(", ", keys.shape)}]; expected [n, {Dimension}].", nameof(keys));
+        }
+
+        if (keys.dtype != ScalarType.Float32)
+        {
+            throw new ArgumentException($"keys has element type {keys.dtype}; expected Float32.", nameof(keys));
+        }
+
+        var n = keys.shape[0];
+        if (labels.dim() != 1 || labels.shape[0] != n)
+        {
+            throw new ArgumentException(
+                $"labels has shape [{string.Join(", ", labels.shape)}]; expected [{n}] (one label per key row).", nameof(labels));
+        }
+
+        if (labels.dtype is not (ScalarType.Int64 or ScalarType.Int32))
+        {
+            throw new ArgumentException($"labels has element type {labels.dtype}; expected Int64.", nameof(labels));
+        }
+
+        if (n == 0)
+        {
+            return;
+        }
+
+        using var scope = NewDisposeScope();
+        var rows = keys.detach().cpu().contiguous();
+        ThrowIfNonFinite(rows, "keys", "; nothing was added");
+        var labelValues = labels.detach().to(ScalarType.Int64, CPU).contiguous().data<long>().ToArray();
+        for (var row = 0; row < labelValues.Length; row++)
+        {
+            if ((ulong)labelValues[row] >= (ulong)ClassCount)
+            {
+                throw new ArgumentException(
+                    $"Row {row} has label {labelValues[row]}, outside [0, {ClassCount}); nothing was added.", nameof(labels));
+            }
+        }
+
+        lock (_writeGate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var start = _snapshot.Count;
+            EnsureCapacity(start + n);
+            var buffer = _labelBuffer;
+            for (var row = 0; row < labelValues.Length; row++)
+            {
+                buffer[start + row] = (int)labelValues[row];
+            }
+
+            InsertRows(rows, start);
+            _snapshot = new Snapshot(start + n, buffer);
+        }
+    }
+
+    public Tensor ClassLogMass(Tensor queries, ReadOnlySpan<double> thetas)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(queries);
+        if (queries.dim() != 2 || queries.shape[1] != Dimension)
+        {
+            throw new ArgumentException(
+                $"queries has shape [{string.Join(", ", queries.shape)}]; expected [b, {Dimension}].", nameof(queries));
+        }
+
+        if (queries.dtype != ScalarType.Float32)
+        {
+            throw new ArgumentException($"queries has element type {queries.dtype}; expected Float32.", nameof(queries));
+        }
+
+        if (thetas.IsEmpty)
+        {
+            throw new ArgumentException("At least one θ is needed.", nameof(thetas));
+        }
+
+        foreach (var theta in thetas)
+        {
+            if (!(theta > 0) || !double.IsFinite(theta))
+            {
+                throw new ArgumentOutOfRangeException(nameof(thetas), theta, "Every θ must be finite and greater than 0.");
+            }
+        }
+
+        var batch = checked((int)queries.shape[0]);
+        var thetaValues = thetas.ToArray();
+        var classes = ClassCount;
+        var output = new float[checked(thetaValues.Length * batch * classes)];
+        Array.Fill(output, float.NegativeInfinity);
+        var snapshot = _snapshot;
+        if (batch > 0)
+        {
+            using var scope = NewDisposeScope();
+            var rows = queries.detach().cpu().contiguous();
+            ThrowIfNonFinite(rows, "queries", string.Empty);
+            if (snapshot.Count > 0)
+            {
+                fixed (byte* data = rows.bytes)
+                {
+                    Score((float*)data, batch, snapshot, thetaValues, output);
+                }
+            }
+        }
+
+        return tensor(output, [thetaValues.Length, batch, classes], ScalarType.Float32);
+    }
+
+    /// <summary>The retrieved neighbours of each query (key ids, similarities best first), as <see cref="ClassLogMass"/> sees them.</summary>
+    internal (ulong[] Keys, float[] Similarities)[] Neighbours(Tensor queries)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(queries);
+        var snapshot = _snapshot;
+        var batch = checked((int)queries.shape[0]);
+        var result = new (ulong[] Keys, float[] Similarities)[batch];
+        var k = (int)Math.Min(_options.TopK, snapshot.Count);
+        using var scope = NewDisposeScope();
+        var rows = queries.detach().cpu().contiguous();
+        var work = new Workspace(k, ClassCount, Dimension);
+        fixed (byte* data = rows.bytes)
+        {
+            _resize.EnterReadLock();
+            try
+            {
+                for (var q = 0; q < batch; q++)
+                {
+                    var found = snapshot.Count == 0 ? 0 : Search((float*)data + ((long)q * Dimension), k, snapshot.Count, work);
+                    result[q] = (work.Keys[..found], work.Distances[..found].Select(d => 1 - d).ToArray());
+                }
+            }
+            finally
+            {
+                _resize.ExitReadLock();
+            }
+        }
+
+        return result;
+    }
+
+    public HnswGraphSnapshot SaveGraph()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_writeGate)
+        {
+            var snapshot = _snapshot;
+            nint error = 0;
+            var length = USearchNative.SerializedLength(_index, ref error);
+            USearchNative.Check(error, "serialized_length");
+            if (length > (nuint)Array.MaxLength)
+            {
+                throw new NotSupportedException(
+                    $"The graph needs {length} bytes, more than one array holds ({Array.MaxLength}); use fewer keys per memory.");
+            }
+
+            var bytes = GC.AllocateUninitializedArray<byte>((int)length);
+            fixed (byte* buffer = bytes)
+            {
+                USearchNative.SaveBuffer(_index, buffer, length, ref error);
+            }
+
+            USearchNative.Check(error, "save_buffer");
+            return new HnswGraphSnapshot(bytes, snapshot.Labels.AsSpan(0, checked((int)snapshot.Count)).ToArray());
+        }
+    }
+
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        _handle.Dispose();
+        _slots.Dispose();
+        _resize.Dispose();
+    }
+
+    /// <summary>Throws naming the first row of <paramref name="rows"/> (CPU, float32) that holds NaN or ±∞.</summary>
+    private static void ThrowIfNonFinite(Tensor rows, string name, string suffix)
+    {
+        using var nonFinite = isfinite(rows).all(1).logical_not();
+        using var any = nonFinite.any();
+        if (any.item<bool>())
+        {
+            using var first = nonFinite.to_type(ScalarType.Int32).argmax();
+            throw new ArgumentException($"Row {first.item<long>()} of {name} has a non-finite value (NaN or ±∞){suffix}.", name);
+        }
+    }
+
+    /// <summary>Native load errors (truncated or foreign bytes) are the caller's input problem.</summary>
+    private static void ThrowIfNotAGraph(nint error, string operation)
+    {
+        try
+        {
+            USearchNative.Check(error, operation);
+        }
+        catch (USearchException e)
+        {
+            throw new ArgumentException($"The graph bytes are not a complete USearch index ({e.Message}).", "graph", e);
+        }
+    }
+
+    private static HnswCacheOptions ValidatedCopy(HnswCacheOptions options)
+    {
+        var errors = options.Validate();
+        if (errors.Count > 0)
+        {
+            throw new ArgumentException("Invalid HNSW cache options: " + string.Join(" ", errors), nameof(options));
+        }
+
+        return options.Clone();
+    }
+
+    private static USearchNative.InitOptions InitOptionsFor(int dimension, HnswCacheOptions options) => new()
+    {
+        MetricKind = MetricFor(options.ScalarKind),
+        Quantization = ToNative(options.ScalarKind),
+        Dimensions = (nuint)dimension,
+        Connectivity = (nuint)options.Connectivity,
+        ExpansionAdd = (nuint)options.ExpansionAdd,
+        ExpansionSearch = (nuint)options.ExpansionSearch,
+    };
+
+    /// <summary>Int8 storage quantises through the cosine metric (USearch scales each vector to [−127, 127]).</summary>
+    private static USearchNative.MetricKind MetricFor(HnswScalarKind kind) =>
+        kind == HnswScalarKind.Int8 ? USearchNative.MetricKind.Cos : USearchNative.MetricKind.InnerProduct;
+
+    private static USearchNative.ScalarKind ToNative(HnswScalarKind kind) => kind switch
+    {
+        HnswScalarKind.Float32 => USearchNative.ScalarKind.Float32,
+        HnswScalarKind.Float16 => USearchNative.ScalarKind.Float16,
+        HnswScalarKind.BFloat16 => USearchNative.ScalarKind.BFloat16,
+        HnswScalarKind.Int8 => USearchNative.ScalarKind.Int8,
+        _ => throw new ArgumentOutOfRangeException(nameof(kind), kind, "Unknown scalar kind."),
+    };
+
+    private static HnswScalarKind FromNative(USearchNative.ScalarKind kind) => kind switch
+    {
+        USearchNative.ScalarKind.Float32 => HnswScalarKind.Float32,
+        USearchNative.ScalarKind.Float16 => HnswScalarKind.Float16,
+        USearchNative.ScalarKind.BFloat16 => HnswScalarKind.BFloat16,
+        USearchNative.ScalarKind.Int8 => HnswScalarKind.Int8,
+        _ => throw new ArgumentException($"The graph stores {kind} scalars, which an HNSW cache memory does not use."),
+    };
+
+    /// <summary>Filter for <c>usearch_filtered_search</c>: admits key ids below the snapshot count at <paramref name="state"/>.</summary>
+    [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]
+    private static int IsPublished(ulong key, void* state) => key < *(ulong*)state ? 1 : 0;
+
+    /// <summary>Reserves room for <paramref name="needed"/> keys. Caller holds <see cref="_writeGate"/>.</summary>
+    private void EnsureCapacity(long needed)
+    {
+        if (needed <= _capacity)
+        {
+            return;
+        }
+
+        if (needed > Array.MaxLength)
+        {
+            throw new NotSupportedException($"An HNSW cache memory holds at most {Array.MaxLength} keys; {needed} were requested.");
+        }
+
+        var target = Math.Min(Array.MaxLength, Math.Max(needed, _capacity + (_capacity / 2)));
+        _resize.EnterWriteLock();
+        try
+        {
+            nint error = 0;
+            USearchNative.Reserve(_index, (nuint)target, ref error);
+            USearchNative.Check(error, "reserve");
+            ApplyThreadLimits();
+        }
+        finally
+        {
+            _resize.ExitWriteLock();
+        }
+
+        var labels = new int[target];
+        var count = _snapshot.Count;
+        Array.Copy(_labelBuffer, labels, count);
+        _labelBuffer = labels;
+        _capacity = target;
+    }
+
+    /// <summary>Sets the native context pool to <see cref="_threads"/> (usearch_reserve resets it to the core count).</summary>
+    private void ApplyThreadLimits()
+    {
+        nint error = 0;
+        USearchNative.ChangeThreadsAdd(_index, (nuint)_threads, ref error);
+        USearchNative.Check(error, "change_threads_add");
+        USearchNative.ChangeThreadsSearch(_index, (nuint)_threads, ref error);
+        USearchNative.Check(error, "change_threads_search");
+    }
+
+    /// <summary>Inserts contiguous float32 rows as key ids <c>start, start+1, …</c>; on failure removes what was inserted.</summary>
+    private void InsertRows(Tensor rows, long start)
+    {
+        var n = rows.shape[0];
+        var rowBytes = (long)Dimension * sizeof(float);
+        var chunkRows = Math.Max(1, AddChunkBytes / rowBytes);
+        string? failure = null;
+        _resize.EnterReadLock();
+        try
+        {
+            for (long offset = 0; offset < n && failure is null; offset += chunkRows)
+            {
+                using var chunk = rows.narrow(0, offset, Math.Min(chunkRows, n - offset));
+                fixed (byte* data = chunk.bytes)
+                {
+                    var basePointer = (nint)data;
+                    var firstKey = (ulong)(start + offset);
+                    Parallel.For(
+                        0,
+                        checked((int)chunk.shape[0]),
+                        new ParallelOptions { MaxDegreeOfParallelism = _threads },
+                        (row, loop) =>
+                        {
+                            nint error = 0;
+                            _slots.Wait();
+                            try
+                            {
+                                USearchNative.Add(
+                                    _index, firstKey + (ulong)row, (void*)(basePointer + (row * rowBytes)), USearchNative.ScalarKind.Float32, ref error);
+                            }
+                            finally
+                            {
+                                _slots.Release();
+                            }
+
+                            if (error != 0)
+                            {
+                                Interlocked.CompareExchange(ref failure, Marshal.PtrToStringUTF8(error) ?? "(no message)", null);
+                                loop.Stop();
+                            }
+                        });
+                }
+            }
+
+            if (failure is not null)
+            {
+                RemoveRange(start, n);
+            }
+        }
+        finally
+        {
+            _resize.ExitReadLock();
+        }
+
+        if (failure is not null)
+        {
+            throw new USearchException($"USearch add failed: {failure}. No rows of this call were added.");
+        }
+    }
+
+    private void RemoveRange(long start, long n)
+    {
+        for (var key = start; key < start + n; key++)
+        {
+            nint error = 0;
+            _slots.Wait();
+            try
+            {
+                USearchNative.Remove(_index, (ulong)key, ref error);
+            }
+            finally
+            {
+                _slots.Release();
+            }
+        }
+    }
+
+    /// <summary>Searches every query and writes its per-class log-mass for every θ into <paramref name="output"/> ([T, b, C]).</summary>
+    private void Score(float* queries, int batch, Snapshot snapshot, double[] thetas, float[] output)
+    {
+        var k = (int)Math.Min(_options.TopK, snapshot.Count);
+        var classes = ClassCount;
+        var dimension = Dimension;
+        var basePointer = (nint)queries;
+        _resize.EnterReadLock();
+        try
+        {
+            Parallel.For(
+                0,
+                batch,
+                new ParallelOptions { MaxDegreeOfParallelism = _threads },
+                () => new Workspace(k, classes, dimension),
+                (q, _, work) =>
+                {
+                    var found = Search((float*)basePointer + ((long)q * dimension), k, snapshot.Count, work);
+                    Accumulate(work, found, snapshot.Labels, thetas, q, batch, output);
+                    return work;
+                },
+                _ => { });
+        }
+        catch (AggregateException e) when (e.InnerExceptions.Count == 1)
+        {
+            ExceptionDispatchInfo.Throw(e.InnerExceptions[0]);
+        }
+        finally
+        {
+            _resize.ExitReadLock();
+        }
+    }
+
+    /// <summary>Top-k search restricted to ids below <paramref name="published"/>; fills the workspace, returns the hit count.</summary>
+    private int Search(float* query, int k, long published, Workspace work)
+    {
+        nint error = 0;
+        nuint found;
+        fixed (ulong* keys = work.Keys)
+        fixed (float* distances = work.Distances)
+        {
+            _slots.Wait();
+            try
+            {
+                found = USearchNative.Search(_index, query, USearchNative.ScalarKind.Float32, (nuint)k, keys, distances, ref error);
+                USearchNative.Check(error, "search");
+                var stale = false;
+                for (var i = 0; i < (int)found; i++)
+                {
+                    stale |= keys[i] >= (ulong)published;
+                }
+
+                if (stale)
+                {
+                    Interlocked.Increment(ref _filteredSearches);
+                    var limit = (ulong)published;
+                    found = USearchNative.FilteredSearch(
+                        _index, query, USearchNative.ScalarKind.Float32, (nuint)k, &IsPublished, &limit, keys, distances, ref error);
+                    USearchNative.Check(error, "filtered_search");
+                }
+
+                if ((long)found < k && k == published)
+                {
+                    found = (nuint)ScoreMissed(query, (int)found, published, work);
+                }
+            }
+            finally
+            {
+                _slots.Release();
+            }
+        }
+
+        return (int)found;
+    }
+
+    /// <summary>
+    /// When every published key was asked for (TopK ≥ Count) but the graph walk did not reach them all (HNSW graphs need
+    /// not be connected), scores the missed keys directly from their stored vectors (<c>usearch_get</c>), so the result is
+    /// the exact log-mass over all keys. Appends to the workspace after the <paramref name="found"/> hits; returns the new count.
+    /// </summary>
+    private int ScoreMissed(float* query, int found, long published, Workspace work)
+    {
+        Interlocked.Increment(ref _exhaustiveCompletions);
+        var seen = work.Seen;
+        Array.Clear(seen);
+        for (var i = 0; i < found; i++)
+        {
+            seen[work.Keys[i]] = true;
+        }
+
+        var cosine = _options.ScalarKind == HnswScalarKind.Int8;
+        double queryNorm = 0;
+        for (var j = 0; j < Dimension; j++)
+        {
+            queryNorm += (double)query[j] * query[j];
+        }
+
+        fixed (float* vector = work.Vector)
+        {
+            for (var key = 0L; key < published; key++)
+            {
+                if (seen[key])
+                {
+                    continue;
+                }
+
+                nint error = 0;
+                var copied = USearchNative.Get(_index, (ulong)key, 1, vector, USearchNative.ScalarKind.Float32, ref error);
+                USearchNative.Check(error, "get");
+                if (copied == 0)
+                {
+                    continue;
+                }
+
+                double dot = 0, norm = 0;
+                for (var j = 0; j < Dimension; j++)
+                {
+                    dot += (double)query[j] * vector[j];
+                    norm += (double)vector[j] * vector[j];
+                }
+
+                var similarity = cosine ? dot / Math.Sqrt(Math.Max(queryNorm * norm, double.Epsilon)) : dot;
+                work.Keys[found] = (ulong)key;
+                work.Distances[found] = (float)(1 - similarity);
+                found++;
+            }
+        }
+
+        return found;
+    }
+
+    /// <summary>
+    /// Per class c and θ: <c>L_c = m + log Σ_{j ∈ c} exp(θ s_j − m)</c> with <c>m = max_{j ∈ c} θ s_j</c>, in double,
+    /// over the retrieved neighbours; classes without a neighbour stay −∞.
+    /// </summary>
+    private static void Accumulate(Workspace work, int found, int[] labels, double[] thetas, int q, int batch, float[] output)
+    {
+        var classes = work.Max.Length;
+        for (var t = 0; t < thetas.Length; t++)
+        {
+            var theta = thetas[t];
+            for (var j = 0; j < found; j++)
+            {
+                var c = labels[work.Keys[j]];
+                var v = theta * (1.0 - work.Distances[j]);
+                if (v > work.Max[c])
+                {
+                    work.Max[c] = v;
+                }
+            }
+
+            for (var j = 0; j < found; j++)
+            {
+                var c = labels[work.Keys[j]];
+                work.Sum[c] += Math.Exp((theta * (1.0 - work.Distances[j])) - work.Max[c]);
+            }
+
+            var row = ((long)t * batch + q) * classes;
+            for (var j = 0; j < found; j++)
+            {
+                var c = labels[work.Keys[j]];
+                if (work.Sum[c] > 0)
+                {
+                    output[row + c] = (float)(work.Max[c] + Math.Log(work.Sum[c]));
+                    work.Sum[c] = 0;
+                    work.Max[c] = double.NegativeInfinity;
+                }
+            }
+        }
+    }
+
+    /// <summary>An immutable view of the published keys: ids below <see cref="Count"/>, labels indexed by id.</summary>
+    private sealed record Snapshot(long Count, int[] Labels);
+
+    /// <summary>Per-worker scratch for one query at a time.</summary>
+    private sealed class Workspace
+    {
+        public Workspace(int k, int classes, int dimension)
+        {
+            Seen = new bool[Math.Max(k, 1)];
+            Vector = new float[dimension];
+            Keys = new ulong[Math.Max(k, 1)];
+            Distances = new float[Math.Max(k, 1)];
+            Max = new double[classes];
+            Sum = new double[classes];
+            Array.Fill(Max, double.NegativeInfinity);
+        }
+
+        /// <summary>Which key ids the graph walk returned (used only when every key is requested).</summary>
+        public bool[] Seen { get; }
+
+        /// <summary>One stored key, for scoring keys the walk missed.</summary>
+        public float[] Vector { get; }
+
+        public ulong[] Keys { get; }
+
+        public float[] Distances { get; }
+
+        public double[] Max { get; }
+
+        public double[] Sum { get; }
+    }
+}

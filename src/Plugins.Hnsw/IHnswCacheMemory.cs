@@ -1,0 +1,36 @@
+using ScalableCache.Core;
+
+namespace ScalableCache.Hnsw;
+
+/// <summary>
+/// An <see cref="ICacheMemory"/> backed by a USearch HNSW graph, with the hooks a cache file format needs to store the
+/// graph and reload it without rebuilding. Created by <see cref="HnswCacheMemoryFactory"/>.
+/// </summary>
+public interface IHnswCacheMemory : ICacheMemory
+{
+    /// <summary>The settings this memory runs with (a copy; changing it has no effect).</summary>
+    HnswCacheOptions Options { get; }
+
+    /// <summary>Bytes held by the native index (vectors, graph, per-thread contexts), as USearch reports them.</summary>
+    long NativeMemoryBytes { get; }
+
+    /// <summary>
+    /// Serialises the published keys: the native index (USearch's own format: vectors, graph and its metadata) and
+    /// the label of each key, taken from one consistent snapshot (an <see cref="ICacheMemory.Add"/> in progress is waited
+    /// for). Restore with <see cref="HnswCacheMemoryFactory.Restore(HnswGraphSnapshot, int)"/>.
+    /// </summary>
+    HnswGraphSnapshot SaveGraph();
+}
+
+/// <summary>
+/// A serialised HNSW memory. <see cref="Graph"/> is USearch's buffer format (<c>usearch_save_buffer</c>); key id
+/// <c>k</c> in it is row <c>k</c> of the keys in insertion order, whose label is <c>Labels[k]</c>.
+/// The graph records dimension, metric and scalar kind; the class count is stored by the caller.
+/// </summary>
+/// <param name="Graph">Native index bytes.</param>
+/// <param name="Labels">Label of key <c>k</c> at index <c>k</c>; its length is the key count.</param>
+public sealed record HnswGraphSnapshot(byte[] Graph, int[] Labels)
+{
+    /// <summary>Number of keys.</summary>
+    public long Count => Labels.LongLength;
+}

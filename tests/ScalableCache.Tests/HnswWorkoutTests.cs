@@ -1,0 +1,245 @@
+using ScalableCache.Hnsw;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Tests;
+
+/// <summary>Build, save, reload, identical answers; concurrent readers; invalid input fails clearly.</summary>
+public sealed class HnswWorkoutTests
+{
+    [Fact]
+    public void SavedGraphReloadsWithIdenticalAnswers()
+    {
+        const int classes = 7;
+        var data = HnswTestData.Clustered(seed: 31, n: 900, dimension: 24, classes, clusters: 20);
+        var factory = new HnswCacheMemoryFactory(new HnswCacheOptions { TopK = 30, Threads = 2 });
+        using var original = factory.CreateHnsw(data.Dimension, classes);
+        using (var keys = data.KeysTensor(0, 600))
+        using (var labels = data.LabelsTensor(0, 600))
+        {
+            original.Add(keys, labels);
+        }
+
+        var snapshot = original.SaveGraph();
+        Assert.Equal(600, snapshot.Count);
+        Assert.Equal(data.Labels.Take(600).Select(l => (int)l), snapshot.Labels);
+        using var restored = factory.Restore(snapshot, classes);
+        Assert.Equal(original.Count, restored.Count);
+        Assert.Equal(original.Dimension, restored.Dimension);
+        Assert.Equal(classes, restored.ClassCount);
+        Assert.Equal("Hnsw", restored.Provider);
+
+        using var scope = NewDisposeScope();
+        var q = data.QueriesTensor(data.Queries(32, 25));
+        double[] thetas = [3, 30];
+        Assert.Equal(original.ClassLogMass(q, thetas).data<float>().ToArray(), restored.ClassLogMass(q, thetas).data<float>().ToArray());
+
+        // Both keep growing from the same ids; restored keys are never rebuilt.
+        using (var keys = data.KeysTensor(600))
+        using (var labels = data.LabelsTensor(600))
+        {
+            original.Add(keys, labels);
+            restored.Add(keys, labels);
+        }
+
+        // Later inserts are multi-threaded, so the two graphs may now differ: both must still find the exact top-k.
+        Assert.Equal(900, restored.Count);
+        var queries = data.Queries(33, 25);
+        foreach (var memory in new[] { original, restored })
+        {
+            var neighbours = ((HnswCacheMemory)memory).Neighbours(data.QueriesTensor(queries));
+            var recall = neighbours.Select((n, i) => HnswTestData.TopK(data.Similarities(queries, i), 30)
+                .Intersect(n.Keys.Select(k => (int)k)).Count() / 30.0).Average();
+            Assert.True(recall >= 0.95, $"recall@30 after adding to the {(memory == original ? "original" : "restored")} graph: {recall:F3}");
+        }
+    }
+
+    [Fact]
+    public void RestoreTakesScalarKindFromTheGraphAndSearchSettingsFromTheFactory()
+    {
+        var data = HnswTestData.Clustered(seed: 41, n: 200, dimension: 16, classes: 3, clusters: 6);
+        var saved = new HnswCacheMemoryFactory(new HnswCacheOptions { ScalarKind = HnswScalarKind.Float16, Threads = 1 });
+        using var original = saved.CreateHnsw(data.Dimension, 3);
+        using (var keys = data.KeysTensor())
+        using (var labels = data.LabelsTensor())
+        {
+            original.Add(keys, labels);
+        }
+
+        var loader = new HnswCacheMemoryFactory(new HnswCacheOptions { TopK = 7, ExpansionSearch = 40, Threads = 2 });
+        using var restored = loader.Restore(original.SaveGraph(), 3);
+        Assert.Equal(HnswScalarKind.Float16, restored.Options.ScalarKind);
+        Assert.Equal(7, restored.Options.TopK);
+        Assert.Equal(200, restored.Count);
+        Assert.True(restored.NativeMemoryBytes > 0);
+    }
+
+    [Fact]
+    public void RestoreRejectsInconsistentInput()
+    {
+        var data = HnswTestData.Clustered(seed: 51, n: 50, dimension: 8, classes: 3, clusters: 6);
+        var factory = new HnswCacheMemoryFactory(new HnswCacheOptions { Threads = 1 });
+        using var memory = factory.CreateHnsw(data.Dimension, 3);
+        using (var keys = data.KeysTensor())
+        using (var labels = data.LabelsTensor())
+        {
+            memory.Add(keys, labels);
+        }
+
+        var snapshot = memory.SaveGraph();
+        var fewer = Assert.Throws<ArgumentException>(() => factory.Restore(snapshot.Graph, snapshot.Labels.AsSpan(1), 3));
+        Assert.Contains("50 keys but 49 labels", fewer.Message, StringComparison.Ordinal);
+
+        var badLabels = snapshot.Labels.ToArray();
+        badLabels[4] = 3;
+        var outOfRange = Assert.Throws<ArgumentException>(() => factory.Restore(snapshot.Graph, badLabels, 3));
+        Assert.Contains("key 4", outOfRange.Message, StringComparison.Ordinal);
+
+        Assert.Throws<ArgumentException>(() => factory.Restore([], [], 3));
+        var truncated = Assert.Throws<ArgumentException>(() => factory.Restore(snapshot.Graph.AsSpan(0, snapshot.Graph.Length / 2), snapshot.Labels, 3));
+        Assert.Contains("not a complete USearch index", truncated.Message, StringComparison.Ordinal);
+        var foreign = new byte[1000];
+        new Random(1).NextBytes(foreign);
+        Assert.Throws<ArgumentException>(() => factory.Restore(foreign, [], 3));
+    }
+
+    [Fact]
+    public async Task QueriesDuringAddsSeeWholeBatchesOnly()
+    {
+        // Batch j holds 25 keys labelled j. With θ ≈ 0 and TopK ≥ all keys, exp(L_j) counts the retrieved keys of batch j:
+        // every finite class must count exactly 25 (never a partial batch), and the finite classes form a prefix whose
+        // length lies between the Count read before and after the query.
+        const int batches = 16, batchSize = 25, dimension = 8;
+        var data = HnswTestData.Clustered(seed: 61, n: batches * batchSize, dimension, classes: 1, clusters: 30);
+        var options = new HnswCacheOptions { TopK = batches * batchSize, ExpansionSearch = batches * batchSize, Threads = 2 };
+        using var memory = HnswCacheMemory.Create(dimension, batches, options);
+        var queries = data.Queries(62, 8);
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var observed = 0;
+        using var done = new CancellationTokenSource();
+
+        var readers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        {
+            using var q = data.QueriesTensor(queries);
+            while (!done.IsCancellationRequested)
+            {
+                var before = memory.Count;
+                using var result = memory.ClassLogMass(q, [1e-9]);
+                var after = memory.Count;
+                if (before % batchSize != 0 || after % batchSize != 0)
+                {
+                    failures.Enqueue($"Count {before}/{after} is not a whole number of batches");
+                }
+
+                var values = result.data<float>().ToArray();
+                for (var i = 0; i < queries.Length / dimension; i++)
+                {
+                    var finite = 0;
+                    for (var c = 0; c < batches; c++)
+                    {
+                        var v = values[(i * batches) + c];
+                        if (float.IsFinite(v))
+                        {
+                            if (finite != c)
+                            {
+                                failures.Enqueue($"class {c} finite after a −∞ class");
+                            }
+
+                            finite++;
+                            if (Math.Abs(Math.Exp(v) - batchSize) > 1e-3)
+                            {
+                                failures.Enqueue($"class {c} holds {Math.Exp(v)} keys, not {batchSize}");
+                            }
+                        }
+                    }
+
+                    if (finite < before / batchSize || finite > after / batchSize)
+                    {
+                        failures.Enqueue($"{finite} batches seen outside [{before / batchSize}, {after / batchSize}]");
+                    }
+                }
+
+                Interlocked.Increment(ref observed);
+            }
+        }, TestContext.Current.CancellationToken)).ToArray();
+
+        for (var j = 0; j < batches; j++)
+        {
+            using var keys = data.KeysTensor(j * batchSize, batchSize);
+            using var labels = full(batchSize, (long)j, ScalarType.Int64);
+            memory.Add(keys, labels);
+            Thread.Sleep(2);
+        }
+
+        done.Cancel();
+        await Task.WhenAll(readers);
+        Assert.Empty(failures);
+        Assert.True(observed > 0);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{observed} query batches ran during the adds; {memory.FilteredSearches} queries fell back to the snapshot filter.");
+        Assert.Equal(batches * batchSize, memory.Count);
+    }
+
+    [Fact]
+    public void InvalidKeysAndLabelsFailNamingTheRowAndAddNothing()
+    {
+        using var memory = HnswCacheMemory.Create(4, 3, new HnswCacheOptions { Threads = 1 });
+        using var scope = NewDisposeScope();
+        var good = eye(4)[..3];
+
+        var wrongDim = Assert.Throws<ArgumentException>(() => memory.Add(ones(3, 5), zeros(3, ScalarType.Int64)));
+        Assert.Contains("expected [n, 4]", wrongDim.Message, StringComparison.Ordinal);
+
+        var nan = good.clone();
+        nan[2, 1] = float.NaN;
+        var nonFinite = Assert.Throws<ArgumentException>(() => memory.Add(nan, zeros(3, ScalarType.Int64)));
+        Assert.Contains("Row 2", nonFinite.Message, StringComparison.Ordinal);
+
+        var inf = good.clone();
+        inf[1, 0] = float.PositiveInfinity;
+        Assert.Contains("Row 1", Assert.Throws<ArgumentException>(() => memory.Add(inf, zeros(3, ScalarType.Int64))).Message, StringComparison.Ordinal);
+
+        var labelTooLarge = Assert.Throws<ArgumentException>(() => memory.Add(good, tensor(new long[] { 0, 3, 1 })));
+        Assert.Contains("Row 1 has label 3, outside [0, 3)", labelTooLarge.Message, StringComparison.Ordinal);
+        var labelNegative = Assert.Throws<ArgumentException>(() => memory.Add(good, tensor(new long[] { 0, 1, -1 })));
+        Assert.Contains("Row 2", labelNegative.Message, StringComparison.Ordinal);
+
+        Assert.Throws<ArgumentException>(() => memory.Add(good, zeros(2, ScalarType.Int64)));
+        Assert.Throws<ArgumentException>(() => memory.Add(good, zeros(3, ScalarType.Float32)));
+        Assert.Throws<ArgumentException>(() => memory.Add(good.to_type(ScalarType.Float64), zeros(3, ScalarType.Int64)));
+        Assert.Throws<ArgumentException>(() => memory.ClassLogMass(ones(2, 3), [1.0]));
+        Assert.ThrowsAny<ArgumentException>(() => memory.ClassLogMass(ones(2, 4), [double.NaN]));
+        Assert.ThrowsAny<ArgumentException>(() => memory.ClassLogMass(ones(2, 4), [0.0]));
+        Assert.ThrowsAny<ArgumentException>(() => memory.ClassLogMass(ones(2, 4), []));
+        var badQuery = ones(2, 4);
+        badQuery[1, 2] = float.NaN;
+        Assert.Contains("Row 1 of queries", Assert.Throws<ArgumentException>(() => memory.ClassLogMass(badQuery, [1.0])).Message, StringComparison.Ordinal);
+        Assert.Equal(0, memory.Count);
+
+        memory.Add(good, tensor(new long[] { 0, 1, 2 }));
+        Assert.Equal(3, memory.Count);
+    }
+
+    [Fact]
+    public void InvalidOptionsFailWithClearMessages()
+    {
+        var tooSmallEf = Assert.Throws<ArgumentException>(() => new HnswCacheMemoryFactory(new HnswCacheOptions { TopK = 100, ExpansionSearch = 64 }));
+        Assert.Contains("ExpansionSearch (64) must be at least Cache:Hnsw:TopK (100)", tooSmallEf.Message, StringComparison.Ordinal);
+        Assert.Contains("TopK must be positive", Assert.Throws<ArgumentException>(() => new HnswCacheMemoryFactory(new HnswCacheOptions { TopK = 0 })).Message, StringComparison.Ordinal);
+        Assert.Contains("Connectivity", Assert.Throws<ArgumentException>(() => new HnswCacheMemoryFactory(new HnswCacheOptions { Connectivity = 1 })).Message, StringComparison.Ordinal);
+        Assert.Contains("Threads", Assert.Throws<ArgumentException>(() => new HnswCacheMemoryFactory(new HnswCacheOptions { Threads = -1 })).Message, StringComparison.Ordinal);
+        Assert.Contains("ExpansionAdd", Assert.Throws<ArgumentException>(() => new HnswCacheMemoryFactory(new HnswCacheOptions { ExpansionAdd = 0 })).Message, StringComparison.Ordinal);
+        Assert.Contains("ScalarKind", Assert.Throws<ArgumentException>(() => new HnswCacheMemoryFactory(new HnswCacheOptions { ScalarKind = (HnswScalarKind)42 })).Message, StringComparison.Ordinal);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new HnswCacheMemoryFactory(new HnswCacheOptions()).Create(0, 3));
+    }
+
+    [Fact]
+    public void DisposedMemoryRefusesWork()
+    {
+        var memory = HnswCacheMemory.Create(4, 2, new HnswCacheOptions { Threads = 1, InitialCapacity = 10 });
+        memory.Dispose();
+        memory.Dispose();
+        using var q = ones(1, 4);
+        Assert.Throws<ObjectDisposedException>(() => memory.ClassLogMass(q, [1.0]));
+        Assert.Throws<ObjectDisposedException>(() => memory.SaveGraph());
+    }
+}
