@@ -25,6 +25,8 @@ internal static class ScacheServiceCollectionExtensions
 
         // Every backend registers itself; Cache:Provider picks one at start-up.
         services.AddExactCache(configuration.GetSection("Cache:Exact"));
+        services.AddHnswCache(configuration.GetSection("Cache:Hnsw"));
+        services.AddRandomProjectionCache(configuration.GetSection("Cache:RandomProjection"));
 
         services.AddSingleton<CacheProviderSelector>();
         services.AddSingleton<CommandOutput>();
@@ -40,10 +42,16 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<ProgressReporter>();
         services.AddSingleton<ExperimentSession>();
         services.AddSingleton<Table1Experiment>();
+        services.AddSingleton<LayerSweepExperiment>();
+        services.AddSingleton<SizeSweepExperiment>();
 
         services.AddSingleton<IScacheCommand, InfoCommand>();
         services.AddSingleton<IScacheCommand, EvaluateCommand>();
         services.AddSingleton<IScacheCommand, ReproduceCommand>();
+        services.AddSingleton<IScacheCommand, LayerSweepCommand>();
+        services.AddSingleton<IScacheCommand, SizeSweepCommand>();
+        services.AddSingleton<IScacheCommand, LayersCommand>();
+        services.AddSingleton<IScacheCommand, BaselineCommand>();
         services.AddSingleton<IScacheCommand, ProvidersCommand>();
         return services;
     }

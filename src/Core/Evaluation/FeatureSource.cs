@@ -15,7 +15,7 @@ public sealed class PerLayerKeys : IDisposable
         Labels = labels;
     }
 
-    /// <summary>Layer name → unit keys <c>[n, D_layer]</c> (float16).</summary>
+    /// <summary>Layer name → unit keys <c>[n, D_layer]</c>.</summary>
     public IReadOnlyDictionary<string, Tensor> Keys { get; }
 
     /// <summary><c>p_net</c> <c>[n, C]</c> (float32).</summary>
@@ -23,6 +23,30 @@ public sealed class PerLayerKeys : IDisposable
 
     /// <summary>Labels <c>[n]</c> (int64).</summary>
     public Tensor Labels { get; }
+
+    /// <summary>Number of rows.</summary>
+    public long Count => Labels.shape[0];
+
+    /// <summary>
+    /// The cache keys of a layer set, exactly as <see cref="LayerTapExtractor"/> makes them: the per-layer unit keys concatenated
+    /// and re-normalised (float32), with the probabilities and labels, restricted to <paramref name="rows"/> when given.
+    /// </summary>
+    public FeatureTable Compose(IReadOnlyList<string> layers, IReadOnlyList<int>? rows = null)
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        using var scope = NewDisposeScope();
+        var index = rows is null ? null : tensor(rows.Select(r => (long)r).ToArray());
+        Tensor Select(Tensor t) => index is null ? t : t.index_select(0, index);
+        var parts = layers.Select(l => Keys.TryGetValue(l, out var k)
+            ? Select(k).to_type(ScalarType.Float32)
+            : throw new ArgumentException($"Layer '{l}' was not extracted; have {string.Join(", ", Keys.Keys)}.", nameof(layers))).ToArray();
+        var keys = nn.functional.normalize(parts.Length == 1 ? parts[0] : cat(parts, 1), 2, 1, LayerTapExtractor.NormEpsilon);
+        var table = new FeatureTable(keys, Select(Probabilities), Select(Labels), layers);
+        table.Keys.DetachFromDisposeScope();
+        table.Probabilities.DetachFromDisposeScope();
+        table.Labels.DetachFromDisposeScope();
+        return table;
+    }
 
     /// <inheritdoc />
     public void Dispose()
@@ -56,11 +80,12 @@ public sealed class FeatureSource(LoadedModel model, int batchSize)
     }
 
     /// <summary>
-    /// Each layer's own unit keys (float16, to halve memory), from one forward pass per chunk of images tapping all layers.
+    /// Each layer's own unit keys (stored as <paramref name="storage"/>: float16 halves memory), from one forward pass per
+    /// chunk of images tapping all layers.
     /// </summary>
     public PerLayerKeys ExtractPerLayer(
         ImageDataset data, IReadOnlyList<string> layers, IProgress<ExtractionProgress>? progress = null,
-        CancellationToken cancellationToken = default, int chunk = 4096)
+        CancellationToken cancellationToken = default, int chunk = 4096, ScalarType storage = ScalarType.Float32)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(layers);
@@ -87,7 +112,7 @@ public sealed class FeatureSource(LoadedModel model, int batchSize)
                     var dim = dims[layer];
                     if (!keys.TryGetValue(layer, out var store))
                     {
-                        store = empty(data.Count, dim, dtype: ScalarType.Float16).DetachFromDisposeScope();
+                        store = empty(data.Count, dim, dtype: storage).DetachFromDisposeScope();
                         keys[layer] = store;
                     }
 

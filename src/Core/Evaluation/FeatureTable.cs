@@ -58,6 +58,20 @@ public sealed class FeatureTable : IDisposable
         return table;
     }
 
+    /// <summary>The rows of <paramref name="first"/> followed by those of <paramref name="second"/> (copies).</summary>
+    public static FeatureTable Concat(FeatureTable first, FeatureTable second)
+    {
+        ArgumentNullException.ThrowIfNull(first);
+        ArgumentNullException.ThrowIfNull(second);
+        using var scope = NewDisposeScope();
+        var table = new FeatureTable(
+            cat([first.Keys, second.Keys]), cat([first.Probabilities, second.Probabilities]), cat([first.Labels, second.Labels]), first.Layers);
+        table.Keys.MoveToOuterDisposeScope();
+        table.Probabilities.MoveToOuterDisposeScope();
+        table.Labels.MoveToOuterDisposeScope();
+        return table;
+    }
+
     /// <summary>Top-1 error of the network alone.</summary>
     public double NetworkError()
     {

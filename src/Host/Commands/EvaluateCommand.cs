@@ -75,7 +75,7 @@ internal sealed class EvaluateCommand : IScacheCommand
         var table = new Table().AddColumns("model", "layers", "network", "cache", "cache-only", "θ, λ", "cache-only θ");
         foreach (var r in rows)
         {
-            table.AddRow(r.Model, string.Join(", ", r.Layers), Markdown.Percent(r.BaselineError), Markdown.Percent(r.CacheError),
+            table.AddPlainRow(r.Model, string.Join(", ", r.Layers), Markdown.Percent(r.BaselineError), Markdown.Percent(r.CacheError),
                 Markdown.Percent(r.CacheOnlyError), $"{Markdown.Number(r.Theta)}, {Markdown.Number(r.Lambda)}", Markdown.Number(r.CacheOnlyTheta));
         }
 

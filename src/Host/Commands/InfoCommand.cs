@@ -27,12 +27,12 @@ internal sealed class InfoCommand : IScacheCommand
             return Task.FromResult(new CommandOutcome(result, console =>
             {
                 var table = new Table().AddColumns("setting", "value");
-                table.AddRow("TorchSharp", result.TorchSharpVersion);
-                table.AddRow("libtorch", result.LibtorchVersion);
-                table.AddRow("device", result.Device);
-                table.AddRow("CUDA available", result.CudaAvailable.ToString());
-                table.AddRow("torch threads", result.TorchThreads.ToString(System.Globalization.CultureInfo.InvariantCulture));
-                table.AddRow("cache provider", result.Provider);
+                table.AddPlainRow("TorchSharp", result.TorchSharpVersion);
+                table.AddPlainRow("libtorch", result.LibtorchVersion);
+                table.AddPlainRow("device", result.Device);
+                table.AddPlainRow("CUDA available", result.CudaAvailable.ToString());
+                table.AddPlainRow("torch threads", result.TorchThreads.ToString(System.Globalization.CultureInfo.InvariantCulture));
+                table.AddPlainRow("cache provider", result.Provider);
                 console.Write(table);
             }));
         }, ct));

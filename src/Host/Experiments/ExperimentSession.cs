@@ -64,12 +64,14 @@ internal sealed class ExperimentSession(
         return source.Extract(data, layers, new ExtractionProgressAdapter(step), cancellationToken);
     }
 
-    /// <summary>Per-layer float16 keys of <paramref name="data"/> for a layer search.</summary>
-    public PerLayerKeys ExtractPerLayer(LoadedModel model, ImageDataset data, IReadOnlyList<string> layers, string label, CancellationToken cancellationToken)
+    /// <summary>Per-layer keys (float32, or float16 to halve memory) of <paramref name="data"/> for a layer search.</summary>
+    public PerLayerKeys ExtractPerLayer(
+        LoadedModel model, ImageDataset data, IReadOnlyList<string> layers, string label, CancellationToken cancellationToken,
+        TorchSharp.torch.ScalarType storage = TorchSharp.torch.ScalarType.Float32)
     {
         var step = progress.Step($"{label} [{layers.Count} layers]", data.Count);
         var source = new FeatureSource(model, BatchSize);
-        return source.ExtractPerLayer(data, layers, new ExtractionProgressAdapter(step), cancellationToken);
+        return source.ExtractPerLayer(data, layers, new ExtractionProgressAdapter(step), cancellationToken, storage: storage);
     }
 
     /// <summary>The validation and report halves of the test set.</summary>

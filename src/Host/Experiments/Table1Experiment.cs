@@ -70,25 +70,30 @@ internal sealed class Table1Experiment(ExperimentSession session)
         var split = ExperimentSession.Split(test, request.Seed, ValidationFraction);
         var classCount = model.Model.ClassCount;
 
+        // One forward pass over the training and test images taps every layer needed (candidates, or the given layers);
+        // the layer search and the final cache both use these keys.
+        var candidates = request.Layers ?? request.Candidates ?? LayerChoice.DefaultCandidates(model);
+        using var trainKeys = progress.Timed($"{request.Model}: training keys", () => session.ExtractPerLayer(model, train, candidates, "train", cancellationToken), out var t1);
+        seconds["extractTrain"] = t1.TotalSeconds;
+        using var testKeys = progress.Timed($"{request.Model}: test keys", () => session.ExtractPerLayer(model, test, candidates, "test", cancellationToken), out var t2);
+        seconds["extractTest"] = t2.TotalSeconds;
+
         LayerCombinationResult? search = null;
         var layers = request.Layers;
         if (layers is null)
         {
-            var candidates = request.Candidates ?? LayerChoice.DefaultCandidates(model);
             search = progress.Timed($"{request.Model}: layer-combination search over {string.Join(", ", candidates)}",
-                () => SearchLayers(model, train, test.Subset(split.First), candidates, request, classCount, cancellationToken), out var searchTime);
+                () => SearchLayers(session, trainKeys, testKeys, split.First, candidates, request.Grid, request.MaxLayers, classCount), out var searchTime);
             seconds["layerSearch"] = searchTime.TotalSeconds;
             layers = search.Layers;
             progress.Status($"{request.Model}: chose [{string.Join(", ", layers)}] (validation error {search.Score.Error:P2})");
         }
 
-        var cacheData = request.Flip ? train.WithHorizontalFlips() : train;
-        using var trainFeatures = progress.Timed($"{request.Model}: training keys", () => session.Extract(model, cacheData, layers, "train", cancellationToken), out var t1);
-        seconds["extractTrain"] = t1.TotalSeconds;
-        using var testFeatures = progress.Timed($"{request.Model}: test keys", () => session.Extract(model, test, layers, "test", cancellationToken), out var t2);
-        seconds["extractTest"] = t2.TotalSeconds;
-        using var validation = testFeatures.Rows(split.First);
-        using var report = testFeatures.Rows(split.Second);
+        using var unflipped = trainKeys.Compose(layers);
+        using var withFlips = request.Flip ? WithFlips(model, train, unflipped, layers, seconds, cancellationToken) : null;
+        var trainFeatures = withFlips ?? unflipped;
+        using var validation = testKeys.Compose(layers, split.First);
+        using var report = testKeys.Compose(layers, split.Second);
 
         using var memory = progress.Timed($"{request.Model}: build {provider.Provider} cache", () => CacheEvaluation.Build(provider, trainFeatures, classCount), out var t3);
         seconds["buildCache"] = t3.TotalSeconds;
@@ -104,17 +109,27 @@ internal sealed class Table1Experiment(ExperimentSession session)
             result.ValidationCacheOnlyError, result.Grid.Thetas, result.Grid.Lambdas, result.Grid.Errors, search, seconds);
     }
 
-    private LayerCombinationResult SearchLayers(
-        LoadedModel model, ImageDataset train, ImageDataset validation, IReadOnlyList<string> candidates, Table1Request request, int classCount,
+    private FeatureTable WithFlips(
+        LoadedModel model, ImageDataset train, FeatureTable unflipped, IReadOnlyList<string> layers, Dictionary<string, double> seconds,
         CancellationToken cancellationToken)
     {
-        using var trainKeys = session.ExtractPerLayer(model, train, candidates, "train (per layer)", cancellationToken);
-        using var validationKeys = session.ExtractPerLayer(model, validation, candidates, "validation (per layer)", cancellationToken);
-        var list = candidates.Select(c => new LayerCandidate(c, trainKeys.Keys[c], validationKeys.Keys[c])).ToList();
+        var flippedImages = train.WithHorizontalFlips().Slice(train.Count, train.Count);
+        using var flipped = session.Progress.Timed("flipped training keys", () => session.Extract(model, flippedImages, layers, "train (flipped)", cancellationToken), out var t);
+        seconds["extractFlipped"] = t.TotalSeconds;
+        return FeatureTable.Concat(unflipped, flipped);
+    }
+
+    /// <summary>Greedy layer-combination search on the validation rows of the test keys.</summary>
+    public static LayerCombinationResult SearchLayers(
+        ExperimentSession session, PerLayerKeys trainKeys, PerLayerKeys testKeys, IReadOnlyList<int> validationRows, IReadOnlyList<string> candidates,
+        GridSearchOptions grid, int maxLayers, int classCount)
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var rows = TorchSharp.torch.tensor(validationRows.Select(r => (long)r).ToArray());
+        var list = candidates.Select(c => new LayerCandidate(c, trainKeys.Keys[c], testKeys.Keys[c].index_select(0, rows))).ToList();
         var reporter = new SyncProgress<string>(session.Progress.Status);
         return LayerCombinationSearch.Run(
-            list, trainKeys.Labels, validationKeys.Probabilities, validationKeys.Labels, classCount,
-            request.Grid.Thetas, request.Grid.IncludeCacheOnly ? request.Grid.EffectiveLambdas : request.Grid.Lambdas,
-            request.MaxLayers, reporter);
+            list, trainKeys.Labels, testKeys.Probabilities.index_select(0, rows), testKeys.Labels.index_select(0, rows), classCount,
+            grid.Thetas, grid.IncludeCacheOnly ? grid.EffectiveLambdas : grid.Lambdas, maxLayers, reporter);
     }
 }

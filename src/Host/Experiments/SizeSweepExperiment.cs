@@ -1,0 +1,82 @@
+using System.Diagnostics;
+using ScalableCache.Core;
+using ScalableCache.Core.Evaluation;
+
+namespace ScalableCache.Host.Experiments;
+
+/// <summary>One cache size and subset seed (Figure 3).</summary>
+internal sealed record SizeSweepPoint(
+    double Fraction, int PerClass, long CacheSize, int SubsetSeed, double BaselineError, double CacheError, double Gain, double Theta, double Lambda,
+    double CacheOnlyError, double Seconds);
+
+/// <summary>The whole sweep, with the mean gain per size.</summary>
+internal sealed record SizeSweepResult(
+    string Model, IReadOnlyList<string> Layers, int Seed, string Provider, IReadOnlyList<SizeSweepPoint> Points,
+    IReadOnlyList<(double Fraction, double MeanGain, double MeanCacheError)> Summary, LayerCombinationResult? LayerSearch, double Seconds);
+
+/// <summary>
+/// Figure 3 of the paper: the gain of the cache model over the network against the cache size, for class-balanced random subsets
+/// of the training set (several subset seeds per size), with θ and λ searched again for every cache.
+/// </summary>
+internal sealed class SizeSweepExperiment(ExperimentSession session)
+{
+    public static IReadOnlyList<double> DefaultFractions { get; } = [0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+
+    public async Task<SizeSweepResult> RunAsync(
+        string modelName, string? weights, string? data, IReadOnlyList<string>? layers, IReadOnlyList<double> fractions,
+        IReadOnlyList<int> subsetSeeds, int seed, GridSearchOptions grid, int maxLayers, CancellationToken cancellationToken)
+    {
+        var watch = Stopwatch.StartNew();
+        var provider = session.Provider;
+        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
+        var test = session.LoadTest(data);
+        var train = session.LoadTrain(data, flips: false);
+        var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
+        var classCount = model.Model.ClassCount;
+        var candidates = layers ?? LayerChoice.DefaultCandidates(model);
+        using var trainKeys = session.ExtractPerLayer(model, train, candidates, "train", cancellationToken);
+        using var testKeys = session.ExtractPerLayer(model, test, candidates, "test", cancellationToken);
+        LayerCombinationResult? search = null;
+        if (layers is null)
+        {
+            search = Table1Experiment.SearchLayers(session, trainKeys, testKeys, split.First, candidates, grid, maxLayers, classCount);
+            layers = search.Layers;
+            session.Progress.Status($"{modelName}: cache keyed on [{string.Join(", ", layers)}]");
+        }
+
+        using var validation = testKeys.Compose(layers, split.First);
+        using var report = testKeys.Compose(layers, split.Second);
+        var points = new List<SizeSweepPoint>();
+        foreach (var fraction in fractions)
+        {
+            foreach (var subsetSeed in subsetSeeds)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                var pointWatch = Stopwatch.StartNew();
+                var perClass = train.PerClassForFraction(fraction);
+                if (perClass == 0)
+                {
+                    // No cache: the model is the network.
+                    var net = report.NetworkError();
+                    points.Add(new SizeSweepPoint(fraction, 0, 0, subsetSeed, net, net, 0, double.NaN, 0, double.NaN, 0));
+                    continue;
+                }
+
+                var indices = train.ClassBalancedIndices(perClass, subsetSeed);
+                using var subset = trainKeys.Compose(layers, indices);
+                using var memory = CacheEvaluation.Build(provider, subset, classCount);
+                var result = CacheEvaluation.Evaluate(memory, validation, report, grid, session.BatchSize);
+                points.Add(new SizeSweepPoint(
+                    fraction, perClass, memory.Count, subsetSeed, result.BaselineError, result.CacheError, result.BaselineError - result.CacheError,
+                    result.Theta, result.Lambda, result.CacheOnlyError, pointWatch.Elapsed.TotalSeconds));
+                session.Progress.Status(
+                    $"size {fraction:P0} ({memory.Count} keys, seed {subsetSeed}): cache {result.CacheError:P2} vs network {result.BaselineError:P2} (θ={result.Theta}, λ={result.Lambda})");
+            }
+        }
+
+        var summary = points.GroupBy(p => p.Fraction)
+            .Select(g => (g.Key, g.Average(p => p.Gain), g.Average(p => p.CacheError)))
+            .ToList();
+        return new SizeSweepResult(model.Spec.Name, layers, seed, provider.Provider, points, summary, search, watch.Elapsed.TotalSeconds);
+    }
+}
