@@ -69,6 +69,16 @@ internal static class CommonOptions
         Description = "Comma-separated candidate layers for the combination search. Default: the blocks of the last stage and the pooled features.",
     };
 
+    public static Option<int?> MaxTrain() => new("--max-train")
+    {
+        Description = "Use a seeded class-balanced subset of at most this many training images (quick runs; default all).",
+    };
+
+    public static Option<int?> MaxTest() => new("--max-test")
+    {
+        Description = "Use a seeded class-balanced subset of at most this many test images (quick runs; default all).",
+    };
+
     /// <summary>Parses a comma-separated list of numbers, or null when absent.</summary>
     public static IReadOnlyList<double>? Numbers(string? text, string option)
     {

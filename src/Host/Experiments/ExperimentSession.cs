@@ -74,6 +74,22 @@ internal sealed class ExperimentSession(
         return source.ExtractPerLayer(data, layers, new ExtractionProgressAdapter(step), cancellationToken, storage: storage);
     }
 
+    /// <summary>A seeded class-balanced subset of at most <paramref name="max"/> images (for quick runs), or the set itself.</summary>
+    public static ImageDataset Limit(ImageDataset data, int? max, int seed)
+    {
+        if (max is null || max >= data.Count)
+        {
+            return data;
+        }
+
+        if (max < data.ClassCount)
+        {
+            throw new UsageException($"A limit of {max} images leaves some of the {data.ClassCount} classes empty.");
+        }
+
+        return data.ClassBalancedSubset(max.Value / data.ClassCount, seed);
+    }
+
     /// <summary>The validation and report halves of the test set.</summary>
     public static DatasetSplit Split(ImageDataset test, int seed, double validationFraction) => test.SeededSplit(seed, validationFraction);
 

@@ -18,7 +18,9 @@ internal sealed record Table1Request(
     bool Flip,
     GridSearchOptions Grid,
     double? Theta,
-    double? Lambda);
+    double? Lambda,
+    int? MaxTrain = null,
+    int? MaxTest = null);
 
 /// <summary>One Table 1 row with everything needed to reproduce it.</summary>
 internal sealed record Table1Row(
@@ -65,8 +67,8 @@ internal sealed class Table1Experiment(ExperimentSession session)
         var progress = session.Progress;
         var provider = session.Provider; // an unknown provider fails before any work
         using var model = await session.LoadModelAsync(request.Model, request.Weights, cancellationToken).ConfigureAwait(false);
-        var test = session.LoadTest(request.Data);
-        var train = session.LoadTrain(request.Data, flips: false);
+        var test = ExperimentSession.Limit(session.LoadTest(request.Data), request.MaxTest, request.Seed);
+        var train = ExperimentSession.Limit(session.LoadTrain(request.Data, flips: false), request.MaxTrain, request.Seed);
         var split = ExperimentSession.Split(test, request.Seed, ValidationFraction);
         var classCount = model.Model.ClassCount;
 

@@ -1,0 +1,161 @@
+using System.Text.Json;
+using ScalableCache.Host;
+using ScalableCache.Host.Cli;
+using Xunit;
+
+namespace ScalableCache.Tests;
+
+public sealed class CliTests
+{
+    private static async Task<(int Code, string Stdout, string Stderr)> Run(IReadOnlyDictionary<string, string?>? configuration, params string[] args)
+    {
+        using var stdout = new StringWriter();
+        using var stderr = new StringWriter();
+        var code = await ScacheApplication.RunAsync(args, stdout, stderr, configuration);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    private static JsonElement SingleJsonObject(string stdout)
+    {
+        // Exactly one JSON value on stdout, and it is an object.
+        var reader = new Utf8JsonReader(System.Text.Encoding.UTF8.GetBytes(stdout));
+        using var doc = JsonDocument.ParseValue(ref reader);
+        Assert.False(reader.Read(), "stdout holds more than one JSON value");
+        Assert.Equal(JsonValueKind.Object, doc.RootElement.ValueKind);
+        return doc.RootElement.Clone();
+    }
+
+    [Fact]
+    public async Task ProvidersListsEveryBackendAndTheConfiguredOne()
+    {
+        var (code, stdout, _) = await Run(null, "providers", "--json");
+        Assert.Equal(ExitCodes.Success, code);
+        var json = SingleJsonObject(stdout);
+        var registered = json.GetProperty("registered").EnumerateArray().Select(e => e.GetString()).ToList();
+        Assert.Equal(["Exact", "Hnsw", "RandomProjection"], registered.Order());
+        Assert.Equal("Exact", json.GetProperty("selected").GetString());
+
+        // Configuration picks the provider; a flag overrides configuration.
+        var (_, fromConfig, _) = await Run(new Dictionary<string, string?> { ["Cache:Provider"] = "hnsw" }, "providers", "--json");
+        Assert.Equal("Hnsw", SingleJsonObject(fromConfig).GetProperty("selected").GetString());
+        var (_, fromFlag, _) = await Run(new Dictionary<string, string?> { ["Cache:Provider"] = "Hnsw" }, "providers", "--json", "--provider", "RandomProjection");
+        Assert.Equal("RandomProjection", SingleJsonObject(fromFlag).GetProperty("selected").GetString());
+    }
+
+    [Fact]
+    public async Task UnknownProviderFailsAtStartUpListingTheRegisteredOnes()
+    {
+        var (code, stdout, stderr) = await Run(null, "providers", "--json", "--provider", "Bogus");
+        Assert.Equal(ExitCodes.Configuration, code);
+        var json = SingleJsonObject(stdout);
+        Assert.Equal("Configuration", json.GetProperty("exitName").GetString());
+        Assert.Contains("Bogus", json.GetProperty("error").GetString());
+        Assert.Contains("Exact, Hnsw, RandomProjection", stderr);
+    }
+
+    [Fact]
+    public async Task InvalidProviderOptionsFailAtStartUp()
+    {
+        var (code, stdout, _) = await Run(new Dictionary<string, string?> { ["Cache:Exact:KeyBlockSize"] = "0" }, "providers", "--json");
+        Assert.Equal(ExitCodes.Configuration, code);
+        Assert.Contains("KeyBlockSize", SingleJsonObject(stdout).GetProperty("error").GetString());
+    }
+
+    [Fact]
+    public async Task UnknownCommandOrOptionIsAUsageError()
+    {
+        Assert.Equal(ExitCodes.Usage, (await Run(null, "no-such-command")).Code);
+        var (code, stdout, _) = await Run(null, "providers", "--json", "--no-such-flag");
+        Assert.Equal(ExitCodes.Usage, code);
+        Assert.Equal("Usage", SingleJsonObject(stdout).GetProperty("exitName").GetString());
+        Assert.Equal(ExitCodes.Usage, (await Run(null, "providers", "--set", "NoEquals")).Code);
+    }
+
+    [Fact]
+    public async Task CudaInTheCpuBuildIsAClearError()
+    {
+        var (code, stdout, _) = await Run(null, "info", "--json", "--device", "cuda");
+        Assert.Equal(ExitCodes.DeviceUnavailable, code);
+        var error = SingleJsonObject(stdout).GetProperty("error").GetString();
+        Assert.Contains("libtorch-cpu-linux-x64", error);
+        Assert.Contains("CUDA", error);
+    }
+
+    [Fact]
+    public async Task LayersListsModulesWithShapesInForwardOrder()
+    {
+        var (code, stdout, _) = await Run(null, "layers", "--model", "resnet20", "--json");
+        Assert.Equal(ExitCodes.Success, code);
+        var layers = SingleJsonObject(stdout).GetProperty("layers").EnumerateArray()
+            .ToDictionary(l => l.GetProperty("name").GetString()!, l => l.GetProperty("shape").EnumerateArray().Select(d => d.GetInt64()).ToArray());
+        Assert.Equal([16L, 32, 32], layers["conv1"]);
+        Assert.Equal([64L, 8, 8], layers["layer3.2"]);
+        Assert.Equal([64L, 1, 1], layers["avgpool"]);
+        Assert.Equal([10L], layers["linear"]);
+        var names = layers.Keys.ToList();
+        Assert.True(names.IndexOf("layer1.0") < names.IndexOf("layer2.0") && names.IndexOf("layer3.2") < names.IndexOf("avgpool"));
+    }
+
+    [Fact]
+    public async Task MissingDataAndWeightsAreNotFoundWithAHint()
+    {
+        var (code, stdout, _) = await Run(null, "baseline", "--json", "--data", "/nonexistent/cifar", "--weights", Path.Combine(SharedData.Models, "resnet20.safetensors"));
+        Assert.Equal(ExitCodes.NotFound, code);
+        Assert.Contains("SCACHE_DATA", SingleJsonObject(stdout).GetProperty("error").GetString());
+
+        var (code2, stdout2, _) = await Run(null, "baseline", "--json", "--weights", "/nonexistent/resnet20.th");
+        Assert.Equal(ExitCodes.NotFound, code2);
+        Assert.Contains("--weights", SingleJsonObject(stdout2).GetProperty("error").GetString());
+    }
+
+    [Fact]
+    public async Task CorruptCheckpointIsAnInvalidCheckpointError()
+    {
+        var file = Path.Combine(Path.GetTempPath(), $"scache-corrupt-{Guid.NewGuid():N}.th");
+        await File.WriteAllBytesAsync(file, [0x80, 0x02, 0x8a, 0x0a, 1, 2, 3], TestContext.Current.CancellationToken);
+        try
+        {
+            var (code, stdout, _) = await Run(null, "baseline", "--json", "--weights", file, "--data", SharedData.Cifar10);
+            Assert.Equal(ExitCodes.InvalidCheckpoint, code);
+            Assert.Contains(Path.GetFileName(file), SingleJsonObject(stdout).GetProperty("error").GetString());
+        }
+        finally
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
+    public async Task EvaluateRunsEndToEndOnASmallSliceAndWritesItsReport()
+    {
+        var output = Path.Combine(Path.GetTempPath(), $"scache-evaluate-{Guid.NewGuid():N}");
+        try
+        {
+            var (code, stdout, stderr) = await Run(null,
+                "evaluate", "--model", "resnet20", "--layers", "layer3.2,avgpool", "--max-train", "1000", "--max-test", "400",
+                "--data", SharedData.Cifar10, "--weights", Path.Combine(SharedData.Models, "resnet20.safetensors"), "--out", output, "--json");
+            Assert.True(code == ExitCodes.Success, stderr);
+            var json = SingleJsonObject(stdout);
+            foreach (var key in new[] { "baselineError", "cacheError", "cacheOnlyError", "theta", "lambda", "cacheOnlyTheta" })
+            {
+                Assert.InRange(json.GetProperty(key).GetDouble(), 0, 100);
+            }
+
+            Assert.Equal(["layer3.2", "avgpool"], json.GetProperty("layers").EnumerateArray().Select(e => e.GetString()));
+            Assert.Equal(64 * 8 * 8 + 64, json.GetProperty("keyDimension").GetInt64());
+            Assert.Equal(1000, json.GetProperty("cacheSize").GetInt64());
+            Assert.Equal(0, json.GetProperty("seed").GetInt32());
+            Assert.InRange(json.GetProperty("baselineError").GetDouble(), 0.02, 0.2); // ResNet-20 is ~8 % wrong
+            Assert.True(File.Exists(Path.Combine(output, "report.md")));
+            Assert.True(File.Exists(Path.Combine(output, "result.json")));
+            Assert.True(new FileInfo(Path.Combine(output, "resnet20-theta-lambda.png")).Length > 1000);
+        }
+        finally
+        {
+            if (Directory.Exists(output))
+            {
+                Directory.Delete(output, recursive: true);
+            }
+        }
+    }
+}
