@@ -1,0 +1,180 @@
+using ScalableCache.Core;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.RandomProjection;
+
+/// <summary>
+/// Decorator that projects keys and queries <c>d → k</c> and delegates storage and search to an inner memory of
+/// dimension k.
+/// </summary>
+/// <remarks>
+/// <para><b>Validation.</b> <see cref="Add"/> and <see cref="ClassLogMass"/> check the caller's d-dimensional input
+/// against the contract (shape, element type, finiteness and label range, naming the offending row) before projecting,
+/// so errors speak of the caller's rows and dimension; the inner memory then checks the projected input again.</para>
+/// <para><b>Projection.</b> Both sides go through the same matrix: <c>x ↦ R x</c>, then (with
+/// <see cref="Renormalize"/>) <c>R x · ‖x‖ / ‖R x‖</c>, so the inner memory scores <c>‖q‖‖μ‖ · cos(Rq, Rμ)</c>, which is
+/// the cosine of the projections for the contract's unit vectors (see <see cref="RandomProjectionCacheOptions.Renormalize"/>).</para>
+/// <para><b>Snapshots and threads.</b> The matrix is immutable, and each call makes exactly one call on the inner memory,
+/// so the inner memory's guarantees carry over unchanged: an <see cref="Add"/> becomes visible to queries all at once,
+/// concurrent adds are serialised by the inner memory, and queries may run concurrently with each other and with one add.</para>
+/// <para><b>Autograd.</b> When gradients are enabled and the queries require them, the projection is recorded (it is a
+/// matrix multiply and a rescale), so gradients flow through to the d-dimensional queries if the inner memory supports it.</para>
+/// </remarks>
+internal sealed class RandomProjectionCacheMemory : IRandomProjectionCacheMemory
+{
+    /// <summary>Provider name registered by this backend.</summary>
+    public const string ProviderName = "RandomProjection";
+
+    private readonly RandomProjectionMatrix _projection;
+    private readonly ICacheMemory _inner;
+    private volatile bool _disposed;
+
+    /// <summary>Wraps <paramref name="inner"/> (dimension k); takes ownership of both <paramref name="projection"/> and <paramref name="inner"/>.</summary>
+    public RandomProjectionCacheMemory(RandomProjectionMatrix projection, ICacheMemory inner, bool renormalize)
+    {
+        ArgumentNullException.ThrowIfNull(projection);
+        ArgumentNullException.ThrowIfNull(inner);
+        if (inner.Dimension != projection.OutputDimension)
+        {
+            throw new ArgumentException(
+                $"The inner memory has dimension {inner.Dimension}; the projection outputs {projection.OutputDimension}.", nameof(inner));
+        }
+
+        if (inner.Count != 0)
+        {
+            throw new ArgumentException($"The inner memory must be empty (it holds {inner.Count} keys).", nameof(inner));
+        }
+
+        _projection = projection;
+        _inner = inner;
+        Renormalize = renormalize;
+    }
+
+    public string Provider => ProviderName;
+
+    public int Dimension => _projection.InputDimension;
+
+    public int ClassCount => _inner.ClassCount;
+
+    public long Count => _inner.Count;
+
+    public RandomProjectionMatrix Projection => _projection;
+
+    public ICacheMemory Inner => _inner;
+
+    public bool Renormalize { get; }
+
+    public void Add(Tensor keys, Tensor labels)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(keys);
+        ArgumentNullException.ThrowIfNull(labels);
+        if (keys.dim() != 2 || keys.shape[1] != Dimension)
+        {
+            throw new ArgumentException(
+                $"keys has shape [{string.Join(", ", keys.shape)}]; expected [n, {Dimension}].", nameof(keys));
+        }
+
+        if (keys.dtype != ScalarType.Float32)
+        {
+            throw new ArgumentException($"keys has element type {keys.dtype}; expected Float32.", nameof(keys));
+        }
+
+        var n = keys.shape[0];
+        if (labels.dim() != 1 || labels.shape[0] != n)
+        {
+            throw new ArgumentException(
+                $"labels has shape [{string.Join(", ", labels.shape)}]; expected [{n}] (one label per key row).", nameof(labels));
+        }
+
+        if (labels.dtype is not (ScalarType.Int64 or ScalarType.Int32))
+        {
+            throw new ArgumentException($"labels has element type {labels.dtype}; expected Int64.", nameof(labels));
+        }
+
+        if (n == 0)
+        {
+            return;
+        }
+
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var x = keys.detach();
+        ThrowIfNonFinite(x, "keys", "; nothing was added");
+
+        var y = labels.detach().to_type(ScalarType.Int64);
+        var outside = y.lt(0).logical_or(y.ge(ClassCount));
+        if (outside.any().item<bool>())
+        {
+            var row = outside.to_type(ScalarType.Int32).argmax().item<long>();
+            throw new ArgumentException(
+                $"Row {row} has label {y[row].item<long>()}, outside [0, {ClassCount}); nothing was added.", nameof(labels));
+        }
+
+        _inner.Add(Project(x), y);
+    }
+
+    public Tensor ClassLogMass(Tensor queries, ReadOnlySpan<double> thetas)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(queries);
+        if (queries.dim() != 2 || queries.shape[1] != Dimension)
+        {
+            throw new ArgumentException(
+                $"queries has shape [{string.Join(", ", queries.shape)}]; expected [b, {Dimension}].", nameof(queries));
+        }
+
+        if (queries.dtype != ScalarType.Float32)
+        {
+            throw new ArgumentException($"queries has element type {queries.dtype}; expected Float32.", nameof(queries));
+        }
+
+        var track = is_grad_enabled() && queries.requires_grad;
+        using var scope = NewDisposeScope();
+        using var gradGuard = track ? null : no_grad();
+        if (queries.shape[0] > 0)
+        {
+            ThrowIfNonFinite(queries.detach(), "queries", string.Empty);
+        }
+
+        var projected = Project(track ? queries : queries.detach());
+        return _inner.ClassLogMass(projected, thetas).MoveToOuterDisposeScope();
+    }
+
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        _inner.Dispose();
+        _projection.Dispose();
+    }
+
+    /// <summary><c>R x</c>, rescaled to <c>‖x‖</c> per row when <see cref="Renormalize"/> is set; <c>[n, k]</c> on the projection's device.</summary>
+    private Tensor Project(Tensor x)
+    {
+        var projected = _projection.Apply(x);
+        if (!Renormalize)
+        {
+            return projected;
+        }
+
+        var inputNorm = x.norm(1, keepdim: true).to(projected.device);
+        var outputNorm = projected.norm(1, keepdim: true).clamp_min(1e-30f);
+        return projected * (inputNorm / outputNorm);
+    }
+
+    private static void ThrowIfNonFinite(Tensor x, string name, string suffix)
+    {
+        var nonFinite = isfinite(x).all(1).logical_not();
+        if (nonFinite.any().item<bool>())
+        {
+            var row = nonFinite.to_type(ScalarType.Int32).argmax().item<long>();
+            throw new ArgumentException($"Row {row} of {name} has a non-finite value (NaN or ±∞){suffix}.", name);
+        }
+    }
+}
