@@ -44,12 +44,14 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<Table1Experiment>();
         services.AddSingleton<LayerSweepExperiment>();
         services.AddSingleton<SizeSweepExperiment>();
+        services.AddSingleton<OnlineExperiment>();
 
         services.AddSingleton<IScacheCommand, InfoCommand>();
         services.AddSingleton<IScacheCommand, EvaluateCommand>();
         services.AddSingleton<IScacheCommand, ReproduceCommand>();
         services.AddSingleton<IScacheCommand, LayerSweepCommand>();
         services.AddSingleton<IScacheCommand, SizeSweepCommand>();
+        services.AddSingleton<IScacheCommand, OnlineCommand>();
         services.AddSingleton<IScacheCommand, LayersCommand>();
         services.AddSingleton<IScacheCommand, BaselineCommand>();
         services.AddSingleton<IScacheCommand, ProvidersCommand>();
