@@ -1,0 +1,97 @@
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Core.Checkpoints;
+
+/// <summary>What <see cref="CheckpointLoader"/> loaded.</summary>
+/// <param name="FilePath">The checkpoint file (or its description when loaded from memory).</param>
+/// <param name="Format">Its format.</param>
+/// <param name="TensorCount">Parameters and buffers copied into the model.</param>
+/// <param name="DefaultedBuffers">
+/// BatchNorm <c>num_batches_tracked</c> counters the checkpoint lacks (checkpoints from PyTorch &lt; 0.4.1 have none); they keep
+/// their initial value, which inference never reads.
+/// </param>
+/// <param name="Metadata">The checkpoint's scalar metadata.</param>
+public sealed record CheckpointLoadResult(
+    string FilePath,
+    CheckpointFormat Format,
+    int TensorCount,
+    IReadOnlyList<string> DefaultedBuffers,
+    IReadOnlyDictionary<string, string> Metadata);
+
+/// <summary>Copies checkpoint tensors into a model after checking that names and shapes match exactly.</summary>
+public static class CheckpointLoader
+{
+    private const string OptionalBufferSuffix = ".num_batches_tracked";
+
+    /// <summary>Reads <paramref name="filePath"/> (any supported format) and loads it into <paramref name="model"/>.</summary>
+    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="CheckpointException">The file cannot be read.</exception>
+    /// <exception cref="CheckpointMismatchException">Names or shapes differ; lists every problem, loads nothing.</exception>
+    public static CheckpointLoadResult Load(nn.Module model, string filePath)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        using var checkpoint = Checkpoint.Read(filePath);
+        return Load(model, checkpoint);
+    }
+
+    /// <summary>
+    /// Loads <paramref name="checkpoint"/> into <paramref name="model"/>: every parameter and buffer of the model must be present
+    /// with the same shape (BatchNorm <c>num_batches_tracked</c> may be absent), and the checkpoint may hold nothing else.
+    /// All problems are reported together in one <see cref="CheckpointMismatchException"/> and then nothing is copied.
+    /// Values are copied (converted to the model's dtype and device); the checkpoint keeps its tensors.
+    /// </summary>
+    public static CheckpointLoadResult Load(nn.Module model, Checkpoint checkpoint)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        var target = model.state_dict();
+        var source = checkpoint.Tensors;
+
+        var missing = new List<TensorShapeEntry>();
+        var defaulted = new List<string>();
+        var mismatched = new List<TensorShapeMismatch>();
+        foreach (var (name, tensor) in target)
+        {
+            if (!source.TryGetValue(name, out var value))
+            {
+                if (name.EndsWith(OptionalBufferSuffix, StringComparison.Ordinal))
+                {
+                    defaulted.Add(name);
+                }
+                else
+                {
+                    missing.Add(new TensorShapeEntry(name, tensor.shape));
+                }
+            }
+            else if (!tensor.shape.SequenceEqual(value.shape))
+            {
+                mismatched.Add(new TensorShapeMismatch(name, tensor.shape, value.shape));
+            }
+        }
+
+        var unexpected = source
+            .Where(kv => !target.ContainsKey(kv.Key))
+            .Select(kv => new TensorShapeEntry(kv.Key, kv.Value.shape))
+            .OrderBy(e => e.Name, StringComparer.Ordinal)
+            .ToList();
+
+        if (missing.Count > 0 || unexpected.Count > 0 || mismatched.Count > 0)
+        {
+            throw new CheckpointMismatchException(checkpoint.FilePath, model.GetName(), missing, unexpected, mismatched);
+        }
+
+        using (no_grad())
+        {
+            foreach (var (name, tensor) in target)
+            {
+                if (source.TryGetValue(name, out var value))
+                {
+                    tensor.copy_(value);
+                }
+            }
+        }
+
+        return new CheckpointLoadResult(checkpoint.FilePath, checkpoint.Format, target.Count - defaulted.Count, defaulted, checkpoint.Metadata);
+    }
+}

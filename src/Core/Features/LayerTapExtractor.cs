@@ -1,0 +1,183 @@
+using ScalableCache.Core.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Core.Features;
+
+/// <summary>Keys and classifier outputs of one forward pass. All three tensors are owned by the caller.</summary>
+/// <param name="Keys">Cache keys <c>[b, D]</c>, float32, unit L2 norm per row.</param>
+/// <param name="Logits">Classifier logits <c>[b, C]</c> of the same pass.</param>
+/// <param name="Probabilities"><c>softmax(Logits)</c> <c>[b, C]</c>.</param>
+public sealed record TapResult(Tensor Keys, Tensor Logits, Tensor Probabilities) : IDisposable
+{
+    /// <summary>Disposes the three tensors.</summary>
+    public void Dispose()
+    {
+        Keys.Dispose();
+        Logits.Dispose();
+        Probabilities.Dispose();
+    }
+}
+
+/// <summary>
+/// Taps named modules of a model during ONE forward pass and turns their activations into cache keys (Orhan 2018): each tapped
+/// activation is flattened per example and L2-normalised, the pieces are concatenated in tap order, and the concatenation is
+/// L2-normalised again. The same pass yields the logits and softmax probabilities.
+/// </summary>
+/// <remarks>
+/// Forward hooks are registered at construction and removed by <see cref="Dispose"/>; they capture only during
+/// <see cref="Extract"/>, so other forward passes of the same model meanwhile cost nothing. Not thread-safe: one
+/// <see cref="Extract"/> at a time per instance (the model itself allows no concurrent passes either). Inputs are never disposed.
+/// </remarks>
+public sealed class LayerTapExtractor : IDisposable
+{
+    /// <summary>ε of the L2 normalisations: a zero activation stays zero instead of dividing by zero.</summary>
+    public const double NormEpsilon = 1e-12;
+
+    private readonly ImageClassifier _model;
+    private readonly string[] _layers;
+    private readonly Tensor?[] _captured;
+    private readonly int[] _fired;
+    private readonly List<Action> _removers = [];
+    private bool _disposed;
+    private bool _active;
+
+    /// <summary>Creates the extractor and hooks the named modules of <paramref name="model"/>.</summary>
+    /// <param name="model">The model (not owned: the caller disposes it after this extractor).</param>
+    /// <param name="layers">Module names to tap, in key order, at least one, no duplicates (see <see cref="LayerInspector.ListLayers"/>).</param>
+    /// <exception cref="ArgumentException">An unknown or repeated layer name; the message lists the valid names.</exception>
+    public LayerTapExtractor(ImageClassifier model, IEnumerable<string> layers)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(layers);
+        _model = model;
+        _layers = [.. layers.Select(l => l?.Trim() ?? string.Empty)];
+        if (_layers.Length == 0)
+        {
+            throw new ArgumentException("At least one layer must be tapped.", nameof(layers));
+        }
+
+        var duplicate = _layers.GroupBy(l => l, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
+        if (duplicate is not null)
+        {
+            throw new ArgumentException($"Layer '{duplicate.Key}' is tapped twice.", nameof(layers));
+        }
+
+        var modules = model.named_modules()
+            .Where(m => m.module is nn.Module<Tensor, Tensor>)
+            .ToDictionary(m => m.name, m => (nn.Module<Tensor, Tensor>)m.module, StringComparer.Ordinal);
+        var unknown = _layers.Where(l => !modules.ContainsKey(l)).ToList();
+        if (unknown.Count > 0)
+        {
+            throw new ArgumentException(
+                $"Unknown layer{(unknown.Count > 1 ? "s" : string.Empty)} {string.Join(", ", unknown.Select(u => $"'{u}'"))} in model {model.GetName()}. " +
+                $"Valid layers: {string.Join(", ", modules.Keys)}.",
+                nameof(layers));
+        }
+
+        _captured = new Tensor?[_layers.Length];
+        _fired = new int[_layers.Length];
+        for (var i = 0; i < _layers.Length; i++)
+        {
+            var slot = i;
+            var hook = modules[_layers[i]].register_forward_hook((_, _, output) =>
+            {
+                Capture(slot, output);
+                return output;
+            });
+            _removers.Add(hook.remove);
+        }
+    }
+
+    /// <summary>The model tapped.</summary>
+    public ImageClassifier Model => _model;
+
+    /// <summary>Tapped module names, in key order.</summary>
+    public IReadOnlyList<string> Layers => _layers;
+
+    /// <summary>
+    /// Runs one forward pass on normalised images <c>[b, C, H, W]</c> (on the model's device) under <c>no_grad</c> and returns
+    /// the keys <c>[b, D]</c>, logits and probabilities of that pass, on the model's device.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A tapped module did not run exactly once in the pass.</exception>
+    public TapResult Extract(Tensor images)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Array.Clear(_fired);
+        _active = true;
+        try
+        {
+            using var scope = NewDisposeScope();
+            using var noGrad = no_grad();
+            var logits = _model.Logits(images);
+            var parts = new Tensor[_layers.Length];
+            for (var i = 0; i < _layers.Length; i++)
+            {
+                if (_fired[i] != 1 || _captured[i] is null)
+                {
+                    throw new InvalidOperationException(
+                        $"Tapped layer '{_layers[i]}' ran {_fired[i]} time(s) in one forward pass; a tap needs a module that runs exactly once.");
+                }
+
+                var activation = _captured[i]!;
+                _captured[i] = null;
+                scope.Attach(activation);
+                parts[i] = nn.functional.normalize(activation.reshape(activation.shape[0], -1), 2, 1, NormEpsilon);
+            }
+
+            var keys = parts.Length == 1 ? parts[0] : cat(parts, 1);
+            keys = nn.functional.normalize(keys, 2, 1, NormEpsilon);
+            var probabilities = nn.functional.softmax(logits, 1);
+            return new TapResult(keys.MoveToOuterDisposeScope(), logits.MoveToOuterDisposeScope(), probabilities.MoveToOuterDisposeScope());
+        }
+        finally
+        {
+            _active = false;
+            ReleaseCaptured();
+        }
+    }
+
+    /// <summary>Removes the hooks. The model stays usable.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        foreach (var remove in _removers)
+        {
+            remove();
+        }
+
+        ReleaseCaptured();
+    }
+
+    private void Capture(int slot, Tensor output)
+    {
+        // Forward passes outside Extract (e.g. a plain Logits call on the shared model) are not captured.
+        if (!_active)
+        {
+            return;
+        }
+
+        _fired[slot]++;
+        _captured[slot]?.Dispose();
+
+        // The module's own dispose scope frees its output when its caller's forward returns, so keep an alias outside every scope.
+        var alias = output.alias();
+        alias.DetachFromDisposeScope();
+        _captured[slot] = alias;
+    }
+
+    private void ReleaseCaptured()
+    {
+        for (var i = 0; i < _captured.Length; i++)
+        {
+            _captured[i]?.Dispose();
+            _captured[i] = null;
+        }
+    }
+}

@@ -1,0 +1,141 @@
+using System.Globalization;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using static TorchSharp.torch.nn;
+
+namespace ScalableCache.Core.Models;
+
+/// <summary>
+/// The CIFAR ResNet of He et al. (2016), depth 6n+2, with parameter-free "option A" shortcuts, as in the public checkpoints
+/// of Idelbayev: conv3×3(3→16) → BN → ReLU → three stages of n <see cref="CifarBasicBlock"/>s (16, 32, 64 channels; the first
+/// block of stages 2 and 3 has stride 2) → global average pooling (<c>avgpool</c>) → <c>linear</c>.
+/// </summary>
+/// <remarks>
+/// State-dict names: <c>conv1.weight</c>, <c>bn1.*</c>, <c>layer{1,2,3}.{i}.conv{1,2}.weight</c>,
+/// <c>layer{1,2,3}.{i}.bn{1,2}.{weight,bias,running_mean,running_var,num_batches_tracked}</c>, <c>linear.{weight,bias}</c>.
+/// Tappable modules include <c>conv1</c>, <c>bn1</c>, <c>layerS</c>, <c>layerS.i</c> (a block's output, after its ReLU),
+/// <c>layerS.i.conv1</c> …, <c>avgpool</c> (<c>[b, 64, 1, 1]</c>) and <c>linear</c>.
+/// </remarks>
+public sealed class CifarResNet : ImageClassifier
+{
+    // Field names are the state-dict names (TorchSharp registers fields by name); keep them in call order.
+#pragma warning disable IDE1006 // Naming rule violation: names must match the checkpoint tensor names.
+    private readonly Conv2d conv1;
+    private readonly BatchNorm2d bn1;
+    private readonly Sequential layer1;
+    private readonly Sequential layer2;
+    private readonly Sequential layer3;
+    private readonly AdaptiveAvgPool2d avgpool;
+    private readonly Linear linear;
+#pragma warning restore IDE1006
+
+    /// <summary>Builds an untrained CIFAR ResNet with <paramref name="blocksPerStage"/> blocks per stage.</summary>
+    /// <param name="blocksPerStage">n ≥ 1; depth is 6n+2 (3 → ResNet-20, 5 → 32, 9 → 56, 18 → 110).</param>
+    /// <param name="classCount">Output classes (10 for CIFAR-10, 100 for CIFAR-100).</param>
+    public CifarResNet(int blocksPerStage, int classCount = 10)
+        : base(string.Create(CultureInfo.InvariantCulture, $"CifarResNet{(6 * blocksPerStage) + 2}"))
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocksPerStage);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(classCount);
+        BlocksPerStage = blocksPerStage;
+        ClassCount = classCount;
+
+        conv1 = Conv2d(3, 16, 3, stride: 1, padding: 1, bias: false);
+        bn1 = BatchNorm2d(16);
+        var inPlanes = 16;
+        layer1 = Stage(ref inPlanes, 16, blocksPerStage, stride: 1);
+        layer2 = Stage(ref inPlanes, 32, blocksPerStage, stride: 2);
+        layer3 = Stage(ref inPlanes, 64, blocksPerStage, stride: 2);
+        avgpool = AdaptiveAvgPool2d(1);
+        linear = Linear(64, classCount);
+        RegisterComponents();
+    }
+
+    /// <summary>Blocks per stage, n.</summary>
+    public int BlocksPerStage { get; }
+
+    /// <summary>Depth 6n+2 (weighted layers).</summary>
+    public int Depth => (6 * BlocksPerStage) + 2;
+
+    /// <inheritdoc />
+    public override int ClassCount { get; }
+
+    /// <inheritdoc />
+    public override string PooledFeaturesLayer => "avgpool";
+
+    /// <inheritdoc />
+    public override Tensor forward(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        var x = functional.relu(bn1.call(conv1.call(input)));
+        x = layer1.call(x);
+        x = layer2.call(x);
+        x = layer3.call(x);
+        x = avgpool.call(x);
+        return linear.call(x.flatten(1)).MoveToOuterDisposeScope();
+    }
+
+    private static Sequential Stage(ref int inPlanes, int planes, int blocks, int stride)
+    {
+        var modules = new List<(string, Module<Tensor, Tensor>)>(blocks);
+        for (var i = 0; i < blocks; i++)
+        {
+            modules.Add((i.ToString(CultureInfo.InvariantCulture), new CifarBasicBlock(inPlanes, planes, i == 0 ? stride : 1)));
+            inPlanes = planes;
+        }
+
+        return Sequential(modules);
+    }
+}
+
+/// <summary>
+/// conv3×3 → BN → ReLU → conv3×3 → BN, plus the shortcut, then ReLU. Where the block changes shape the shortcut is
+/// "option A": <c>x[:, :, ::2, ::2]</c> zero-padded with <c>planes / 4</c> channels on each side (no parameters).
+/// </summary>
+internal sealed class CifarBasicBlock : Module<Tensor, Tensor>
+{
+#pragma warning disable IDE1006 // Naming rule violation: names must match the checkpoint tensor names.
+    private readonly Conv2d conv1;
+    private readonly BatchNorm2d bn1;
+    private readonly Conv2d conv2;
+    private readonly BatchNorm2d bn2;
+#pragma warning restore IDE1006
+    private readonly long _padChannels;
+    private readonly bool _reshape;
+
+    public CifarBasicBlock(int inPlanes, int planes, int stride)
+        : base(nameof(CifarBasicBlock))
+    {
+        conv1 = Conv2d(inPlanes, planes, 3, stride: stride, padding: 1, bias: false);
+        bn1 = BatchNorm2d(planes);
+        conv2 = Conv2d(planes, planes, 3, stride: 1, padding: 1, bias: false);
+        bn2 = BatchNorm2d(planes);
+        _reshape = stride != 1 || inPlanes != planes;
+        _padChannels = planes / 4;
+        if (_reshape && inPlanes + (2 * _padChannels) != planes)
+        {
+            throw new ArgumentException(
+                $"An option-A shortcut pads {inPlanes} channels by {planes / 4} on each side, which does not give {planes}.", nameof(planes));
+        }
+
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor input)
+    {
+        using var scope = NewDisposeScope();
+        var x = functional.relu(bn1.call(conv1.call(input)));
+        x = bn2.call(conv2.call(x));
+        var shortcut = _reshape ? Shortcut(input) : input;
+
+        // Out of place: the outputs of bn2 (or of earlier modules) may be held by forward hooks.
+        return functional.relu(x + shortcut).MoveToOuterDisposeScope();
+    }
+
+    private Tensor Shortcut(Tensor input)
+    {
+        var sub = input.slice(2, 0, input.shape[2], 2).slice(3, 0, input.shape[3], 2);
+        return functional.pad(sub, [0, 0, 0, 0, _padChannels, _padChannels], PaddingModes.Constant, 0);
+    }
+}

@@ -1,0 +1,167 @@
+using System.Globalization;
+
+namespace ScalableCache.Core.Models;
+
+/// <summary>The default <see cref="IModelRegistry"/>: a lock-protected list, pre-filled with the CIFAR ResNets.</summary>
+public sealed class ModelRegistry : IModelRegistry
+{
+    /// <summary>Prefix of the any-depth CIFAR ResNet family: <c>cifar-resnet:N</c> has N blocks per stage.</summary>
+    public const string CifarResNetPrefix = "cifar-resnet:";
+
+    private readonly Lock _gate = new();
+    private readonly List<ModelSpec> _models = [];
+    private readonly List<ModelFamily> _families = [];
+
+    /// <summary>Creates a registry with the built-in architectures (the constructor dependency injection uses).</summary>
+    public ModelRegistry()
+        : this(registerBuiltIns: true)
+    {
+    }
+
+    private ModelRegistry(bool registerBuiltIns)
+    {
+        if (!registerBuiltIns)
+        {
+            return;
+        }
+
+        foreach (var (name, n) in new[] { ("resnet20", 3), ("resnet32", 5), ("resnet44", 7), ("resnet56", 9), ("resnet110", 18) })
+        {
+            Register(CifarResNetSpec(name, n));
+        }
+
+        RegisterFamily(new ModelFamily(
+            CifarResNetPrefix,
+            $"{CifarResNetPrefix}N — CIFAR ResNet (He et al. 2016, option-A shortcuts) with N blocks per stage, depth 6N+2",
+            ResolveCifarResNet));
+    }
+
+    /// <inheritdoc />
+    public IReadOnlyList<ModelSpec> Models
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _models];
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    public IReadOnlyList<ModelFamily> Families
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return [.. _families];
+            }
+        }
+    }
+
+    /// <summary>Creates a registry without any architecture, for callers that register their own.</summary>
+    public static ModelRegistry CreateEmpty() => new(registerBuiltIns: false);
+
+    /// <summary>The spec of a CIFAR ResNet with <paramref name="blocksPerStage"/> blocks per stage (depth 6n+2).</summary>
+    public static ModelSpec CifarResNetSpec(string name, int blocksPerStage)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocksPerStage);
+        return new ModelSpec(
+            name,
+            string.Create(
+                CultureInfo.InvariantCulture,
+                $"CIFAR ResNet-{(6 * blocksPerStage) + 2} (He et al. 2016, option-A shortcuts), {blocksPerStage} blocks per stage"),
+            InputNormalization.ImageNet,
+            InputShape.Cifar,
+            classCount => new CifarResNet(blocksPerStage, classCount))
+        {
+            ClassifierWeight = "linear.weight",
+        };
+    }
+
+    /// <inheritdoc />
+    public void Register(ModelSpec spec)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        ArgumentException.ThrowIfNullOrWhiteSpace(spec.Name);
+        ArgumentNullException.ThrowIfNull(spec.Factory);
+        lock (_gate)
+        {
+            _models.RemoveAll(m => string.Equals(m.Name, spec.Name, StringComparison.OrdinalIgnoreCase));
+            _models.Add(spec);
+        }
+    }
+
+    /// <inheritdoc />
+    public void RegisterFamily(ModelFamily family)
+    {
+        ArgumentNullException.ThrowIfNull(family);
+        ArgumentException.ThrowIfNullOrWhiteSpace(family.Prefix);
+        ArgumentNullException.ThrowIfNull(family.Resolve);
+        lock (_gate)
+        {
+            _families.RemoveAll(f => string.Equals(f.Prefix, family.Prefix, StringComparison.OrdinalIgnoreCase));
+            _families.Add(family);
+        }
+    }
+
+    /// <inheritdoc />
+    public ModelSpec Resolve(string name)
+    {
+        ArgumentNullException.ThrowIfNull(name);
+        var text = name.Trim();
+        ModelFamily? family;
+        lock (_gate)
+        {
+            var spec = _models.LastOrDefault(m => string.Equals(m.Name, text, StringComparison.OrdinalIgnoreCase));
+            if (spec is not null)
+            {
+                return spec;
+            }
+
+            family = _families
+                .Where(f => text.StartsWith(f.Prefix, StringComparison.OrdinalIgnoreCase))
+                .OrderByDescending(f => f.Prefix.Length)
+                .FirstOrDefault();
+        }
+
+        if (family is null)
+        {
+            throw new UnknownModelException(name, KnownNames());
+        }
+
+        return family.Resolve(text[family.Prefix.Length..]);
+    }
+
+    /// <inheritdoc />
+    public ImageClassifier Create(string name, int? classCount = null)
+    {
+        var spec = Resolve(name);
+        var classes = classCount ?? spec.DefaultClassCount;
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(classes, nameof(classCount));
+        var model = spec.Factory(classes);
+        model.eval();
+        return model;
+    }
+
+    private List<string> KnownNames()
+    {
+        lock (_gate)
+        {
+            return [.. _models.Select(m => m.Name), .. _families.Select(f => f.Prefix + "N")];
+        }
+    }
+
+    private static ModelSpec ResolveCifarResNet(string parameter)
+    {
+        if (!int.TryParse(parameter, NumberStyles.None, CultureInfo.InvariantCulture, out var n) || n < 1 || n > 1000)
+        {
+            throw new ArgumentException(
+                $"'{CifarResNetPrefix}{parameter}' is not valid: N (blocks per stage) must be an integer from 1 to 1000, e.g. {CifarResNetPrefix}3 for ResNet-20.",
+                nameof(parameter));
+        }
+
+        return CifarResNetSpec(CifarResNetPrefix + n.ToString(CultureInfo.InvariantCulture), n);
+    }
+}
