@@ -45,6 +45,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<LayerSweepExperiment>();
         services.AddSingleton<SizeSweepExperiment>();
         services.AddSingleton<OnlineExperiment>();
+        services.AddSingleton<ApproximationExperiment>();
 
         services.AddSingleton<IScacheCommand, InfoCommand>();
         services.AddSingleton<IScacheCommand, EvaluateCommand>();
@@ -52,6 +53,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<IScacheCommand, LayerSweepCommand>();
         services.AddSingleton<IScacheCommand, SizeSweepCommand>();
         services.AddSingleton<IScacheCommand, OnlineCommand>();
+        services.AddSingleton<IScacheCommand, CompareCommand>();
         services.AddSingleton<IScacheCommand, LayersCommand>();
         services.AddSingleton<IScacheCommand, BaselineCommand>();
         services.AddSingleton<IScacheCommand, ProvidersCommand>();

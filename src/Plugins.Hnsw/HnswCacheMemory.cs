@@ -365,6 +365,9 @@ internal sealed unsafe class HnswCacheMemory : IHnswCacheMemory
         return result;
     }
 
+    public IReadOnlyList<long[]> RetrievedKeys(Tensor queries) =>
+        [.. Neighbours(queries).Select(n => n.Keys.Select(k => (long)k).ToArray())];
+
     public HnswGraphSnapshot SaveGraph()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);

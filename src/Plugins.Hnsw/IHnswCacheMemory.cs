@@ -20,6 +20,12 @@ public interface IHnswCacheMemory : ICacheMemory
     /// for). Restore with <see cref="HnswCacheMemoryFactory.Restore(HnswGraphSnapshot, int)"/>.
     /// </summary>
     HnswGraphSnapshot SaveGraph();
+
+    /// <summary>
+    /// The ids (insertion order, 0-based) of the top-k keys retrieved for each query <c>[b, d]</c>, best first — the neighbours
+    /// <see cref="ICacheMemory.ClassLogMass"/> sums over. Used to measure recall against exact search.
+    /// </summary>
+    IReadOnlyList<long[]> RetrievedKeys(TorchSharp.torch.Tensor queries);
 }
 
 /// <summary>

@@ -28,25 +28,15 @@ public sealed class LoadedModel : IDisposable
     /// <summary>Where the parameters live.</summary>
     public Device Device { get; }
 
-    /// <summary>Builds <paramref name="name"/> from <paramref name="registry"/> and loads <paramref name="weightsPath"/> into it.</summary>
+    /// <summary>
+    /// Builds <paramref name="name"/> from <paramref name="registry"/> and loads <paramref name="weightsPath"/> into it
+    /// (<see cref="PretrainedModels.Load"/>: the class count comes from the checkpoint when not given).
+    /// </summary>
     public static LoadedModel Load(IModelRegistry registry, string name, string weightsPath, Device device, int? classCount = null)
     {
-        ArgumentNullException.ThrowIfNull(registry);
         ArgumentNullException.ThrowIfNull(device);
-        var spec = registry.Resolve(name);
-        var model = registry.Create(name, classCount);
-        try
-        {
-            var result = CheckpointLoader.Load(model, weightsPath);
-            model.to(device);
-            model.eval();
-            return new LoadedModel(spec, model, result, device);
-        }
-        catch
-        {
-            model.Dispose();
-            throw;
-        }
+        var pretrained = registry.Load(name, weightsPath, classCount, device);
+        return new LoadedModel(pretrained.Spec, pretrained.Model, pretrained.Checkpoint, device);
     }
 
     /// <inheritdoc />
