@@ -51,8 +51,10 @@ public sealed class LayerCombinationSearchTests
     public void TiesGoToSmallerLambdaThenSmallerTheta()
     {
         var errors = new long[,] { { 5, 3 }, { 3, 3 } };
-        Assert.Equal((1, 0), MixtureErrors.ArgMin(errors));
+        Assert.Equal((1, 0), MixtureErrors.Best(errors, [10.0, 20.0], [0.5, 0.9]));
         var flat = new long[,] { { 2, 2 }, { 2, 2 } };
-        Assert.Equal((0, 0), MixtureErrors.ArgMin(flat));
+        Assert.Equal((0, 0), MixtureErrors.Best(flat, [10.0, 20.0], [0.5, 0.9]));
+        // Value order decides ties, not position: with a descending λ grid the smaller λ (index 1) wins.
+        Assert.Equal((0, 1), MixtureErrors.Best(flat, [10.0, 20.0], [0.9, 0.5]));
     }
 }

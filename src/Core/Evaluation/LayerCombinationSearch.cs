@@ -157,7 +157,7 @@ public static class LayerCombinationSearch
             MixtureErrors.Accumulate(logMass, probabilities.narrow(0, start, len), labels.narrow(0, start, len), lambdas, errors);
         }
 
-        var (bt, bl) = MixtureErrors.ArgMin(errors);
+        var (bt, bl) = MixtureErrors.Best(errors, thetas, lambdas);
         return new LayerSetScore(layers.ToArray(), errors[bt, bl] / (double)n, thetas[bt], lambdas[bl]);
     }
 }

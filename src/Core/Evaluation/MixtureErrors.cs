@@ -19,30 +19,38 @@ public static class MixtureErrors
         ArgumentNullException.ThrowIfNull(lambdas);
         ArgumentNullException.ThrowIfNull(errors);
         using var scope = NewDisposeScope();
-        var pNet = netProbabilities.to_type(ScalarType.Float32).to(logMass.device);
-        var y = labels.to(logMass.device).to_type(ScalarType.Int64);
-        for (var t = 0; t < logMass.shape[0]; t++)
+        var pMem = LogMass.ToProbabilities(logMass); // [T, b, C]
+        var pNet = netProbabilities.to(ScalarType.Float32, pMem.device);
+        var y = labels.to(ScalarType.Int64, pMem.device);
+        for (var l = 0; l < lambdas.Count; l++)
         {
-            var pMem = LogMass.ToProbabilities(logMass[t]);
-            for (var l = 0; l < lambdas.Count; l++)
+            var lambda = lambdas[l];
+            var mixed = lambda == 1 ? pMem : pMem.mul(lambda).add_(pNet.unsqueeze(0), 1 - lambda);
+            var wrong = mixed.argmax(2).ne(y.unsqueeze(0)).sum(1).data<long>().ToArray(); // [T]
+            for (var t = 0; t < wrong.Length; t++)
             {
-                var lambda = lambdas[l];
-                var mixed = pNet * (1 - lambda) + pMem * lambda;
-                errors[t, l] += mixed.argmax(1).ne(y).sum().item<long>();
+                errors[t, l] += wrong[t];
             }
         }
     }
 
-    /// <summary>The grid cell with the fewest errors; ties go to the smaller λ, then the smaller θ (grids ascending).</summary>
-    public static (int Theta, int Lambda) ArgMin(long[,] errors)
+    /// <summary>The grid cell with the fewest errors; ties go to the smaller λ value, then the smaller θ value.</summary>
+    public static (int Theta, int Lambda) Best(long[,] errors, IReadOnlyList<double> thetas, IReadOnlyList<double> lambdas)
     {
         ArgumentNullException.ThrowIfNull(errors);
+        ArgumentNullException.ThrowIfNull(thetas);
+        ArgumentNullException.ThrowIfNull(lambdas);
         var best = (Theta: 0, Lambda: 0);
-        for (var l = 0; l < errors.GetLength(1); l++)
+        for (var t = 0; t < thetas.Count; t++)
         {
-            for (var t = 0; t < errors.GetLength(0); t++)
+            for (var l = 0; l < lambdas.Count; l++)
             {
-                if (errors[t, l] < errors[best.Theta, best.Lambda])
+                var e = errors[t, l];
+                var b = errors[best.Theta, best.Lambda];
+                var better = e < b
+                    || (e == b && lambdas[l] < lambdas[best.Lambda])
+                    || (e == b && lambdas[l] == lambdas[best.Lambda] && thetas[t] < thetas[best.Theta]);
+                if (better)
                 {
                     best = (t, l);
                 }
