@@ -1,0 +1,235 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using ScalableCache.Core;
+using ScalableCache.Core.Data;
+using ScalableCache.Core.Features;
+using ScalableCache.Core.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Benchmarks;
+
+/// <summary>
+/// Key extraction throughput: images/s of <see cref="DatasetFeatureExtractor"/> with several taps (default <c>layer3.1</c>,
+/// <c>layer3.2</c>, <c>avgpool</c> of ResNet-20) against the same forward pass without taps — same batches, same normalisation,
+/// logits and probabilities copied out alike — measured in the same run, interleaved batch by batch (each side's time summed over
+/// a pass; medians of the repeats after one warm-up batch each), then one uninterrupted pass of the driver over the whole set.
+/// Goal: taps cost at most 10 % over the plain pass.
+/// </summary>
+/// <remarks>
+/// Arguments (all optional): <c>--images N</c> (50000, the first N CIFAR-10 training images), <c>--batch B</c> (256),
+/// <c>--repeats R</c> (1), <c>--layers a,b,c</c>, <c>--model NAME</c> (resnet20), <c>--weights FILE</c> (resnet20.safetensors in
+/// <c>shared/models/cifar10</c>), <c>--data FOLDER</c> (<c>SCACHE_DATA</c>, else <c>shared/data/cifar10</c> beside the
+/// repository), <c>--device cpu|cuda[:N]</c> (cpu).
+/// </remarks>
+internal static class ExtractionBenchmark
+{
+    /// <summary>Name of this benchmark in the dispatcher.</summary>
+    public const string Name = "extract";
+
+    private const double OverheadGoal = 0.10;
+    private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
+
+    public static int Run(string[] args)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        Settings settings;
+        try
+        {
+            settings = Settings.Parse(args);
+        }
+        catch (FormatException error)
+        {
+            Console.Error.WriteLine(error.Message);
+            return Program.UsageError;
+        }
+
+        if (settings.Images < 1 || settings.Batch < 1 || settings.Repeats < 1 || settings.Layers.Count == 0)
+        {
+            Console.Error.WriteLine("--images, --batch and --repeats must be positive and --layers must name at least one layer.");
+            return Program.UsageError;
+        }
+
+        var shared = FindShared();
+        var weights = settings.Weights ?? Path.Combine(shared ?? ".", "models", "cifar10", "resnet20.safetensors");
+        var dataPath = settings.Data ?? Environment.GetEnvironmentVariable(DatasetLocator.EnvironmentVariable)
+            ?? Path.Combine(shared ?? ".", "data", "cifar10");
+        var device = TorchDevices.Resolve(settings.Device);
+
+        var load = Stopwatch.StartNew();
+        var train = Cifar10.LoadTrain(DatasetLocator.ResolveCifar10(dataPath, DatasetParts.Train));
+        if (settings.Images < train.Count)
+        {
+            train = train.Slice(0, settings.Images);
+        }
+
+        var registry = new ModelRegistry();
+        using var loaded = registry.Load(settings.Model, weights, device: device);
+        var model = loaded.Model;
+        var normalization = loaded.Spec.Normalization;
+        var input = new InputShape(train.Channels, train.Height, train.Width);
+        var layerInfo = LayerInspector.ListLayers(model, input).ToDictionary(l => l.Name);
+        var dimension = settings.Layers.Sum(l => layerInfo.TryGetValue(l, out var info) ? info.FeatureCount : 0);
+        Console.WriteLine(
+            Line($"Extraction benchmark: {settings.Model} ({Path.GetFileName(weights)}), {train.Count:N0} CIFAR-10 training images, batch {settings.Batch}, ") +
+            Line($"taps {string.Join(", ", settings.Layers)} (D = {dimension:N0}), device {device}, torch threads {get_num_threads()}, ") +
+            Line($"{Environment.ProcessorCount} cores; setup {load.Elapsed.TotalSeconds:F1} s"));
+
+        using var extractor = new LayerTapExtractor(model, settings.Layers);
+        var options = new FeatureExtractionOptions { BatchSize = settings.Batch, Device = device };
+        var warmUp = train.Slice(0, Math.Min(settings.Batch, train.Count));
+        PlainPass(model, warmUp, normalization, settings.Batch, device);
+        DatasetFeatureExtractor.Extract(extractor, warmUp.Pixels, warmUp.Labels, input, normalization, options).Dispose();
+
+        // Interleaved batch by batch (alternating which side goes first), so that load from other processes on a shared machine
+        // hits both sides alike; each side's time is the sum over the batches of one pass.
+        var plainTimes = new List<double>();
+        var tapTimes = new List<double>();
+        for (var r = 0; r < settings.Repeats; r++)
+        {
+            double plainTotal = 0, tapTotal = 0;
+            for (var (start, b) = (0, 0); start < train.Count; start += settings.Batch, b++)
+            {
+                var batch = train.Slice(start, Math.Min(settings.Batch, train.Count - start));
+                double Plain() => Time(() => PlainPass(model, batch, normalization, settings.Batch, device));
+                double Taps() => Time(() =>
+                    DatasetFeatureExtractor.Extract(extractor, batch.Pixels, batch.Labels, input, normalization, options).Dispose());
+                if (b % 2 == 0)
+                {
+                    plainTotal += Plain();
+                    tapTotal += Taps();
+                }
+                else
+                {
+                    tapTotal += Taps();
+                    plainTotal += Plain();
+                }
+            }
+
+            plainTimes.Add(plainTotal);
+            tapTimes.Add(tapTotal);
+        }
+
+        // One uninterrupted pass of the driver over the whole set, as a caller runs it (keys preallocated for all images).
+        var wholePass = Time(() => DatasetFeatureExtractor.Extract(extractor, train.Pixels, train.Labels, input, normalization, options).Dispose());
+
+        double plain = Median(plainTimes), taps = Median(tapTimes);
+        var overhead = (taps / plain) - 1;
+        using var process = Process.GetCurrentProcess();
+        Console.WriteLine();
+        Console.WriteLine(Line($"{"",-30} {"median s",9} {"images/s",10}   runs (s)"));
+        Row("forward, no taps", plain, train.Count, plainTimes);
+        Row($"forward + {settings.Layers.Count} taps → keys", taps, train.Count, tapTimes);
+        Row("driver, one uninterrupted pass", wholePass, train.Count, [wholePass]);
+        Console.WriteLine(Line($"{"tap overhead",-30} {overhead * 100,8:F1} %   goal ≤ {OverheadGoal * 100:F0} %  {(overhead <= OverheadGoal ? "met" : "MISSED")}"));
+        Console.WriteLine(Line($"{"peak working set (process)",-30} {process.PeakWorkingSet64 / 1048576.0,9:F0} MiB   keys alone: {train.Count * dimension * 4 / 1048576.0:F0} MiB"));
+
+        Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object?>
+        {
+            ["benchmark"] = Name,
+            ["model"] = settings.Model,
+            ["images"] = train.Count,
+            ["batch"] = settings.Batch,
+            ["layers"] = settings.Layers,
+            ["dim"] = dimension,
+            ["device"] = device.ToString(),
+            ["threads"] = get_num_threads(),
+            ["repeats"] = settings.Repeats,
+            ["plain_s"] = Math.Round(plain, 3),
+            ["taps_s"] = Math.Round(taps, 3),
+            ["plain_images_per_s"] = Math.Round(train.Count / plain, 1),
+            ["taps_images_per_s"] = Math.Round(train.Count / taps, 1),
+            ["driver_pass_s"] = Math.Round(wholePass, 3),
+            ["overhead"] = Math.Round(overhead, 4),
+            ["goal_met"] = overhead <= OverheadGoal,
+        }));
+        return Program.Success;
+    }
+
+    /// <summary>The driver's loop without taps: same batches and normalisation, logits and probabilities copied into CPU tensors.</summary>
+    private static void PlainPass(ImageClassifier model, ImageDataset data, InputNormalization normalization, int batch, Device device)
+    {
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        var count = data.Count;
+        var size = data.ImageSize;
+        var logits = empty([count, model.ClassCount], ScalarType.Float32);
+        var probabilities = empty([count, model.ClassCount], ScalarType.Float32);
+        var buffer = new byte[Math.Min(batch, count) * size];
+        for (var start = 0; start < count; start += batch)
+        {
+            var n = Math.Min(batch, count - start);
+            data.Pixels.Slice(start * size, n * size).CopyTo(buffer);
+            var x = empty([n, data.Channels, data.Height, data.Width], ScalarType.Byte);
+            x.bytes = buffer.AsSpan(0, n * size);
+            var output = model.Logits(normalization.Normalize(x, device));
+            logits.narrow(0, start, n).copy_(output);
+            probabilities.narrow(0, start, n).copy_(nn.functional.softmax(output, 1));
+            scope.DisposeEverythingBut(logits, probabilities);
+        }
+    }
+
+    private static string? FindShared()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "ScalableCache.sln")))
+            {
+                var shared = Path.Combine(dir.Parent?.FullName ?? dir.FullName, "shared");
+                return Directory.Exists(shared) ? shared : null;
+            }
+        }
+
+        return null;
+    }
+
+    private static void Row(string label, double seconds, int images, List<double> runs) =>
+        Console.WriteLine(Line(
+            $"{label,-30} {seconds,9:F2} {images / seconds,10:F0}   {string.Join(" ", runs.Select(r => r.ToString("F2", Invariant)))}"));
+
+    private static double Time(Action action)
+    {
+        var watch = Stopwatch.StartNew();
+        action();
+        return watch.Elapsed.TotalSeconds;
+    }
+
+    private static double Median(List<double> values)
+    {
+        var sorted = values.Order().ToArray();
+        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
+    }
+
+    private static string Line(FormattableString text) => text.ToString(Invariant);
+
+    private sealed record Settings(
+        int Images, int Batch, int Repeats, IReadOnlyList<string> Layers, string Model, string? Weights, string? Data, string Device)
+    {
+        public static Settings Parse(string[] args)
+        {
+            string? Value(string name)
+            {
+                var i = Array.IndexOf(args, name);
+                return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+            }
+
+            int? Int(string name) => Value(name) is { } v
+                ? int.TryParse(v, NumberStyles.Integer, Invariant, out var parsed) ? parsed : throw new FormatException($"{name} expects an integer, got '{v}'.")
+                : null;
+
+            var layers = Value("--layers") is { } l
+                ? l.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                : ["layer3.1", "layer3.2", "avgpool"];
+            return new Settings(
+                Int("--images") ?? 50_000,
+                Int("--batch") ?? 256,
+                Int("--repeats") ?? 1,
+                layers,
+                Value("--model") ?? "resnet20",
+                Value("--weights"),
+                Value("--data"),
+                Value("--device") ?? "cpu");
+        }
+    }
+}

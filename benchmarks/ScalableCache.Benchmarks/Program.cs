@@ -1,0 +1,51 @@
+namespace ScalableCache.Benchmarks;
+
+/// <summary>
+/// <c>scache-bench NAME [options]</c>: runs one benchmark. Each benchmark lives in its own file as a static class with a
+/// <c>Name</c> and a <c>Run(string[] args)</c> returning the exit code; register it in <see cref="Benchmarks"/>.
+/// Run in Release: <c>dotnet run -c Release --project benchmarks/ScalableCache.Benchmarks -- exact --keys 50000</c>.
+/// </summary>
+internal static class Program
+{
+    /// <summary>Exit code: the benchmark ran.</summary>
+    public const int Success = 0;
+
+    /// <summary>Exit code: unknown benchmark or bad arguments.</summary>
+    public const int UsageError = 2;
+
+    private static readonly (string Name, string Description, Func<string[], int> Run)[] Benchmarks =
+    [
+        (ExactBenchmark.Name, "Exact store: blocked multi-θ log-mass vs a bare matrix multiply of the same shapes", ExactBenchmark.Run),
+        (HnswBenchmark.Name, "HNSW store vs the exact store: build time, query throughput, recall, memory", HnswBenchmark.Run),
+        (ExtractionBenchmark.Name, "Key extraction: images/s with layer taps vs the same forward pass without taps (ResNet-20)", ExtractionBenchmark.Run),
+        (RandomProjectionBenchmark.Name, "Random projection: matrix generation and projection throughput per kind (dense vs COO), RP→Exact vs Exact queries", RandomProjectionBenchmark.Run),
+    ];
+
+    public static int Main(string[] args)
+    {
+        if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+        {
+            PrintUsage(Console.Out);
+            return args.Length == 0 ? UsageError : Success;
+        }
+
+        var match = Benchmarks.FirstOrDefault(b => string.Equals(b.Name, args[0], StringComparison.OrdinalIgnoreCase));
+        if (match.Run is null)
+        {
+            Console.Error.WriteLine($"Unknown benchmark '{args[0]}'.");
+            PrintUsage(Console.Error);
+            return UsageError;
+        }
+
+        return match.Run(args[1..]);
+    }
+
+    private static void PrintUsage(TextWriter writer)
+    {
+        writer.WriteLine("usage: scache-bench NAME [options]   (build with -c Release)");
+        foreach (var (name, description, _) in Benchmarks)
+        {
+            writer.WriteLine($"  {name,-8} {description}");
+        }
+    }
+}

@@ -1,0 +1,586 @@
+using ScalableCache.Core;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Exact;
+
+/// <summary>
+/// Exact key store: every query is compared with every key, on the configured device, in blocks.
+/// </summary>
+/// <remarks>
+/// <para><b>Storage.</b> Keys live in chunks: tensors <c>[capacity, d]</c> (float32 or float16) with labels
+/// <c>[capacity]</c> (int64) on the device. <see cref="Add"/> fills the free tail of the last chunk and, when that is full,
+/// allocates a new chunk (capacity grows geometrically up to about 64 MiB, or exactly the rows of a larger add). Rows that
+/// a published snapshot covers are never written again, so readers need no lock.</para>
+/// <para><b>Snapshots.</b> A <see cref="Snapshot"/> is immutable: the visible row count of each chunk, the total count,
+/// the per-class key counts and the largest key norm. <see cref="Add"/> (serialised by a lock) copies and validates the
+/// rows, writes them beyond the visible rows, then publishes a new snapshot with one reference write. A query reads the
+/// snapshot once, so it sees all rows of an <see cref="Add"/> or none.</para>
+/// <para><b>Log-mass.</b> For one block of keys and queries the similarities <c>S [n, b]</c> come from one matrix
+/// multiply. A θ-independent per-class shift <c>U_c ≥ max_{k∈c} S_k</c> with <c>U_c − max_{k∈c} S_k ≤ ln(n)/θ₀</c> is the
+/// log-mass at a low temperature <c>θ₀ = 80 / (2‖q‖·max‖k‖)</c>, where every term <c>exp(θ₀(S − ‖q‖·max‖k‖)) ≥ e⁻⁸⁰</c> is a
+/// normal float32 (refined at a higher temperature while <c>θ_max · ln(n)/θ₀ &gt; 60</c>). Then for every θ
+/// <c>L_c = θU_c + log Σ_{k∈c} exp(θ(S_k − U_c))</c>: every term is ≤ 1 and the class maximum term is ≥ e⁻⁶⁰, so each
+/// class that has keys gets a finite, accurate value at any θ. Evenly spaced θ reuse one exponential: <c>exp(θ_{i+1}D) =
+/// exp(θ_iD)·exp(δD)</c>. Blocks merge by log-add-exp; classes with no keys are −∞.</para>
+/// <para><b>Autograd.</b> When gradients are enabled and the queries require them, the same computation runs with
+/// out-of-place operations (the shift is a constant) so callers can differentiate the log-mass with respect to the
+/// queries; otherwise it runs under <c>no_grad</c> with in-place operations.</para>
+/// </remarks>
+internal sealed partial class ExactCacheMemory : ICacheMemory
+{
+    /// <summary>Provider name registered by this backend.</summary>
+    public const string ProviderName = "Exact";
+
+    /// <summary>Log-mass of a class absent from a block while blocks are merged (finite, so gradients stay finite).</summary>
+    private const float AbsentLogMass = -1e30f;
+
+    /// <summary>θ₀ · (largest similarity range) for the stabilising pass: every term ≥ e⁻⁸⁰ stays a normal float32.</summary>
+    private const double StabiliserExponent = 80;
+
+    /// <summary>Refine the shift until θ_max · slack ≤ this, so a class's largest term is ≥ e⁻⁶⁰.</summary>
+    private const double MaxShiftExponent = 60;
+
+    /// <summary>Exponent of the smallest term of a refinement pass (e⁻⁷⁵ is a normal float32).</summary>
+    private const double RefineExponent = 75;
+
+    /// <summary>Smallest new chunk, in rows.</summary>
+    private const int MinChunkRows = 64;
+
+    /// <summary>Geometric growth of chunks stops at this many bytes (a single larger add still gets one chunk).</summary>
+    private const long GrowthChunkBytes = 64L << 20;
+
+    private readonly Lock _writeGate = new();
+    private readonly List<Chunk> _owned = [];
+    private readonly Device _device;
+    private readonly ScalarType _storageType;
+    private readonly int _keyBlockSize;
+    private readonly int _queryBlockSize;
+    private readonly int _growthRows;
+    private volatile Snapshot _snapshot;
+    private volatile bool _disposed;
+
+    public ExactCacheMemory(int dimension, int classCount, Device device, ExactCacheOptions options)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(dimension, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(classCount, 1);
+        ArgumentNullException.ThrowIfNull(device);
+        ArgumentNullException.ThrowIfNull(options);
+        Dimension = dimension;
+        ClassCount = classCount;
+        _device = device;
+        _storageType = options.StorageType == ExactStorageType.Float16 ? ScalarType.Float16 : ScalarType.Float32;
+        _keyBlockSize = options.KeyBlockSize;
+        _queryBlockSize = options.QueryBlockSize;
+        var rowBytes = (long)dimension * (_storageType == ScalarType.Float16 ? 2 : 4);
+        _growthRows = (int)Math.Clamp(GrowthChunkBytes / rowBytes, MinChunkRows, int.MaxValue / 2);
+        _snapshot = new Snapshot([], 0, new long[classCount], 0);
+    }
+
+    public string Provider => ProviderName;
+
+    public int Dimension { get; }
+
+    public int ClassCount { get; }
+
+    public long Count => _snapshot.Count;
+
+    /// <summary>The device that holds the keys.</summary>
+    public Device Device => _device;
+
+    /// <summary>The element type keys are stored as.</summary>
+    public ScalarType StorageType => _storageType;
+
+    /// <summary>Number of storage chunks allocated so far (diagnostics).</summary>
+    public int ChunkCount
+    {
+        get
+        {
+            lock (_writeGate)
+            {
+                return _owned.Count;
+            }
+        }
+    }
+
+    public void Add(Tensor keys, Tensor labels)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(keys);
+        ArgumentNullException.ThrowIfNull(labels);
+        if (keys.dim() != 2 || keys.shape[1] != Dimension)
+        {
+            throw new ArgumentException(
+                $"keys has shape [{string.Join(", ", keys.shape)}]; expected [n, {Dimension}].", nameof(keys));
+        }
+
+        if (keys.dtype != ScalarType.Float32)
+        {
+            throw new ArgumentException($"keys has element type {keys.dtype}; expected Float32.", nameof(keys));
+        }
+
+        var n = keys.shape[0];
+        if (labels.dim() != 1 || labels.shape[0] != n)
+        {
+            throw new ArgumentException(
+                $"labels has shape [{string.Join(", ", labels.shape)}]; expected [{n}] (one label per key row).", nameof(labels));
+        }
+
+        if (labels.dtype is not (ScalarType.Int64 or ScalarType.Int32))
+        {
+            throw new ArgumentException($"labels has element type {labels.dtype}; expected Int64.", nameof(labels));
+        }
+
+        if (n == 0)
+        {
+            return;
+        }
+
+        if (n > int.MaxValue / 2)
+        {
+            throw new ArgumentException($"One add takes at most {int.MaxValue / 2} rows (got {n}).", nameof(keys));
+        }
+
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+
+        var nonFinite = isfinite(keys.detach()).all(1).logical_not();
+        if (nonFinite.any().item<bool>())
+        {
+            var row = nonFinite.to_type(ScalarType.Int32).argmax().item<long>();
+            throw new ArgumentException(
+                $"Row {row} of keys has a non-finite value (NaN or ±∞); nothing was added.", nameof(keys));
+        }
+
+        var y = labels.detach().to_type(ScalarType.Int64);
+        var outside = y.lt(0).logical_or(y.ge(ClassCount));
+        if (outside.any().item<bool>())
+        {
+            var row = outside.to_type(ScalarType.Int32).argmax().item<long>();
+            throw new ArgumentException(
+                $"Row {row} has label {y[row].item<long>()}, outside [0, {ClassCount}); nothing was added.", nameof(labels));
+        }
+
+        // Copies on the device, in the storage type; the caller's tensors are never retained.
+        var stored = keys.detach().to(_storageType, _device);
+        var storedLabels = y.to(_device);
+        var maxNorm = stored.to_type(ScalarType.Float32).norm(1).max().item<float>();
+        var classCounts = bincount(y.cpu(), minlength: ClassCount).data<long>().ToArray();
+        var rows = (int)n;
+
+        lock (_writeGate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            var current = _snapshot;
+            var views = new List<ChunkView>(current.Views);
+            var written = 0;
+            Chunk? tail = null;
+            var tailRows = 0;
+            Chunk? fresh = null;
+            try
+            {
+                if (views.Count > 0 && views[^1].Rows < views[^1].Chunk.Capacity)
+                {
+                    tail = views[^1].Chunk;
+                    var take = Math.Min(rows, tail.Capacity - views[^1].Rows);
+                    tail.Keys.narrow(0, views[^1].Rows, take).copy_(stored.narrow(0, 0, take));
+                    tail.Labels.narrow(0, views[^1].Rows, take).copy_(storedLabels.narrow(0, 0, take));
+                    tailRows = views[^1].Rows + take;
+                    views[^1] = new ChunkView(tail, tailRows);
+                    written = take;
+                }
+
+                if (written < rows)
+                {
+                    var remaining = rows - written;
+                    var growth = (int)Math.Clamp(current.Count, MinChunkRows, _growthRows);
+                    fresh = Chunk.Allocate(Math.Max(remaining, growth), Dimension, _storageType, _device);
+                    fresh.Keys.narrow(0, 0, remaining).copy_(stored.narrow(0, written, remaining));
+                    fresh.Labels.narrow(0, 0, remaining).copy_(storedLabels.narrow(0, written, remaining));
+                    views.Add(new ChunkView(fresh, remaining));
+                }
+
+                if (_device.type == DeviceType.CUDA)
+                {
+                    cuda.synchronize(_device);
+                }
+            }
+            catch
+            {
+                fresh?.Dispose();
+                throw;
+            }
+
+            var counts = new long[ClassCount];
+            for (var c = 0; c < counts.Length; c++)
+            {
+                counts[c] = current.ClassCounts[c] + classCounts[c];
+            }
+
+            if (fresh is not null)
+            {
+                _owned.Add(fresh);
+            }
+
+            _snapshot = new Snapshot([.. views], current.Count + n, counts, Math.Max(current.MaxKeyNorm, maxNorm));
+        }
+    }
+
+    public Tensor ClassLogMass(Tensor queries, ReadOnlySpan<double> thetas)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(queries);
+        if (queries.dim() != 2 || queries.shape[1] != Dimension)
+        {
+            throw new ArgumentException(
+                $"queries has shape [{string.Join(", ", queries.shape)}]; expected [b, {Dimension}].", nameof(queries));
+        }
+
+        if (queries.dtype != ScalarType.Float32)
+        {
+            throw new ArgumentException($"queries has element type {queries.dtype}; expected Float32.", nameof(queries));
+        }
+
+        if (thetas.IsEmpty)
+        {
+            throw new ArgumentException("At least one θ is needed.", nameof(thetas));
+        }
+
+        foreach (var theta in thetas)
+        {
+            if (!(theta > 0) || !double.IsFinite(theta))
+            {
+                throw new ArgumentOutOfRangeException(nameof(thetas), theta, "Every θ must be finite and greater than 0.");
+            }
+        }
+
+        var snapshot = _snapshot;
+        var plan = ThetaPlan.Create(thetas);
+        var b = queries.shape[0];
+        var track = is_grad_enabled() && queries.requires_grad;
+
+        using var scope = NewDisposeScope();
+        using var gradGuard = track ? null : no_grad();
+
+        if (b > 0)
+        {
+            var nonFinite = isfinite(queries.detach()).all(1).logical_not();
+            if (nonFinite.any().item<bool>())
+            {
+                var row = nonFinite.to_type(ScalarType.Int32).argmax().item<long>();
+                throw new ArgumentException($"Row {row} of queries has a non-finite value (NaN or ±∞).", nameof(queries));
+            }
+        }
+
+        if (b == 0 || snapshot.Count == 0)
+        {
+            return full(plan.Count, b, ClassCount, float.NegativeInfinity, dtype: ScalarType.Float32)
+                .MoveToOuterDisposeScope();
+        }
+
+        var q = queries.to(_device);
+        var thetaColumn = tensor(plan.Thetas.Select(t => (float)t).ToArray(), dtype: ScalarType.Float32, device: _device)
+            .view(plan.Count, 1, 1);
+        var present = tensor(snapshot.ClassCounts.Select(c => c > 0).ToArray(), device: _device).view(1, ClassCount, 1);
+        var keyBuffer = !track && _storageType != ScalarType.Float32
+            ? empty(Math.Min(_keyBlockSize, snapshot.LargestChunkRows), Dimension, dtype: ScalarType.Float32, device: _device)
+            : null;
+
+        var parts = new List<Tensor>();
+        for (long start = 0; start < b; start += _queryBlockSize)
+        {
+            var rows = Math.Min(_queryBlockSize, b - start);
+            var logMass = QueryBlock(snapshot, q.narrow(0, start, rows), plan, thetaColumn, keyBuffer, track);
+            var masked = where(present, logMass, float.NegativeInfinity);
+            parts.Add(masked.permute(0, 2, 1));
+        }
+
+        var result = parts.Count == 1 ? parts[0] : cat(parts, 1);
+        result = result.to(ScalarType.Float32, CPU).contiguous();
+        GC.KeepAlive(snapshot);
+        return result.MoveToOuterDisposeScope();
+    }
+
+    public void Dispose()
+    {
+        lock (_writeGate)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            _snapshot = new Snapshot([], 0, new long[ClassCount], 0);
+            foreach (var chunk in _owned)
+            {
+                chunk.Dispose();
+            }
+
+            _owned.Clear();
+        }
+    }
+
+    /// <summary>Log-mass <c>[T, C, b]</c> (absent classes at <see cref="AbsentLogMass"/>) of one block of queries <c>[b, d]</c>.</summary>
+    private Tensor QueryBlock(Snapshot snapshot, Tensor queries, ThetaPlan plan, Tensor thetaColumn, Tensor? keyBuffer, bool track)
+    {
+        using var scope = NewDisposeScope();
+        var b = queries.shape[0];
+        var queriesT = queries.t();
+
+        // Stabiliser temperature per query: θ₀ · (largest possible similarity range 2‖q‖·max‖k‖) = 80.
+        Tensor theta0, upper;
+        using (no_grad())
+        {
+            upper = queries.detach().norm(1).mul_(snapshot.MaxKeyNorm).view(1, b);
+            theta0 = full(1, b, StabiliserExponent / 2, dtype: ScalarType.Float32, device: _device).div_(upper.clamp_min(1e-12f));
+        }
+
+        var theta0Min = theta0.min().item<float>();
+        var acc = full(plan.Count, ClassCount, b, AbsentLogMass, dtype: ScalarType.Float32, device: _device);
+        foreach (var view in snapshot.Views)
+        {
+            for (var offset = 0; offset < view.Rows; offset += _keyBlockSize)
+            {
+                using var blockScope = NewDisposeScope();
+                var rows = Math.Min(_keyBlockSize, view.Rows - offset);
+                var keys = view.Chunk.Keys.narrow(0, offset, rows);
+                if (keys.dtype != ScalarType.Float32)
+                {
+                    keys = keyBuffer is null ? keys.to_type(ScalarType.Float32) : keyBuffer.narrow(0, 0, rows).copy_(keys);
+                }
+
+                var labels = view.Chunk.Labels.narrow(0, offset, rows);
+                var similarities = mm(keys, queriesT); // [n, b]
+                var blockLogMass = track
+                    ? BlockLogMassTracked(similarities, labels, theta0, theta0Min, upper, plan, thetaColumn)
+                    : BlockLogMass(similarities, labels, theta0, theta0Min, upper, plan, thetaColumn);
+                var merged = logaddexp(acc, blockLogMass);
+                acc.Dispose();
+                acc = merged.MoveToOuterDisposeScope();
+            }
+        }
+
+        return acc.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Per-class shift <c>U [C, b]</c> with <c>max_{k∈c} S_k ≤ U_c ≤ max_{k∈c} S_k + 60/θ_max</c> for classes present in the
+    /// block (0 elsewhere), and the presence mask. Not differentiated.
+    /// </summary>
+    private (Tensor Shift, Tensor Present) Shift(Tensor similarities, Tensor labels, Tensor theta0, float theta0Min, Tensor upper, double thetaMax)
+    {
+        using var noGrad = no_grad();
+        var s = similarities.detach();
+        var n = s.shape[0];
+        var b = s.shape[1];
+
+        // exp(θ₀ (S − ‖q‖·max‖k‖)) ∈ [e⁻⁸⁰, 1].
+        var rows = labels.unsqueeze(1).expand(n, b);
+        var terms = (theta0 * upper).neg_().addcmul(s, theta0, 1).exp_();
+        var sums = zeros(ClassCount, b, dtype: ScalarType.Float32, device: _device).scatter_add_(0, rows, terms);
+        terms.Dispose();
+        var present = sums.gt(0);
+        var shift = where(present, sums.log_().div_(theta0).add_(upper), 0f);
+
+        // Slack of the shift is ≤ ln(n)/θ; tighten at a higher temperature while the largest θ would see it.
+        var lnN = Math.Log(n);
+        var theta = theta0;
+        var slack = lnN / theta0Min;
+        while (thetaMax * slack > MaxShiftExponent)
+        {
+            theta = theta * (RefineExponent / lnN);
+            var refine = (s - shift.index_select(0, labels)).mul_(theta).exp_();
+            var refineSums = zeros(ClassCount, b, dtype: ScalarType.Float32, device: _device).scatter_add_(0, rows, refine);
+            refine.Dispose();
+            var next = where(present, shift + refineSums.clamp_min_(float.Epsilon).log_().div_(theta), 0f);
+            shift.Dispose();
+            shift = next;
+            slack *= lnN / RefineExponent;
+        }
+
+        return (shift, present);
+    }
+
+    /// <summary>In-place, no-grad block log-mass <c>[T, C, b]</c>; consumes <paramref name="similarities"/>.</summary>
+    private Tensor BlockLogMass(Tensor similarities, Tensor labels, Tensor theta0, float theta0Min, Tensor upper, ThetaPlan plan, Tensor thetaColumn)
+    {
+        using var scope = NewDisposeScope();
+        var b = similarities.shape[1];
+        var (shift, present) = Shift(similarities, labels, theta0, theta0Min, upper, plan.Max);
+
+        // D = S − U[y] ≤ 0 (up to rounding), in place.
+        var d = similarities.sub_(shift.index_select(0, labels));
+        var sums = zeros(plan.Count, ClassCount, b, dtype: ScalarType.Float32, device: _device);
+        var rows = labels.unsqueeze(1).expand(labels.shape[0], b); // expanded index: libtorch's sorted, parallel scatter path
+
+        Tensor? weights = null;
+        Tensor? step = null;
+        var stepDelta = double.NaN;
+        for (var i = 0; i < plan.Count; i++)
+        {
+            var index = plan.Order[i];
+            var theta = plan.Thetas[index];
+            if (i > 0)
+            {
+                var previous = plan.Order[i - 1];
+                var delta = theta - plan.Thetas[previous];
+                if (delta == 0)
+                {
+                    sums[index].copy_(sums[previous]);
+                    continue;
+                }
+
+                if (step is not null && plan.SameDelta(delta, stepDelta))
+                {
+                    weights!.mul_(step);
+                }
+                else if (plan.DeltaRecurs(i, delta))
+                {
+                    // exp(θ_{i+1} D) = exp(θ_i D) · exp(δ D): one exponential serves a run of evenly spaced θ.
+                    step?.Dispose();
+                    step = i == 1 && plan.SameDelta(delta, plan.Thetas[plan.Order[0]]) ? weights!.clone() : d.mul(delta).exp_();
+                    stepDelta = delta;
+                    weights!.mul_(step);
+                }
+                else
+                {
+                    weights!.Dispose();
+                    weights = d.mul(theta).exp_();
+                }
+            }
+            else
+            {
+                weights = d.mul(theta).exp_();
+            }
+
+            sums[index].scatter_add_(0, rows, weights!);
+        }
+
+        // L = log Σ + θU for present classes; absent classes get the finite sentinel.
+        var logMass = sums.log_().addcmul_(thetaColumn, shift.unsqueeze(0), 1);
+        return logMass.masked_fill_(present.logical_not().unsqueeze(0), AbsentLogMass).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Out-of-place block log-mass <c>[T, C, b]</c> that autograd can differentiate with respect to the similarities.</summary>
+    private Tensor BlockLogMassTracked(Tensor similarities, Tensor labels, Tensor theta0, float theta0Min, Tensor upper, ThetaPlan plan, Tensor thetaColumn)
+    {
+        using var scope = NewDisposeScope();
+        var b = similarities.shape[1];
+        var (shift, present) = Shift(similarities, labels, theta0, theta0Min, upper, plan.Max);
+        var d = similarities - shift.index_select(0, labels);
+        var rows = labels.unsqueeze(1).expand(labels.shape[0], b);
+        var perTheta = new Tensor[plan.Count];
+        for (var t = 0; t < plan.Count; t++)
+        {
+            var weights = (d * plan.Thetas[t]).exp();
+            perTheta[t] = zeros(ClassCount, b, dtype: ScalarType.Float32, device: _device).scatter_add(0, rows, weights);
+        }
+
+        // Present classes have sums ≥ e⁻⁶⁰, so the clamp only keeps log's gradient finite where a class is absent.
+        var logMass = stack(perTheta).clamp_min(1e-37f).log() + thetaColumn * shift.unsqueeze(0);
+        return where(present.unsqueeze(0), logMass, AbsentLogMass).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Storage for up to <see cref="Capacity"/> keys; rows beyond a snapshot's view are invisible to readers.</summary>
+    private sealed class Chunk : IDisposable
+    {
+        private Chunk(Tensor keys, Tensor labels, int capacity)
+        {
+            Keys = keys;
+            Labels = labels;
+            Capacity = capacity;
+        }
+
+        public Tensor Keys { get; }
+
+        public Tensor Labels { get; }
+
+        public int Capacity { get; }
+
+        public static Chunk Allocate(int capacity, int dimension, ScalarType type, Device device)
+        {
+            var keys = empty(capacity, dimension, dtype: type, device: device).DetachFromDisposeScope();
+            try
+            {
+                var labels = zeros(capacity, dtype: ScalarType.Int64, device: device).DetachFromDisposeScope();
+                return new Chunk(keys, labels, capacity);
+            }
+            catch
+            {
+                keys.Dispose();
+                throw;
+            }
+        }
+
+        public void Dispose()
+        {
+            Keys.Dispose();
+            Labels.Dispose();
+        }
+    }
+
+    /// <summary>The first <see cref="Rows"/> rows of a chunk.</summary>
+    private readonly record struct ChunkView(Chunk Chunk, int Rows);
+
+    /// <summary>An immutable published state.</summary>
+    private sealed class Snapshot(ChunkView[] views, long count, long[] classCounts, double maxKeyNorm)
+    {
+        public ChunkView[] Views { get; } = views;
+
+        public long Count { get; } = count;
+
+        public long[] ClassCounts { get; } = classCounts;
+
+        public double MaxKeyNorm { get; } = maxKeyNorm;
+
+        public int LargestChunkRows { get; } = views.Length == 0 ? 0 : views.Max(v => v.Rows);
+    }
+
+    /// <summary>The θ values in caller order, and the ascending order they are evaluated in.</summary>
+    private sealed class ThetaPlan
+    {
+        private ThetaPlan(double[] thetas, int[] order)
+        {
+            Thetas = thetas;
+            Order = order;
+            Max = thetas.Max();
+        }
+
+        public double[] Thetas { get; }
+
+        public int[] Order { get; }
+
+        public int Count => Thetas.Length;
+
+        public double Max { get; }
+
+        public static ThetaPlan Create(ReadOnlySpan<double> thetas)
+        {
+            var values = thetas.ToArray();
+            var order = Enumerable.Range(0, values.Length).OrderBy(i => values[i]).ToArray();
+            return new ThetaPlan(values, order);
+        }
+
+        public bool SameDelta(double a, double b) => Math.Abs(a - b) <= 1e-9 * Math.Max(Math.Abs(a), Math.Abs(b));
+
+        /// <summary>Whether the step from sorted position <paramref name="i"/> − 1 to <paramref name="i"/> repeats later.</summary>
+        public bool DeltaRecurs(int i, double delta)
+        {
+            if (i == 1 && SameDelta(delta, Thetas[Order[0]]))
+            {
+                return true; // the first weights serve as the step: no extra exponential
+            }
+
+            for (var j = i + 1; j < Order.Length; j++)
+            {
+                if (SameDelta(Thetas[Order[j]] - Thetas[Order[j - 1]], delta))
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+    }
+}

@@ -1,0 +1,88 @@
+using ScalableCache.Core;
+
+namespace ScalableCache.Exact;
+
+/// <summary>
+/// Settings of the exact key store (configuration section <c>Cache:Exact</c>). Every key is compared with every query:
+/// one similarity matrix multiply per block of <see cref="KeyBlockSize"/> keys × <see cref="QueryBlockSize"/> queries
+/// serves every θ, so working memory is O(<see cref="QueryBlockSize"/> × <see cref="KeyBlockSize"/>), never O(b × N).
+/// </summary>
+public sealed class ExactCacheOptions
+{
+    /// <summary>Configuration section name.</summary>
+    public const string SectionName = "Cache:Exact";
+
+    /// <summary>Largest accepted block size, in rows (keys or queries).</summary>
+    public const int MaxBlockSize = 1 << 24;
+
+    /// <summary>
+    /// Device that holds the keys and does the similarity work: <c>cpu</c>, <c>cuda</c> or <c>cuda:N</c>.
+    /// <see langword="null"/> (the default) uses <see cref="TorchOptions.Device"/> (<c>Torch:Device</c>), itself <c>cpu</c> by default.
+    /// </summary>
+    public string? Device { get; set; }
+
+    /// <summary>
+    /// How keys are stored: <see cref="ExactStorageType.Float32"/> (4 bytes per component) or
+    /// <see cref="ExactStorageType.Float16"/> (2 bytes per component; similarities are still computed in float32).
+    /// </summary>
+    public ExactStorageType StorageType { get; set; } = ExactStorageType.Float32;
+
+    /// <summary>
+    /// Keys per similarity block, in keys. Each block costs one <c>[block, d] × [d, queries]</c> matrix multiply and
+    /// a few element-wise passes over a <c>[block, queries]</c> float32 matrix. Range 1 … <see cref="MaxBlockSize"/>.
+    /// </summary>
+    public int KeyBlockSize { get; set; } = 4096;
+
+    /// <summary>Queries per similarity block, in queries. Range 1 … <see cref="MaxBlockSize"/>.</summary>
+    public int QueryBlockSize { get; set; } = 1024;
+
+    /// <summary>A copy, so a memory is not affected by later changes to the options object it was created from.</summary>
+    public ExactCacheOptions Clone() => (ExactCacheOptions)MemberwiseClone();
+
+    /// <summary>
+    /// Every problem with these settings, as messages naming the setting; empty when they are valid. A <see cref="Device"/>
+    /// that is malformed, or names CUDA where this build or machine has none, is a problem.
+    /// </summary>
+    public IReadOnlyList<string> Validate()
+    {
+        var errors = new List<string>();
+        if (KeyBlockSize is < 1 or > MaxBlockSize)
+        {
+            errors.Add($"Cache:Exact:KeyBlockSize must be between 1 and {MaxBlockSize} keys (got {KeyBlockSize}).");
+        }
+
+        if (QueryBlockSize is < 1 or > MaxBlockSize)
+        {
+            errors.Add($"Cache:Exact:QueryBlockSize must be between 1 and {MaxBlockSize} queries (got {QueryBlockSize}).");
+        }
+
+        if (!Enum.IsDefined(StorageType))
+        {
+            errors.Add($"Cache:Exact:StorageType '{StorageType}' is not one of {string.Join(", ", Enum.GetNames<ExactStorageType>())}.");
+        }
+
+        if (Device is not null)
+        {
+            try
+            {
+                TorchDevices.Resolve(Device);
+            }
+            catch (Exception e) when (e is ArgumentException or InvalidOperationException)
+            {
+                errors.Add($"Cache:Exact:Device: {e.Message}");
+            }
+        }
+
+        return errors;
+    }
+}
+
+/// <summary>How the exact store keeps key vectors.</summary>
+public enum ExactStorageType
+{
+    /// <summary>4 bytes per component; similarities equal the float32 dot product up to rounding.</summary>
+    Float32,
+
+    /// <summary>2 bytes per component (IEEE half); each key component carries about 5e-4 relative rounding error.</summary>
+    Float16,
+}

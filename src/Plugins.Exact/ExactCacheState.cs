@@ -1,0 +1,218 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using ScalableCache.Core;
+using ScalableCache.Core.Persistence;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Exact;
+
+/// <summary>
+/// Saving and restoring an exact memory (<see cref="IPersistentCacheMemory"/>).
+/// </summary>
+/// <remarks>
+/// <para><b>State.</b> Blobs, in this order: <c>labels</c> (int32 little-endian, one per key) and <c>keys</c> (float32
+/// little-endian, row-major <c>[N, d]</c>, whatever the storage type). Properties: <c>views</c> (the rows of each storage
+/// chunk, comma-separated), <c>maxKeyNorm</c> (round-trip double) and <c>storage</c> (<c>Float32</c>/<c>Float16</c>, how
+/// the saving store held its keys).</para>
+/// <para><b>Restore.</b> Storage chunks are recreated with exactly the saved rows, so a restored memory on the same device with
+/// the same block sizes and storage type computes bit-identical log-masses. Keys stream in from the blob one slice at a time
+/// straight into the storage chunks. Device, block sizes and storage type come from the restoring factory's options.</para>
+/// </remarks>
+internal sealed partial class ExactCacheMemory : IPersistentCacheMemory
+{
+    private const string ViewsProperty = "views";
+    private const string MaxKeyNormProperty = "maxKeyNorm";
+    private const string StorageProperty = "storage";
+    private const string LabelsBlob = "labels";
+    private const string KeysBlob = "keys";
+
+    /// <summary>Bytes of float32 keys moved between device and host per step.</summary>
+    private const long SliceBytes = 16L << 20;
+
+    /// <summary>Relative difference allowed between the saved largest key norm and the one recomputed on restore.</summary>
+    private const double NormTolerance = 1e-5;
+
+    /// <inheritdoc />
+    public CacheState ExportState()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var snapshot = _snapshot;
+        var state = new CacheState(ProviderName, Dimension, snapshot.Count);
+        state.Properties[ViewsProperty] = string.Join(",", snapshot.Views.Select(v => v.Rows.ToString(CultureInfo.InvariantCulture)));
+        state.SetProperty(MaxKeyNormProperty, snapshot.MaxKeyNorm);
+        state.Properties[StorageProperty] = StorageName(_storageType);
+        state.Blobs.Add(CacheBlob.FromPieces(LabelsBlob, 4 * snapshot.Count, () => Slices(snapshot, labels: true)));
+        state.Blobs.Add(CacheBlob.FromPieces(KeysBlob, 4L * Dimension * snapshot.Count, () => Slices(snapshot, labels: false)));
+        return state;
+    }
+
+    /// <summary>Rebuilds a memory from <paramref name="state"/>; see the remarks.</summary>
+    internal static ExactCacheMemory Restore(CacheState state, int classCount, Device device, ExactCacheOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        state.EnsureProvider(ProviderName);
+        var dimension = state.Dimension;
+        var count = state.Count;
+        var views = ParseViews(state.Property(ViewsProperty), count);
+        var savedNorm = state.DoubleProperty(MaxKeyNormProperty);
+        if (!(savedNorm >= 0) || !double.IsFinite(savedNorm))
+        {
+            throw new ArgumentException($"The saved largest key norm {savedNorm} is not a finite non-negative number.", nameof(state));
+        }
+
+        var labelsBlob = state.Blob(LabelsBlob);
+        var keysBlob = state.Blob(KeysBlob);
+        if (labelsBlob.Length != 4 * count || keysBlob.Length != 4L * dimension * count)
+        {
+            throw new ArgumentException(
+                $"{count} keys of dimension {dimension} need {4 * count} label bytes and {4L * dimension * count} key bytes; the state has " +
+                $"{labelsBlob.Length} and {keysBlob.Length}.", nameof(state));
+        }
+
+        var labels = labelsBlob.ReadInt32s();
+        var classCounts = new long[classCount];
+        for (var row = 0; row < labels.Length; row++)
+        {
+            if ((uint)labels[row] >= (uint)classCount)
+            {
+                throw new ArgumentException($"Label {labels[row]} of key {row} is outside [0, {classCount}).", nameof(state));
+            }
+
+            classCounts[labels[row]]++;
+        }
+
+        var memory = new ExactCacheMemory(dimension, classCount, device, options);
+        try
+        {
+            var sameStorage = state.Properties.TryGetValue(StorageProperty, out var saved) && saved == StorageName(memory._storageType);
+            memory.Fill(views, labels, keysBlob, classCounts, savedNorm, sameStorage);
+            return memory;
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
+    }
+
+    private static string StorageName(ScalarType type) =>
+        type == ScalarType.Float16 ? nameof(ExactStorageType.Float16) : nameof(ExactStorageType.Float32);
+
+    private static int[] ParseViews(string text, long count)
+    {
+        var parts = text.Length == 0 ? [] : text.Split(',');
+        var views = new int[parts.Length];
+        long total = 0;
+        for (var i = 0; i < parts.Length; i++)
+        {
+            if (!int.TryParse(parts[i], NumberStyles.None, CultureInfo.InvariantCulture, out views[i]) || views[i] < 1)
+            {
+                throw new ArgumentException($"Storage chunk {i} has '{parts[i]}' rows; expected a positive integer.");
+            }
+
+            total += views[i];
+        }
+
+        return total == count
+            ? views
+            : throw new ArgumentException($"The storage chunks hold {total} rows in all, but the state has {count} keys.");
+    }
+
+    /// <summary>Labels (int32) or keys (float32) of a snapshot, in row order, a slice at a time, copied to the host.</summary>
+    private IEnumerable<ReadOnlyMemory<byte>> Slices(Snapshot snapshot, bool labels)
+    {
+        var rowBytes = labels ? 4L : 4L * Dimension;
+        var step = (int)Math.Clamp(SliceBytes / rowBytes, 1, int.MaxValue);
+        foreach (var view in snapshot.Views)
+        {
+            for (var offset = 0; offset < view.Rows; offset += step)
+            {
+                ObjectDisposedException.ThrowIf(_disposed, this);
+                var rows = Math.Min(step, view.Rows - offset);
+                yield return labels
+                    ? HostBytes(view.Chunk.Labels.narrow(0, offset, rows), ScalarType.Int32)
+                    : HostBytes(view.Chunk.Keys.narrow(0, offset, rows), ScalarType.Float32);
+            }
+        }
+    }
+
+    private static byte[] HostBytes(Tensor slice, ScalarType type)
+    {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var host = slice.to(type, CPU).contiguous();
+        return host.bytes.ToArray();
+    }
+
+    /// <summary>Allocates one storage chunk per saved view, streams the keys into them and publishes the snapshot.</summary>
+    private void Fill(int[] views, int[] labels, CacheBlob keys, long[] classCounts, double savedNorm, bool sameStorage)
+    {
+        var step = (int)Math.Clamp(SliceBytes / (4L * Dimension), 1, int.MaxValue);
+        var buffer = new float[(long)Math.Min(step, views.Length == 0 ? 1 : views.Max()) * Dimension];
+        var published = new ChunkView[views.Length];
+        double maxNorm = 0;
+        long row = 0;
+        using var stream = keys.OpenRead();
+        lock (_writeGate)
+        {
+            for (var v = 0; v < views.Length; v++)
+            {
+                var chunk = Chunk.Allocate(views[v], Dimension, _storageType, _device);
+                _owned.Add(chunk);
+                for (var offset = 0; offset < views[v]; offset += step)
+                {
+                    var rows = Math.Min(step, views[v] - offset);
+                    var values = buffer.AsSpan(0, rows * Dimension);
+                    stream.ReadExactly(MemoryMarshal.AsBytes(values));
+                    for (var i = 0; i < values.Length; i++)
+                    {
+                        if (!float.IsFinite(values[i]))
+                        {
+                            throw new ArgumentException($"Key {row + (i / Dimension)} has a non-finite value.");
+                        }
+                    }
+
+                    using var scope = NewDisposeScope();
+                    using var noGrad = no_grad();
+                    var host = empty(rows, Dimension, dtype: ScalarType.Float32);
+                    host.bytes = MemoryMarshal.AsBytes(values);
+                    var stored = host.to(_storageType, _device);
+                    chunk.Keys.narrow(0, offset, rows).copy_(stored);
+                    var rowLabels = tensor(Array.ConvertAll(labels[(int)row..(int)(row + rows)], l => (long)l), ScalarType.Int64);
+                    chunk.Labels.narrow(0, offset, rows).copy_(rowLabels.to(_device));
+                    // As Add computes it: the norm of the stored (possibly rounded) keys, in float32.
+                    maxNorm = Math.Max(maxNorm, stored.to_type(ScalarType.Float32).norm(1).max().item<float>());
+                    row += rows;
+                }
+
+                published[v] = new ChunkView(chunk, views[v]);
+            }
+
+            if (_device.type == DeviceType.CUDA)
+            {
+                cuda.synchronize(_device);
+            }
+
+            // The saved norm keeps answers bit-identical; a recomputed one that disagrees means the keys do not match it.
+            if (sameStorage && Math.Abs(savedNorm - maxNorm) > NormTolerance * Math.Max(maxNorm, 1e-30))
+            {
+                throw new ArgumentException($"The saved largest key norm {savedNorm:R} does not match the keys' ({maxNorm:R}).");
+            }
+
+            _snapshot = new Snapshot(published, row, classCounts, sameStorage ? savedNorm : maxNorm);
+        }
+    }
+}
+
+/// <summary>Restores exact memories saved with <see cref="ExactCacheMemory.ExportState"/>.</summary>
+internal sealed partial class ExactCacheMemoryFactory : IPersistentCacheMemoryFactory
+{
+    /// <inheritdoc />
+    public ICacheMemory Restore(CacheState state, CacheRestoreContext context)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        ArgumentNullException.ThrowIfNull(context);
+        return ExactCacheMemory.Restore(state, context.ClassCount, _device, _options);
+    }
+}
