@@ -91,6 +91,12 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
     /// <summary>The element type keys are stored as.</summary>
     public ScalarType StorageType => _storageType;
 
+    /// <summary>
+    /// Whether CPU queries without gradients use <see cref="ExactLogMassKernel"/> (default) rather than the tensor path that
+    /// CUDA and autograd use; tests switch it off to check both paths.
+    /// </summary>
+    internal bool UseFusedKernel { get; init; } = true;
+
     /// <summary>Number of storage chunks allocated so far (diagnostics).</summary>
     public int ChunkCount
     {
@@ -165,7 +171,13 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
         var stored = keys.detach().to(_storageType, _device);
         var storedLabels = y.to(_device);
         var maxNorm = stored.to_type(ScalarType.Float32).norm(1).max().item<float>();
-        var classCounts = bincount(y.cpu(), minlength: ClassCount).data<long>().ToArray();
+        var hostLabels = y.cpu().to_type(ScalarType.Int32).data<int>().ToArray();
+        var classCounts = new long[ClassCount];
+        foreach (var label in hostLabels)
+        {
+            classCounts[label]++;
+        }
+
         var rows = (int)n;
 
         lock (_writeGate)
@@ -185,6 +197,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
                     var take = Math.Min(rows, tail.Capacity - views[^1].Rows);
                     tail.Keys.narrow(0, views[^1].Rows, take).copy_(stored.narrow(0, 0, take));
                     tail.Labels.narrow(0, views[^1].Rows, take).copy_(storedLabels.narrow(0, 0, take));
+                    hostLabels.AsSpan(0, take).CopyTo(tail.HostLabels.AsSpan(views[^1].Rows));
                     tailRows = views[^1].Rows + take;
                     views[^1] = new ChunkView(tail, tailRows);
                     written = take;
@@ -197,6 +210,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
                     fresh = Chunk.Allocate(Math.Max(remaining, growth), Dimension, _storageType, _device);
                     fresh.Keys.narrow(0, 0, remaining).copy_(stored.narrow(0, written, remaining));
                     fresh.Labels.narrow(0, 0, remaining).copy_(storedLabels.narrow(0, written, remaining));
+                    hostLabels.AsSpan(written, remaining).CopyTo(fresh.HostLabels.AsSpan());
                     views.Add(new ChunkView(fresh, remaining));
                 }
 
@@ -286,13 +300,15 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
             ? empty(Math.Min(_keyBlockSize, snapshot.LargestChunkRows), Dimension, dtype: ScalarType.Float32, device: _device)
             : null;
 
+        var fused = !track && _device.type == DeviceType.CPU && UseFusedKernel;
         var parts = new List<Tensor>();
         for (long start = 0; start < b; start += _queryBlockSize)
         {
             var rows = Math.Min(_queryBlockSize, b - start);
-            var logMass = QueryBlock(snapshot, q.narrow(0, start, rows), plan, thetaColumn, keyBuffer, track);
-            var masked = where(present, logMass, float.NegativeInfinity);
-            parts.Add(masked.permute(0, 2, 1));
+            var logMass = fused
+                ? QueryBlockFused(snapshot, q.narrow(0, start, rows), plan, keyBuffer)
+                : where(present, QueryBlock(snapshot, q.narrow(0, start, rows), plan, thetaColumn, keyBuffer, track), float.NegativeInfinity);
+            parts.Add(logMass.permute(0, 2, 1));
         }
 
         var result = parts.Count == 1 ? parts[0] : cat(parts, 1);
@@ -362,6 +378,69 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
         }
 
         return acc.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Log-mass <c>[T, C, b]</c> (−∞ for classes without keys) of one block of queries <c>[b, d]</c> on the CPU, without
+    /// gradients: one matrix multiply per key block, then <see cref="ExactLogMassKernel"/>.
+    /// </summary>
+    private Tensor QueryBlockFused(Snapshot snapshot, Tensor queries, ThetaPlan plan, Tensor? keyBuffer)
+    {
+        using var scope = NewDisposeScope();
+        var b = (int)queries.shape[0];
+        var padded = (b + ExactLogMassKernel.Lanes - 1) / ExactLogMassKernel.Lanes * ExactLogMassKernel.Lanes;
+        var q = padded == b ? queries : cat([queries, zeros(padded - b, Dimension, dtype: ScalarType.Float32)]);
+        var queriesT = q.t();
+
+        // Stabiliser temperature per query: θ₀ · (largest possible similarity range 2‖q‖·max‖k‖) = 80.
+        var norms = q.norm(1).data<float>().ToArray();
+        var upper = new float[padded];
+        var theta0 = new float[padded];
+        for (var j = 0; j < padded; j++)
+        {
+            upper[j] = (float)(norms[j] * snapshot.MaxKeyNorm);
+            theta0[j] = (float)(StabiliserExponent / 2 / Math.Max(upper[j], 1e-12));
+        }
+
+        var distinct = plan.Distinct;
+        var running = new float[distinct.Length * ClassCount * padded];
+        Array.Fill(running, float.NegativeInfinity);
+        var present = new bool[ClassCount];
+        foreach (var view in snapshot.Views)
+        {
+            var hostLabels = view.Chunk.HostLabels!;
+            for (var offset = 0; offset < view.Rows; offset += _keyBlockSize)
+            {
+                using var blockScope = NewDisposeScope();
+                var rows = Math.Min(_keyBlockSize, view.Rows - offset);
+                var keys = view.Chunk.Keys.narrow(0, offset, rows);
+                if (keys.dtype != ScalarType.Float32)
+                {
+                    keys = keyBuffer!.narrow(0, 0, rows).copy_(keys);
+                }
+
+                Array.Clear(present);
+                foreach (var label in hostLabels.AsSpan(offset, rows))
+                {
+                    present[label] = true;
+                }
+
+                var similarities = mm(keys, queriesT).contiguous(); // [n, padded]
+                using var storage = similarities.storage<float>();
+                var address = storage.data_ptr() + (nint)(similarities.storage_offset() * sizeof(float));
+                ExactLogMassKernel.Accumulate(
+                    address, rows, padded, hostLabels, offset, present, distinct, plan.ChainDelta, theta0, upper, running);
+                GC.KeepAlive(similarities);
+            }
+        }
+
+        var result = tensor(running, [distinct.Length, ClassCount, padded]).narrow(2, 0, b);
+        if (plan.Count != distinct.Length || !plan.IsDistinctOrder)
+        {
+            result = result.index_select(0, tensor(plan.DistinctIndex, dtype: ScalarType.Int64));
+        }
+
+        return result.contiguous().MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -485,16 +564,20 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
     /// <summary>Storage for up to <see cref="Capacity"/> keys; rows beyond a snapshot's view are invisible to readers.</summary>
     private sealed class Chunk : IDisposable
     {
-        private Chunk(Tensor keys, Tensor labels, int capacity)
+        private Chunk(Tensor keys, Tensor labels, int[]? hostLabels, int capacity)
         {
             Keys = keys;
             Labels = labels;
+            HostLabels = hostLabels;
             Capacity = capacity;
         }
 
         public Tensor Keys { get; }
 
         public Tensor Labels { get; }
+
+        /// <summary>The labels again as a managed array, for the fused CPU kernel (CPU device only).</summary>
+        public int[]? HostLabels { get; }
 
         public int Capacity { get; }
 
@@ -504,7 +587,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
             try
             {
                 var labels = zeros(capacity, dtype: ScalarType.Int64, device: device).DetachFromDisposeScope();
-                return new Chunk(keys, labels, capacity);
+                return new Chunk(keys, labels, device.type == DeviceType.CPU ? new int[capacity] : null, capacity);
             }
             catch
             {
@@ -545,7 +628,28 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
             Thetas = thetas;
             Order = order;
             Max = thetas.Max();
+
+            // Distinct float32 θ ascending, each caller θ's index among them, and the most frequent step between them.
+            var values = thetas.Select(t => (float)t).ToArray();
+            Distinct = values.Distinct().Order().ToArray();
+            DistinctIndex = values.Select(v => (long)Array.IndexOf(Distinct, v)).ToArray();
+            IsDistinctOrder = DistinctIndex.Length == Distinct.Length && DistinctIndex.Select((d, i) => d == i).All(x => x);
+            var steps = Enumerable.Range(1, Distinct.Length - 1).Select(i => Distinct[i] - Distinct[i - 1]).ToList();
+            var best = steps.GroupBy(x => x).OrderByDescending(g => g.Count()).ThenBy(g => g.Key).FirstOrDefault();
+            ChainDelta = best is not null && (best.Count() >= 2 || best.Key == Distinct[0]) ? best.Key : 0f;
         }
+
+        /// <summary>Distinct θ as float32, ascending.</summary>
+        public float[] Distinct { get; }
+
+        /// <summary>For each caller θ, its index in <see cref="Distinct"/>.</summary>
+        public long[] DistinctIndex { get; }
+
+        /// <summary>Whether the caller's θ are already <see cref="Distinct"/>, in that order.</summary>
+        public bool IsDistinctOrder { get; }
+
+        /// <summary>The step between consecutive distinct θ that one exponential serves (0: none recurs).</summary>
+        public float ChainDelta { get; }
 
         public double[] Thetas { get; }
 

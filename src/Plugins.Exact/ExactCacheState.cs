@@ -146,41 +146,62 @@ internal sealed partial class ExactCacheMemory : IPersistentCacheMemory
     }
 
     /// <summary>Allocates one storage chunk per saved view, streams the keys into them and publishes the snapshot.</summary>
+    /// <remarks>
+    /// Float32 keys on the CPU are read from the blob straight into the storage chunk; other storage goes through a host
+    /// buffer and is converted and copied to the device.
+    /// </remarks>
     private void Fill(int[] views, int[] labels, CacheBlob keys, long[] classCounts, double savedNorm, bool sameStorage)
     {
         var step = (int)Math.Clamp(SliceBytes / (4L * Dimension), 1, int.MaxValue);
-        var buffer = new float[(long)Math.Min(step, views.Length == 0 ? 1 : views.Max()) * Dimension];
+        var direct = _device.type == DeviceType.CPU && _storageType == ScalarType.Float32;
+        var buffer = direct ? [] : new float[(long)Math.Min(step, views.Length == 0 ? 1 : views.Max()) * Dimension];
         var published = new ChunkView[views.Length];
         double maxNorm = 0;
         long row = 0;
         using var stream = keys.OpenRead();
+        using var noGrad = no_grad();
         lock (_writeGate)
         {
             for (var v = 0; v < views.Length; v++)
             {
                 var chunk = Chunk.Allocate(views[v], Dimension, _storageType, _device);
                 _owned.Add(chunk);
+                using (var scope = NewDisposeScope())
+                {
+                    var chunkLabels = tensor(Array.ConvertAll(labels[(int)row..(int)(row + views[v])], l => (long)l), ScalarType.Int64);
+                    chunk.Labels.copy_(chunkLabels.to(_device));
+                }
+
+                // The fused CPU kernel reads labels from the managed copy; it must match the tensor.
+                if (chunk.HostLabels is { } hostLabels)
+                {
+                    labels.AsSpan((int)row, views[v]).CopyTo(hostLabels);
+                }
+
                 for (var offset = 0; offset < views[v]; offset += step)
                 {
+                    using var scope = NewDisposeScope();
                     var rows = Math.Min(step, views[v] - offset);
-                    var values = buffer.AsSpan(0, rows * Dimension);
-                    stream.ReadExactly(MemoryMarshal.AsBytes(values));
-                    for (var i = 0; i < values.Length; i++)
+                    var target = chunk.Keys.narrow(0, offset, rows);
+                    Tensor stored;
+                    if (direct)
                     {
-                        if (!float.IsFinite(values[i]))
-                        {
-                            throw new ArgumentException($"Key {row + (i / Dimension)} has a non-finite value.");
-                        }
+                        var bytes = target.bytes;
+                        stream.ReadExactly(bytes);
+                        ThrowIfNonFinite(MemoryMarshal.Cast<byte, float>(bytes), row);
+                        stored = target;
+                    }
+                    else
+                    {
+                        var values = buffer.AsSpan(0, rows * Dimension);
+                        stream.ReadExactly(MemoryMarshal.AsBytes(values));
+                        ThrowIfNonFinite(values, row);
+                        var host = empty(rows, Dimension, dtype: ScalarType.Float32);
+                        host.bytes = MemoryMarshal.AsBytes(values);
+                        stored = host.to(_storageType, _device);
+                        target.copy_(stored);
                     }
 
-                    using var scope = NewDisposeScope();
-                    using var noGrad = no_grad();
-                    var host = empty(rows, Dimension, dtype: ScalarType.Float32);
-                    host.bytes = MemoryMarshal.AsBytes(values);
-                    var stored = host.to(_storageType, _device);
-                    chunk.Keys.narrow(0, offset, rows).copy_(stored);
-                    var rowLabels = tensor(Array.ConvertAll(labels[(int)row..(int)(row + rows)], l => (long)l), ScalarType.Int64);
-                    chunk.Labels.narrow(0, offset, rows).copy_(rowLabels.to(_device));
                     // As Add computes it: the norm of the stored (possibly rounded) keys, in float32.
                     maxNorm = Math.Max(maxNorm, stored.to_type(ScalarType.Float32).norm(1).max().item<float>());
                     row += rows;
@@ -201,6 +222,17 @@ internal sealed partial class ExactCacheMemory : IPersistentCacheMemory
             }
 
             _snapshot = new Snapshot(published, row, classCounts, sameStorage ? savedNorm : maxNorm);
+        }
+    }
+
+    private void ThrowIfNonFinite(ReadOnlySpan<float> values, long firstRow)
+    {
+        for (var i = 0; i < values.Length; i++)
+        {
+            if (!float.IsFinite(values[i]))
+            {
+                throw new ArgumentException($"Key {firstRow + (i / Dimension)} has a non-finite value.");
+            }
         }
     }
 }

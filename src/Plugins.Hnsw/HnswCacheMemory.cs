@@ -31,7 +31,7 @@ namespace ScalableCache.Hnsw;
 /// clustered data need not be connected), the missed keys are read back (<c>usearch_get</c>) and scored directly, so the
 /// result is the exact full log-mass.</para>
 /// </remarks>
-internal sealed unsafe class HnswCacheMemory : IHnswCacheMemory
+internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 {
     /// <summary>Bytes of keys per chunk handed to the native add (bounds the size of one span over tensor memory).</summary>
     private const int AddChunkBytes = 256 << 20;

@@ -4,7 +4,7 @@ using ScalableCache.Core;
 namespace ScalableCache.Hnsw;
 
 /// <summary>Creates HNSW memories (provider <c>Hnsw</c>) with the configured <see cref="HnswCacheOptions"/>, and restores saved ones.</summary>
-public sealed class HnswCacheMemoryFactory : ICacheMemoryFactory
+public sealed partial class HnswCacheMemoryFactory : ICacheMemoryFactory
 {
     /// <summary>The provider name, matched against <c>Cache:Provider</c>.</summary>
     public const string ProviderName = "Hnsw";

@@ -21,7 +21,7 @@ namespace ScalableCache.RandomProjection;
 /// <para><b>Autograd.</b> When gradients are enabled and the queries require them, the projection is recorded (it is a
 /// matrix multiply and a rescale), so gradients flow through to the d-dimensional queries if the inner memory supports it.</para>
 /// </remarks>
-internal sealed class RandomProjectionCacheMemory : IRandomProjectionCacheMemory
+internal sealed partial class RandomProjectionCacheMemory : IRandomProjectionCacheMemory
 {
     /// <summary>Provider name registered by this backend.</summary>
     public const string ProviderName = "RandomProjection";

@@ -9,7 +9,7 @@ namespace ScalableCache.RandomProjection;
 /// Creates random-projection memories (provider <c>RandomProjection</c>): each wraps an empty memory of dimension k made
 /// by the factory of the <see cref="RandomProjectionCacheOptions.Inner"/> provider, found among the registered factories.
 /// </summary>
-public sealed class RandomProjectionCacheMemoryFactory : ICacheMemoryFactory
+public sealed partial class RandomProjectionCacheMemoryFactory : ICacheMemoryFactory
 {
     /// <summary>The provider name, matched against <c>Cache:Provider</c>.</summary>
     public const string ProviderName = RandomProjectionCacheMemory.ProviderName;

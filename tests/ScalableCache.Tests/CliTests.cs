@@ -158,4 +158,42 @@ public sealed class CliTests
             }
         }
     }
+
+    [Fact]
+    public async Task EvaluateFromABuiltCacheFileMatchesEvaluatingFromImagesAndCorruptFilesFailNamed()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"scache-cachefile-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(folder);
+        var file = Path.Combine(folder, "r20.scache");
+        string[] common = ["--data", SharedData.Cifar10, "--weights", Path.Combine(SharedData.Models, "resnet20.safetensors"), "--json"];
+        try
+        {
+            var (built, _, buildErr) = await Run(null, ["build", "--model", "resnet20", "--layers", "layer3.2", "--max-train", "300", "--output", file, .. common]);
+            Assert.True(built == ExitCodes.Success, buildErr);
+
+            string[] evaluate = ["evaluate", "--model", "resnet20", "--max-test", "200", "--theta", "50", "--lambda", "0.5", "--out", Path.Combine(folder, "report"), .. common];
+            var (fromFile, fileOut, fileErr) = await Run(null, [.. evaluate, "--cache", file]);
+            Assert.True(fromFile == ExitCodes.Success, fileErr);
+            var (fromImages, imagesOut, imagesErr) = await Run(null, [.. evaluate, "--layers", "layer3.2", "--max-train", "300"]);
+            Assert.True(fromImages == ExitCodes.Success, imagesErr);
+            var a = SingleJsonObject(fileOut);
+            var b = SingleJsonObject(imagesOut);
+            Assert.Equal(300, a.GetProperty("cacheSize").GetInt64());
+            Assert.Equal(b.GetProperty("cacheError").GetDouble(), a.GetProperty("cacheError").GetDouble());
+            Assert.Equal(b.GetProperty("cacheOnlyError").GetDouble(), a.GetProperty("cacheOnlyError").GetDouble());
+
+            // A flipped byte in the payload: exit code InvalidCacheFile, and the message names the file.
+            var bytes = await File.ReadAllBytesAsync(file, TestContext.Current.CancellationToken);
+            bytes[^40] ^= 0xFF;
+            var corrupt = Path.Combine(folder, "corrupt.scache");
+            await File.WriteAllBytesAsync(corrupt, bytes, TestContext.Current.CancellationToken);
+            var (code, stdout, _) = await Run(null, [.. evaluate, "--cache", corrupt]);
+            Assert.Equal(ExitCodes.InvalidCacheFile, code);
+            Assert.Contains("corrupt.scache", SingleJsonObject(stdout).GetProperty("error").GetString());
+        }
+        finally
+        {
+            Directory.Delete(folder, recursive: true);
+        }
+    }
 }

@@ -56,6 +56,7 @@ internal sealed class CommandRunner(IServiceProvider services, CommandOutput out
         DeviceUnavailableException => ExitCodes.DeviceUnavailable,
         UnknownProviderException or OptionsValidationException => ExitCodes.Configuration,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.NotFound,
+        OutputException => ExitCodes.OutputFailed,
         _ when ex.GetType().Name.Contains("Checkpoint", StringComparison.Ordinal) => ExitCodes.InvalidCheckpoint,
         _ when ex.GetType().Name.Contains("CacheFile", StringComparison.Ordinal) => ExitCodes.InvalidCacheFile,
         _ when ex.GetType().Name.Contains("DatasetFormat", StringComparison.Ordinal) => ExitCodes.InvalidData,
@@ -79,3 +80,6 @@ internal sealed class CommandRunner(IServiceProvider services, CommandOutput out
         string ExitName,
         [property: JsonPropertyName("exception")] string ExceptionType);
 }
+
+/// <summary>Writing a command's output failed; whatever was there before is left intact.</summary>
+internal sealed class OutputException(string message, Exception inner) : IOException(message, inner);

@@ -26,13 +26,14 @@ internal sealed class EvaluateCommand : IScacheCommand
         var maxLayers = CommonOptions.MaxLayers();
         var maxTrain = CommonOptions.MaxTrain();
         var maxTest = CommonOptions.MaxTest();
+        var cache = new Option<string?>("--cache") { Description = "A cache file from `scache build`: its keys, layers and provider are used instead of extracting the training set." };
         var theta = new Option<double?>("--theta") { Description = "Fixed θ (with --lambda); omit both to search the grid." };
         var lambda = new Option<double?>("--lambda") { Description = "Fixed λ in [0, 1] (with --theta); λ = 1 is cache-only." };
         var search = new Option<bool>("--search") { Description = "Search θ and λ on the validation half (the default when neither is given)." };
 
         Definition = new Command("evaluate", "Baseline, cache model and cache-only model for one model (a Table 1 row), with θ, λ searched on a seeded half of the test set.")
         {
-            model, weights, data, output, seed, flip, layers, theta, lambda, search, thetas, lambdas, includeCacheOnly, candidates, maxLayers, maxTrain, maxTest,
+            model, weights, data, output, seed, flip, layers, theta, lambda, search, thetas, lambdas, includeCacheOnly, candidates, maxLayers, maxTrain, maxTest, cache,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("evaluate", async token =>
         {
@@ -60,7 +61,7 @@ internal sealed class EvaluateCommand : IScacheCommand
             var row = await services.GetRequiredService<Table1Experiment>().RunAsync(new Table1Request(
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)),
                 CommonOptions.Names(parse.GetValue(candidates)), parse.GetValue(maxLayers), parse.GetValue(seed), parse.GetValue(flip), grid,
-                fixedTheta, fixedLambda, parse.GetValue(maxTrain), parse.GetValue(maxTest)), token).ConfigureAwait(false);
+                fixedTheta, fixedLambda, parse.GetValue(maxTrain), parse.GetValue(maxTest), parse.GetValue(cache)), token).ConfigureAwait(false);
             folder.WriteText("report.md", Table1Report.Markdown([row], $"Cache model evaluation: {row.Model}"));
             Table1Report.Plot(folder, row);
             var result = new EvaluateResult(row, folder.Path);

@@ -90,6 +90,10 @@ internal sealed class ExperimentSession(
         return data.ClassBalancedSubset(max.Value / data.ClassCount, seed);
     }
 
+    /// <summary>Loads a cache file with the provider recorded in it (which must be registered).</summary>
+    public ScalableCache.Core.Persistence.LoadedCacheFile LoadCacheFile(string path, CancellationToken cancellationToken) =>
+        ScalableCache.Core.Persistence.CacheFile.Load(path, providers, cancellationToken);
+
     /// <summary>The validation and report halves of the test set.</summary>
     public static DatasetSplit Split(ImageDataset test, int seed, double validationFraction) => test.SeededSplit(seed, validationFraction);
 

@@ -20,7 +20,8 @@ internal sealed record Table1Request(
     double? Theta,
     double? Lambda,
     int? MaxTrain = null,
-    int? MaxTest = null);
+    int? MaxTest = null,
+    string? CacheFile = null);
 
 /// <summary>One Table 1 row with everything needed to reproduce it.</summary>
 internal sealed record Table1Row(
@@ -67,6 +68,11 @@ internal sealed class Table1Experiment(ExperimentSession session)
         var progress = session.Progress;
         var provider = session.Provider; // an unknown provider fails before any work
         using var model = await session.LoadModelAsync(request.Model, request.Weights, cancellationToken).ConfigureAwait(false);
+        if (request.CacheFile is not null)
+        {
+            return RunFromCacheFile(request, model, seconds, total, cancellationToken);
+        }
+
         var test = ExperimentSession.Limit(session.LoadTest(request.Data), request.MaxTest, request.Seed);
         var train = ExperimentSession.Limit(session.LoadTrain(request.Data, flips: false), request.MaxTrain, request.Seed);
         var split = ExperimentSession.Split(test, request.Seed, ValidationFraction);
@@ -109,6 +115,51 @@ internal sealed class Table1Experiment(ExperimentSession session)
             provider.Provider, result.BaselineError, result.CacheError, result.CacheOnlyError, result.Theta, result.Lambda, result.CacheOnlyTheta,
             result.ThetaAtGridEdge, result.CacheOnlyThetaAtGridEdge, result.ValidationBaselineError, result.ValidationCacheError,
             result.ValidationCacheOnlyError, result.Grid.Thetas, result.Grid.Lambdas, result.Grid.Errors, search, seconds);
+    }
+
+    /// <summary>
+    /// Evaluates a cache built earlier (<c>scache build</c>): its keys, layers and provider come from the file (an HNSW graph is
+    /// loaded, not rebuilt), so only the test images go through the network. θ, λ: flags, else the file's, else searched.
+    /// </summary>
+    private Table1Row RunFromCacheFile(Table1Request request, LoadedModel model, Dictionary<string, double> seconds, Stopwatch total, CancellationToken cancellationToken)
+    {
+        var progress = session.Progress;
+        var header = ScalableCache.Core.Persistence.CacheFile.ReadHeader(request.CacheFile!);
+        if (!string.Equals(header.Model.Name, model.Spec.Name, StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"The cache file '{request.CacheFile}' was built for model '{header.Model.Name}', not '{model.Spec.Name}'.");
+        }
+
+        if (request.Layers is { } wanted && !wanted.SequenceEqual(header.Layers))
+        {
+            throw new UsageException($"The cache file keys layers [{string.Join(", ", header.Layers)}], not [{string.Join(", ", wanted)}].");
+        }
+
+        var loaded = progress.Timed($"load {request.CacheFile}", () => session.LoadCacheFile(request.CacheFile!, cancellationToken), out var tl);
+        seconds["loadCache"] = tl.TotalSeconds;
+        using var memory = loaded.Memory;
+        var test = ExperimentSession.Limit(session.LoadTest(request.Data), request.MaxTest, request.Seed);
+        var split = ExperimentSession.Split(test, request.Seed, ValidationFraction);
+        using var testKeys = progress.Timed($"{request.Model}: test keys", () => session.ExtractPerLayer(model, test, header.Layers, "test", cancellationToken), out var t2);
+        seconds["extractTest"] = t2.TotalSeconds;
+        using var validation = testKeys.Compose(header.Layers, split.First);
+        using var report = testKeys.Compose(header.Layers, split.Second);
+        var theta = request.Theta ?? (request.Lambda is null ? header.Theta : null);
+        var lambda = request.Lambda ?? (request.Theta is null ? header.Lambda : null);
+        if (theta.HasValue != lambda.HasValue)
+        {
+            (theta, lambda) = (null, null);
+        }
+
+        var result = progress.Timed($"{request.Model}: θ/λ search and report", () => CacheEvaluation.Evaluate(
+            memory, validation, report, request.Grid, Math.Max(1, session.BatchSize), theta, lambda), out var t4);
+        seconds["evaluate"] = t4.TotalSeconds;
+        seconds["total"] = total.Elapsed.TotalSeconds;
+        return new Table1Row(
+            model.Spec.Name, header.Layers, memory.Dimension, memory.Count, header.Flip, request.Seed, split.First.Count, split.Second.Count,
+            memory.Provider, result.BaselineError, result.CacheError, result.CacheOnlyError, result.Theta, result.Lambda, result.CacheOnlyTheta,
+            result.ThetaAtGridEdge, result.CacheOnlyThetaAtGridEdge, result.ValidationBaselineError, result.ValidationCacheError,
+            result.ValidationCacheOnlyError, result.Grid.Thetas, result.Grid.Lambdas, result.Grid.Errors, null, seconds);
     }
 
     private FeatureTable WithFlips(

@@ -27,8 +27,16 @@ internal sealed class ReportFolder
     {
         var target = File(name);
         var temp = target + ".tmp";
-        System.IO.File.WriteAllText(temp, content);
-        System.IO.File.Move(temp, target, overwrite: true);
+        try
+        {
+            System.IO.File.WriteAllText(temp, content);
+            System.IO.File.Move(temp, target, overwrite: true);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            throw new OutputException($"Could not write '{target}': {ex.Message}. Any previous file there is unchanged.", ex);
+        }
+
         return target;
     }
 

@@ -1,0 +1,501 @@
+// ScalableCache cache file — format version 1
+// ============================================
+// A cache file holds one memory (any provider that implements IPersistentCacheMemory) plus the facts needed to use it
+// (CacheFileHeader). Numbers and framing are MessagePack's (big-endian); blob contents are little-endian.
+//
+//   file      := signature record(header) record(chunk)* record(trailer)        — nothing may follow the trailer
+//   signature := 53 43 41 43 48 45 1A 0A   ("SCACHE", Ctrl-Z, LF: text-mode transfers and non-cache files fail here)
+//   record    := C6 len:uint32-BE content[len]  — one MessagePack bin 32 value, so after the signature the file is a
+//                stream of MessagePack values; 32 ≤ len ≤ MaxRecordBytes (260 MiB)
+//   content   := digest[32] body,  digest = SHA-256(body): each record is verified before its body is decoded
+//
+// Header body — plain MessagePack (never compressed, so any version of any reader can check the version), an array
+// indexed by [Key(n)] of HeaderRecord. Keys are never reused; keys 0–2 never change meaning:
+//    0 magic "scache"        1 format version (1)     2 minimum reader version (1)
+//    3 provider              4 dimension d            5 count N                6 class count C
+//    7 model name            8 checkpoint SHA-256 (hex, or nil)                9 checkpoint file name (or nil)
+//   10 layers [str]         11 flip (bool)           12 normalisation (text)  13 θ (f64 or nil)   14 λ (f64 or nil)
+//   15 created (MessagePack timestamp, UTC)          16 metadata {str: str}   17 payload bytes (sum of blob lengths)
+//   18 state := [0 provider, 1 dimension, 2 count, 3 properties {str: str}, 4 blobs [[0 name, 1 length]], 5 children [state]]
+// The state is the provider's CacheState without its bytes (Exact: blobs labels, keys; Hnsw: labels, graph;
+// RandomProjection: matrix, and its inner store's state as the only child). Blobs are numbered depth first (a state's
+// blobs in order, then each child's) and their bytes follow in that order.
+//
+// Chunk body — MessagePack compressed with LZ4 block-array (MessagePackCompression.Lz4BlockArray, ext type 98) of
+//   ChunkRecord [0 sequence (0, 1, …), 1 blob number, 2 byte offset in the blob, 3 data (bin)].
+//   (Like MessagePack itself, a body under 64 bytes is left uncompressed; readers accept both.) The writer cuts each
+//   blob into chunks of 64 MiB (the last one shorter); a reader accepts up to 256 MiB; an empty blob has no chunk.
+//   Chunks are in blob order and offset order with no gaps.
+//
+// Trailer body — plain MessagePack TrailerRecord [0 chunk count, 1 payload bytes, 2 checksum (bin 32)], where
+//   checksum = SHA-256(digest(header) ‖ digest(chunk 0) ‖ … ‖ digest(chunk n−1)): it covers the header and the whole
+//   payload, in order, so a missing, repeated, reordered or altered record is caught.
+//
+// Versions. A reader reads keys 0–2 first and refuses a file whose minimum reader version exceeds its own format
+// version. A writer adds fields under new keys (older readers skip unknown trailing keys) and raises the minimum reader
+// version only for changes an older reader cannot ignore.
+//
+// Limits. The file, a blob and the key count are limited only by 64-bit lengths: keys of 1.28 M × 2048 float32 (10.5 GB)
+// are ~160 chunks; MessagePack's single byte[] (≤ 2 GB) only ever holds one chunk. Limits come from the stores: an HNSW
+// graph and a projection matrix are each one .NET array (< 2 GiB), labels one int[] (< 2^31 keys).
+// Memory. Saving holds one chunk (and its compressed copy) at a time. Loading streams: each chunk is verified and
+// handed to the restoring store, which fills its own storage (peak ≈ the restored memory + a few chunks), as long as the
+// store reads its blobs in the order it exported them (otherwise the skipped blobs are held in memory).
+// Integrity, not authenticity: the digests catch damaged or truncated files, not deliberate forgeries; loading uses
+// MessagePackSecurity.UntrustedData (LZ4 output capped at 257 MiB per chunk).
+// Atomic save: the file is written as ".NAME.RANDOM.tmp" in the target folder, flushed to disk and renamed over NAME;
+// a failed or cancelled save deletes the temporary file and leaves any previous NAME untouched.
+
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using MessagePack;
+using MessagePack.Resolvers;
+
+namespace ScalableCache.Core.Persistence;
+
+/// <summary>Reads and writes the cache file format described at the top of this file.</summary>
+internal static class CacheFileSerializer
+{
+    /// <summary>The value of header key 0.</summary>
+    public const string Magic = "scache";
+
+    /// <summary>Bytes of blob data per chunk the writer produces.</summary>
+    public const int ChunkBytes = 64 << 20;
+
+    /// <summary>Largest chunk data a reader accepts.</summary>
+    public const int MaxChunkBytes = 256 << 20;
+
+    /// <summary>Largest record a reader accepts (a chunk plus LZ4 and MessagePack overhead).</summary>
+    public const int MaxRecordBytes = MaxChunkBytes + (4 << 20);
+
+    /// <summary>Deepest nesting of states accepted.</summary>
+    public const int MaxStateDepth = 8;
+
+    private const byte Bin32 = 0xC6;
+    private const int DigestBytes = 32;
+
+    /// <summary>
+    /// Uncompressed MessagePack (header, trailer). Untrusted-data security, with LZ4 output allowed up to a chunk's size
+    /// (its default, 64 MiB, is below a full chunk with its framing).
+    /// </summary>
+    public static readonly MessagePackSerializerOptions Plain = MessagePackSerializerOptions.Standard
+        .WithResolver(StandardResolverAllowPrivate.Instance)
+        .WithSecurity(MessagePackSecurity.UntrustedData.WithMaximumDecompressedSize(MaxChunkBytes + (1 << 20)));
+
+    /// <summary>LZ4 block-array compressed MessagePack (chunks).</summary>
+    public static readonly MessagePackSerializerOptions Compressed = Plain.WithCompression(MessagePackCompression.Lz4BlockArray);
+
+    /// <summary>The 8 bytes every cache file starts with.</summary>
+    public static ReadOnlySpan<byte> Signature => "SCACHE\u001A\n"u8;
+
+    /// <summary>Writes <paramref name="state"/> with <paramref name="header"/> to <paramref name="path"/> atomically.</summary>
+    public static void Write(string path, HeaderRecord header, CacheState state, CancellationToken cancellationToken)
+    {
+        CacheBlob.ThrowIfBigEndian();
+        var full = Path.GetFullPath(path);
+        var folder = Path.GetDirectoryName(full) ?? throw new ArgumentException($"'{path}' has no folder.", nameof(path));
+        var temp = Path.Combine(folder, $".{Path.GetFileName(full)}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}.tmp");
+        var blobs = Flatten(state);
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            using (var chain = IncrementalHash.CreateHash(HashAlgorithmName.SHA256))
+            {
+                var output = new ArrayBufferWriter<byte>(); // reused for every record
+                file.Write(Signature);
+                MessagePackSerializer.Serialize(output, header, Plain);
+                WriteRecord(file, output, chain);
+
+                var sequence = 0;
+                long payload = 0;
+                byte[]? buffer = null;
+                for (var b = 0; b < blobs.Count; b++)
+                {
+                    var blob = blobs[b];
+                    long offset = 0;
+                    var filled = 0;
+                    foreach (var piece in blob.Pieces())
+                    {
+                        var rest = piece.Span;
+                        while (!rest.IsEmpty)
+                        {
+                            // Never more than the payload: a small cache does not allocate a whole chunk.
+                            buffer ??= GC.AllocateUninitializedArray<byte>((int)Math.Clamp(header.PayloadBytes, 1, ChunkBytes));
+                            var n = Math.Min(rest.Length, buffer.Length - filled);
+                            rest[..n].CopyTo(buffer.AsSpan(filled));
+                            filled += n;
+                            rest = rest[n..];
+                            if (filled == buffer.Length)
+                            {
+                                WriteChunk(file, output, chain, sequence++, b, offset, buffer.AsMemory(0, filled), cancellationToken);
+                                offset += filled;
+                                filled = 0;
+                            }
+                        }
+                    }
+
+                    if (filled > 0)
+                    {
+                        WriteChunk(file, output, chain, sequence++, b, offset, buffer.AsMemory(0, filled), cancellationToken);
+                        offset += filled;
+                    }
+
+                    payload += offset;
+                }
+
+                if (payload != header.PayloadBytes)
+                {
+                    throw new InvalidOperationException($"The blobs held {payload} bytes; the header declared {header.PayloadBytes}.");
+                }
+
+                var trailer = new TrailerRecord { ChunkCount = sequence, PayloadBytes = payload, Checksum = chain.GetHashAndReset() };
+                output.ResetWrittenCount();
+                MessagePackSerializer.Serialize(output, trailer, Plain);
+                WriteRecord(file, output, chain: null);
+                file.Flush(flushToDisk: true);
+            }
+
+            cancellationToken.ThrowIfCancellationRequested();
+            File.Move(temp, full, overwrite: true);
+        }
+        catch
+        {
+            try
+            {
+                File.Delete(temp);
+            }
+            catch (IOException)
+            {
+                // Best effort: the temporary file is hidden and named as such.
+            }
+            catch (UnauthorizedAccessException)
+            {
+            }
+
+            throw;
+        }
+    }
+
+    /// <summary>The blobs of <paramref name="state"/> and its children, depth first.</summary>
+    public static List<CacheBlob> Flatten(CacheState state)
+    {
+        var result = new List<CacheBlob>();
+        void Visit(CacheState s, int depth)
+        {
+            if (depth > MaxStateDepth)
+            {
+                throw new InvalidOperationException($"States are nested more than {MaxStateDepth} deep.");
+            }
+
+            result.AddRange(s.Blobs);
+            foreach (var child in s.Children)
+            {
+                Visit(child, depth + 1);
+            }
+        }
+
+        Visit(state, 1);
+        return result;
+    }
+
+    /// <summary>The wire form of a state (without blob bytes).</summary>
+    public static StateRecord ToRecord(CacheState state) => new()
+    {
+        Provider = state.Provider,
+        Dimension = state.Dimension,
+        Count = state.Count,
+        Properties = new Dictionary<string, string>(state.Properties, StringComparer.Ordinal),
+        Blobs = [.. state.Blobs.Select(b => new BlobRecord { Name = b.Name, Length = b.Length })],
+        Children = [.. state.Children.Select(ToRecord)],
+    };
+
+    private static void WriteChunk(
+        FileStream file, ArrayBufferWriter<byte> output, IncrementalHash chain, int sequence, int blob, long offset, ReadOnlyMemory<byte> data,
+        CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        var record = new ChunkWriteRecord { Sequence = sequence, Blob = blob, Offset = offset, Data = data };
+        output.ResetWrittenCount();
+        MessagePackSerializer.Serialize(output, record, Compressed);
+        WriteRecord(file, output, chain);
+    }
+
+    private static void WriteRecord(Stream file, ArrayBufferWriter<byte> output, IncrementalHash? chain)
+    {
+        var body = output.WrittenSpan;
+        if ((long)body.Length + DigestBytes > MaxRecordBytes)
+        {
+            throw new InvalidOperationException($"A record of {body.Length} bytes exceeds the format's limit of {MaxRecordBytes}.");
+        }
+
+        Span<byte> prefix = stackalloc byte[5 + DigestBytes];
+        prefix[0] = Bin32;
+        BinaryPrimitives.WriteUInt32BigEndian(prefix[1..5], (uint)(body.Length + DigestBytes));
+        SHA256.HashData(body, prefix[5..]);
+        chain?.AppendData(prefix[5..]);
+        file.Write(prefix);
+        file.Write(body);
+    }
+
+    /// <summary>Reads the signature and header of an open file; the stream is left at the first chunk.</summary>
+    public static (HeaderRecord Header, byte[] Digest) ReadHeader(Stream file, string path)
+    {
+        Span<byte> signature = stackalloc byte[8];
+        var read = file.ReadAtLeast(signature, signature.Length, throwOnEndOfStream: false);
+        if (read < signature.Length && read > 0 && signature[..read].SequenceEqual(Signature[..read]))
+        {
+            throw new CacheFileException(path, CacheFileProblem.Truncated, $"truncated: the file is only {read} bytes long.");
+        }
+
+        if (read < signature.Length || !signature.SequenceEqual(Signature))
+        {
+            throw new CacheFileException(path, CacheFileProblem.NotACacheFile,
+                "not a cache file (bad magic: it does not start with the 8-byte signature \"SCACHE\\x1A\\n\").");
+        }
+
+        var buffer = Array.Empty<byte>();
+        var (body, digest) = ReadRecord(file, path, "the header", ref buffer);
+        VersionProbe probe;
+        try
+        {
+            probe = MessagePackSerializer.Deserialize<VersionProbe>(body, Plain);
+        }
+        catch (MessagePackSerializationException e)
+        {
+            throw new CacheFileException(path, CacheFileProblem.NotACacheFile, "not a cache file (its header is not a MessagePack cache header).", e);
+        }
+
+        if (probe.Magic != Magic)
+        {
+            throw new CacheFileException(path, CacheFileProblem.NotACacheFile, $"not a cache file (bad magic '{probe.Magic}' in its header; expected '{Magic}').");
+        }
+
+        if (probe.MinimumReaderVersion > CacheFile.FormatVersion || probe.FormatVersion < 1)
+        {
+            throw new CacheFileException(path, CacheFileProblem.UnsupportedVersion,
+                $"format version {probe.FormatVersion} needs a reader of version {probe.MinimumReaderVersion} or newer; this build reads version " +
+                $"{CacheFile.FormatVersion}. Update scache, or rebuild the cache with `scache build`.");
+        }
+
+        try
+        {
+            return (MessagePackSerializer.Deserialize<HeaderRecord>(body, Plain), digest);
+        }
+        catch (MessagePackSerializationException e)
+        {
+            throw new CacheFileException(path, CacheFileProblem.Inconsistent, "the header cannot be decoded: " + e.Message, e);
+        }
+    }
+
+    /// <summary>
+    /// Reads one record into <paramref name="buffer"/> (grown as needed, reused between records); returns its body, valid
+    /// until the buffer is reused, and its digest, after checking the digest.
+    /// </summary>
+    public static (ReadOnlyMemory<byte> Body, byte[] Digest) ReadRecord(Stream file, string path, string what, ref byte[] buffer)
+    {
+        var start = file.Position;
+        var total = file.Length;
+        Span<byte> prefix = stackalloc byte[5];
+        var read = file.ReadAtLeast(prefix, prefix.Length, throwOnEndOfStream: false);
+        if (read < prefix.Length)
+        {
+            throw new CacheFileException(path, CacheFileProblem.Truncated, $"truncated: the file ends at byte {total}, before {what}.");
+        }
+
+        if (prefix[0] != Bin32)
+        {
+            throw new CacheFileException(path, CacheFileProblem.Inconsistent,
+                $"corrupt: {what} at byte {start} does not start with a MessagePack bin 32 marker (0xC6; found 0x{prefix[0]:X2}).");
+        }
+
+        var length = BinaryPrimitives.ReadUInt32BigEndian(prefix[1..]);
+        if (length is < DigestBytes or > MaxRecordBytes)
+        {
+            throw new CacheFileException(path, CacheFileProblem.Inconsistent,
+                $"corrupt: {what} at byte {start} declares {length} bytes (a record holds {DigestBytes}–{MaxRecordBytes}).");
+        }
+
+        if (start + 5 + length > total)
+        {
+            throw new CacheFileException(path, CacheFileProblem.Truncated,
+                $"truncated: {what} at byte {start} needs {length} bytes but the file ends at byte {total}.");
+        }
+
+        if (buffer.Length < length)
+        {
+            buffer = GC.AllocateUninitializedArray<byte>((int)Math.Max(length, Math.Min(2L * buffer.Length, MaxRecordBytes)));
+        }
+
+        var content = buffer.AsMemory(0, (int)length);
+        file.ReadExactly(content.Span);
+        var digest = content.Span[..DigestBytes].ToArray();
+        var body = content[DigestBytes..];
+        if (!SHA256.HashData(body.Span).AsSpan().SequenceEqual(digest))
+        {
+            throw new CacheFileException(path, CacheFileProblem.ChecksumMismatch,
+                $"checksum mismatch: {what} (bytes {start}–{start + 5 + length}) does not match its SHA-256; the file is damaged.");
+        }
+
+        return (body, digest);
+    }
+}
+
+/// <summary>Header keys 0–2, read before anything else.</summary>
+[MessagePackObject]
+internal sealed class VersionProbe
+{
+    [Key(0)]
+    public string? Magic { get; set; }
+
+    [Key(1)]
+    public int FormatVersion { get; set; }
+
+    [Key(2)]
+    public int MinimumReaderVersion { get; set; }
+}
+
+/// <summary>The header record (see the format description).</summary>
+[MessagePackObject]
+internal sealed class HeaderRecord
+{
+    [Key(0)]
+    public string Magic { get; set; } = CacheFileSerializer.Magic;
+
+    [Key(1)]
+    public int FormatVersion { get; set; } = CacheFile.FormatVersion;
+
+    [Key(2)]
+    public int MinimumReaderVersion { get; set; } = CacheFile.FormatVersion;
+
+    [Key(3)]
+    public string Provider { get; set; } = "";
+
+    [Key(4)]
+    public int Dimension { get; set; }
+
+    [Key(5)]
+    public long Count { get; set; }
+
+    [Key(6)]
+    public int ClassCount { get; set; }
+
+    [Key(7)]
+    public string ModelName { get; set; } = "";
+
+    [Key(8)]
+    public string? CheckpointSha256 { get; set; }
+
+    [Key(9)]
+    public string? CheckpointFile { get; set; }
+
+    [Key(10)]
+    public string[] Layers { get; set; } = [];
+
+    [Key(11)]
+    public bool Flip { get; set; }
+
+    [Key(12)]
+    public string Normalization { get; set; } = "";
+
+    [Key(13)]
+    public double? Theta { get; set; }
+
+    [Key(14)]
+    public double? Lambda { get; set; }
+
+    [Key(15)]
+    public DateTime CreatedUtc { get; set; }
+
+    [Key(16)]
+    public Dictionary<string, string> Metadata { get; set; } = [];
+
+    [Key(17)]
+    public long PayloadBytes { get; set; }
+
+    [Key(18)]
+    public StateRecord? State { get; set; }
+}
+
+/// <summary>A <see cref="CacheState"/> without its blob bytes.</summary>
+[MessagePackObject]
+internal sealed class StateRecord
+{
+    [Key(0)]
+    public string Provider { get; set; } = "";
+
+    [Key(1)]
+    public int Dimension { get; set; }
+
+    [Key(2)]
+    public long Count { get; set; }
+
+    [Key(3)]
+    public Dictionary<string, string> Properties { get; set; } = [];
+
+    [Key(4)]
+    public BlobRecord[] Blobs { get; set; } = [];
+
+    [Key(5)]
+    public StateRecord[] Children { get; set; } = [];
+}
+
+/// <summary>A blob's name and length.</summary>
+[MessagePackObject]
+internal sealed class BlobRecord
+{
+    [Key(0)]
+    public string Name { get; set; } = "";
+
+    [Key(1)]
+    public long Length { get; set; }
+}
+
+/// <summary>A chunk as written (data is a slice of the writer's buffer).</summary>
+[MessagePackObject]
+internal sealed class ChunkWriteRecord
+{
+    [Key(0)]
+    public int Sequence { get; set; }
+
+    [Key(1)]
+    public int Blob { get; set; }
+
+    [Key(2)]
+    public long Offset { get; set; }
+
+    [Key(3)]
+    public ReadOnlyMemory<byte> Data { get; set; }
+}
+
+/// <summary>A chunk as read.</summary>
+[MessagePackObject]
+internal sealed class ChunkRecord
+{
+    [Key(0)]
+    public int Sequence { get; set; }
+
+    [Key(1)]
+    public int Blob { get; set; }
+
+    [Key(2)]
+    public long Offset { get; set; }
+
+    [Key(3)]
+    public byte[]? Data { get; set; }
+}
+
+/// <summary>The trailer record.</summary>
+[MessagePackObject]
+internal sealed class TrailerRecord
+{
+    [Key(0)]
+    public int ChunkCount { get; set; }
+
+    [Key(1)]
+    public long PayloadBytes { get; set; }
+
+    [Key(2)]
+    public byte[]? Checksum { get; set; }
+}

@@ -1,0 +1,184 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using Microsoft.Extensions.DependencyInjection;
+using ScalableCache.Core.Evaluation;
+using ScalableCache.Core.Models;
+using ScalableCache.Core.Persistence;
+using ScalableCache.Host.Cli;
+using ScalableCache.Host.Experiments;
+using Spectre.Console;
+
+namespace ScalableCache.Host.Commands;
+
+/// <summary>
+/// <c>scache build</c>: extracts the training keys of a model at the given layers, builds the configured provider's memory
+/// and saves it as a cache file (<see cref="CacheFile"/>) that evaluation commands can load instead of rebuilding.
+/// </summary>
+internal sealed class BuildCommand : IScacheCommand
+{
+    public BuildCommand(CommandRunner runner, IServiceProvider services)
+    {
+        var model = CommonOptions.Model();
+        var weights = CommonOptions.Weights();
+        var data = CommonOptions.Data();
+        var flip = CommonOptions.Flip();
+        var seed = new Option<int>("--seed") { Description = "Seed of the training subset --max-train picks.", DefaultValueFactory = _ => 0 };
+        var maxTrain = CommonOptions.MaxTrain();
+        var layers = new Option<string?>("--layers", "-l")
+        {
+            Description = "Comma-separated layer names to key the cache on (required; `scache layers` lists them, `scache evaluate` searches for good ones).",
+        };
+        var output = new Option<string?>("--output")
+        {
+            Description = $"The cache file to write (required), e.g. resnet20{CacheFile.Extension}. An existing file is replaced atomically.",
+        };
+        var theta = new Option<double?>("--theta") { Description = "θ to record in the file for later evaluation (with --lambda)." };
+        var lambda = new Option<double?>("--lambda") { Description = "λ in [0, 1] to record in the file (with --theta)." };
+
+        Definition = new Command("build", "Build a cache from a model's training keys at the given layers with the configured provider (Cache:Provider) and save it to a file.")
+        {
+            model, weights, data, layers, flip, output, theta, lambda, seed, maxTrain,
+        };
+        Definition.SetAction((parse, ct) => runner.RunAsync("build", async token =>
+        {
+            var layerNames = CommonOptions.Names(parse.GetValue(layers))
+                ?? throw new UsageException("--layers is required: name the layers to key the cache on, e.g. --layers layer3.2,avgpool " +
+                    "(`scache layers --model M` lists them; `scache evaluate` searches for a good set).");
+            var path = parse.GetValue(output);
+            if (string.IsNullOrWhiteSpace(path))
+            {
+                throw new UsageException($"--output is required: the cache file to write, e.g. --output resnet20{CacheFile.Extension}.");
+            }
+
+            var fixedTheta = parse.GetValue(theta);
+            var fixedLambda = parse.GetValue(lambda);
+            if (fixedTheta.HasValue != fixedLambda.HasValue)
+            {
+                throw new UsageException("Give --theta and --lambda together, or neither.");
+            }
+
+            if (fixedLambda is < 0 or > 1 || fixedTheta is <= 0 || (fixedTheta is { } t && !double.IsFinite(t)))
+            {
+                throw new UsageException("--lambda must lie in [0, 1] and --theta must be finite and positive.");
+            }
+
+            var session = services.GetRequiredService<ExperimentSession>();
+            var progress = session.Progress;
+            var provider = session.Provider; // an unknown provider fails before any work
+            var seconds = new Dictionary<string, double>();
+            var total = Stopwatch.StartNew();
+
+            using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token).ConfigureAwait(false);
+            var checkpointSha256 = await Sha256Async(loaded.Checkpoint.FilePath, token).ConfigureAwait(false);
+            var train = ExperimentSession.Limit(session.LoadTrain(parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
+            var images = parse.GetValue(flip) ? train.WithHorizontalFlips() : train;
+
+            using var features = progress.Timed($"{loaded.Spec.Name}: training keys", () => session.Extract(loaded, images, layerNames, "train", token), out var extract);
+            seconds["extract"] = extract.TotalSeconds;
+            using var memory = progress.Timed($"{loaded.Spec.Name}: build {provider.Provider} cache",
+                () => CacheEvaluation.Build(provider, features, loaded.Model.ClassCount), out var build);
+            seconds["build"] = build.TotalSeconds;
+
+            var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
+            {
+                ["dataset"] = "CIFAR-10 train",
+                ["images"] = images.Count.ToString(CultureInfo.InvariantCulture),
+                ["seed"] = parse.GetValue(seed).ToString(CultureInfo.InvariantCulture),
+                ["writer"] = "scache " + (typeof(BuildCommand).Assembly.GetName().Version?.ToString() ?? "?"),
+            };
+            if (parse.GetValue(maxTrain) is { } max)
+            {
+                metadata["maxTrain"] = max.ToString(CultureInfo.InvariantCulture);
+            }
+
+            var header = new CacheFileHeader
+            {
+                Model = new CacheModelId(loaded.Spec.Name, checkpointSha256, Path.GetFileName(loaded.Checkpoint.FilePath)),
+                Layers = layerNames,
+                Flip = parse.GetValue(flip),
+                Normalization = DescribeNormalization(loaded.Spec.Normalization),
+                Theta = fixedTheta,
+                Lambda = fixedLambda,
+                Metadata = metadata,
+            };
+            var full = Path.GetFullPath(path);
+            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
+            var written = progress.Timed($"save {full}", () =>
+            {
+                try
+                {
+                    return CacheFile.Save(full, header, memory, token);
+                }
+                catch (Exception ex) when (ex is (IOException or UnauthorizedAccessException) and not CacheFileException)
+                {
+                    throw new OutputException($"Could not write the cache file '{full}': {ex.Message}. Any previous file there is unchanged.", ex);
+                }
+            }, out var save);
+            seconds["save"] = save.TotalSeconds;
+            seconds["total"] = total.Elapsed.TotalSeconds;
+
+            var result = new BuildResult(
+                full, new FileInfo(full).Length, written.Count, written.Dimension, written.ClassCount, written.Provider, written.Model.Name,
+                written.Model.CheckpointSha256, written.Layers, written.Flip, written.Theta, written.Lambda, written.FormatVersion,
+                seconds["total"], seconds);
+            return new CommandOutcome(result, console => Render(console, result));
+        }, ct));
+    }
+
+    public Command Definition { get; }
+
+    /// <summary>How the keys are normalised, for the file header.</summary>
+    public static string DescribeNormalization(InputNormalization input)
+    {
+        ArgumentNullException.ThrowIfNull(input);
+        static string List(IEnumerable<float> values) => string.Join(", ", values.Select(v => v.ToString("R", CultureInfo.InvariantCulture)));
+        return $"input: (pixel/255 - mean) / std per channel, mean [{List(input.Mean)}], std [{List(input.Std)}]; " +
+            "keys: each layer's output flattened and L2-normalised, layers concatenated in order, then L2-normalised again";
+    }
+
+    private static async Task<string> Sha256Async(string path, CancellationToken cancellationToken)
+    {
+        var stream = File.OpenRead(path);
+        await using (stream.ConfigureAwait(false))
+        {
+            return Convert.ToHexStringLower(await SHA256.HashDataAsync(stream, cancellationToken).ConfigureAwait(false));
+        }
+    }
+
+    private static void Render(IAnsiConsole console, BuildResult r)
+    {
+        var table = new Table().AddColumns("", "");
+        table.HideHeaders();
+        table.AddPlainRow("file", r.Path);
+        table.AddPlainRow("size", $"{r.SizeBytes.ToString("N0", CultureInfo.InvariantCulture)} bytes");
+        table.AddPlainRow("keys", $"{r.Count.ToString("N0", CultureInfo.InvariantCulture)} × {r.Dimension} ({r.ClassCount} classes)");
+        table.AddPlainRow("provider", r.Provider);
+        table.AddPlainRow("model", $"{r.Model} [{string.Join(", ", r.Layers)}]{(r.Flip ? " + flips" : "")}");
+        if (r.Theta is { } theta && r.Lambda is { } lambda)
+        {
+            table.AddPlainRow("θ, λ", string.Create(CultureInfo.InvariantCulture, $"{theta}, {lambda}"));
+        }
+
+        table.AddPlainRow("time", string.Join(", ", r.Timings.Select(kv => string.Create(CultureInfo.InvariantCulture, $"{kv.Key} {kv.Value:0.0} s"))));
+        console.Write(table);
+    }
+
+    private sealed record BuildResult(
+        string Path,
+        long SizeBytes,
+        long Count,
+        int Dimension,
+        int ClassCount,
+        string Provider,
+        string Model,
+        string? CheckpointSha256,
+        IReadOnlyList<string> Layers,
+        bool Flip,
+        double? Theta,
+        double? Lambda,
+        int FormatVersion,
+        double Seconds,
+        IReadOnlyDictionary<string, double> Timings);
+}

@@ -1,0 +1,240 @@
+using System.Buffers;
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace ScalableCache.Exact;
+
+/// <summary>
+/// Fused CPU kernel for one block of similarities <c>S [n, b]</c> (row-major, key-major, <c>b</c> a multiple of
+/// <see cref="Lanes"/>): the stabilising shift, every θ, and the log-add-exp merge into the running log-mass, in one
+/// parallel loop over column tiles, with no intermediate tensors.
+/// </summary>
+/// <remarks>
+/// Same mathematics as the tensor path of <see cref="ExactCacheMemory"/>: per tile of 64 queries, pass A sums
+/// <c>exp(θ₀S − θ₀‖q‖·max‖k‖)</c> per class to get the shift <c>U</c> (refined at higher temperatures while
+/// <c>θ_max · ln(n)/θ₀ &gt; 60</c>); pass B adds <c>exp(θ(S − U_y))</c> per class for every θ, reusing one exponential along
+/// evenly spaced θ (<c>exp(θ_{i+1}D) = exp(θ_iD)·exp(δD)</c>). A tile's working set (shift, sums, <c>T × C × 64</c>
+/// accumulators) stays in cache while <c>S</c> streams once per pass. Tiles own disjoint query columns, so the parallel
+/// loop needs no synchronisation; it partitions dynamically, which keeps it efficient when cores are shared.
+/// </remarks>
+internal static unsafe class ExactLogMassKernel
+{
+    /// <summary>Floats per vector; query columns are padded to a multiple of this.</summary>
+    public const int Lanes = 8;
+
+    private const int TileColumns = 64;
+    private const float MaxShiftExponent = 60;
+    private const float RefineExponent = 75;
+
+    /// <summary>
+    /// Merges one block's log-mass into <paramref name="running"/> <c>[T, C, b]</c> (row-major, −∞ where nothing merged yet).
+    /// </summary>
+    /// <param name="similarities">Address of <c>S [rows, columns]</c>, float32, contiguous.</param>
+    /// <param name="rows">Keys in the block (n ≥ 1).</param>
+    /// <param name="columns">Queries b, padded to a multiple of <see cref="Lanes"/>.</param>
+    /// <param name="labels">Labels of the block's keys: <paramref name="labels"/>[<paramref name="labelOffset"/> + k].</param>
+    /// <param name="labelOffset">Index of the block's first key in <paramref name="labels"/>.</param>
+    /// <param name="present">Per class: whether the block holds a key of it.</param>
+    /// <param name="thetas">Distinct θ, ascending.</param>
+    /// <param name="chainDelta">Step δ of evenly spaced θ reused through one exponential, or 0 for none.</param>
+    /// <param name="theta0">Per query: stabiliser temperature θ₀.</param>
+    /// <param name="upper">Per query: ‖q‖·max‖k‖, an upper bound of its similarities.</param>
+    /// <param name="running">Running log-mass <c>[T, C, columns]</c>.</param>
+    public static void Accumulate(
+        nint similarities, int rows, int columns, int[] labels, int labelOffset, bool[] present, float[] thetas, float chainDelta,
+        float[] theta0, float[] upper, float[] running)
+    {
+        var tiles = (columns + TileColumns - 1) / TileColumns;
+        var theta0Min = float.PositiveInfinity;
+        foreach (var t in theta0)
+        {
+            theta0Min = Math.Min(theta0Min, t);
+        }
+
+        var job = new Job(similarities, rows, columns, labels, labelOffset, present, thetas, chainDelta, theta0, upper, running, theta0Min);
+        if (tiles == 1)
+        {
+            job.Tile(0);
+            return;
+        }
+
+        Parallel.For(0, tiles, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, job.Tile);
+    }
+
+    private sealed class Job(
+        nint similarities, int rows, int columns, int[] labels, int labelOffset, bool[] present, float[] thetas, float chainDelta,
+        float[] theta0, float[] upper, float[] running, float theta0Min)
+    {
+        private readonly int _classes = present.Length;
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        public void Tile(int tile)
+        {
+            var j0 = tile * TileColumns;
+            var width = Math.Min(TileColumns, columns - j0);
+            var classes = _classes;
+            var count = thetas.Length;
+            var plane = classes * width;
+            var shiftArray = ArrayPool<float>.Shared.Rent(plane);
+            var sumsArray = ArrayPool<float>.Shared.Rent(plane);
+            var accArray = ArrayPool<float>.Shared.Rent(count * plane);
+            var thetaArray = ArrayPool<float>.Shared.Rent(width);
+            try
+            {
+                fixed (float* shift = shiftArray, sums = sumsArray, acc = accArray, thetaR = thetaArray)
+                fixed (float* t0 = &theta0[j0], up = &upper[j0], th = thetas)
+                fixed (int* y = &labels[labelOffset])
+                {
+                    var s = (float*)similarities + j0;
+                    new Span<float>(sums, plane).Clear();
+                    new Span<float>(acc, count * plane).Clear();
+
+                    // Pass A: Σ exp(θ₀S − θ₀·upper) ∈ [e⁻⁸⁰, 1] per term, then U = upper + log(Σ)/θ₀.
+                    for (var k = 0; k < rows; k++)
+                    {
+                        var row = s + (long)k * columns;
+                        var sc = sums + y[k] * width;
+                        for (var v = 0; v < width; v += Lanes)
+                        {
+                            var temperature = Vector256.Load(t0 + v);
+                            var term = Vector256.Exp((temperature * Vector256.Load(row + v)) - (temperature * Vector256.Load(up + v)));
+                            Vector256.Store(Vector256.Load(sc + v) + term, sc + v);
+                        }
+                    }
+
+                    for (var c = 0; c < classes; c++)
+                    {
+                        var sh = shift + c * width;
+                        var sc = sums + c * width;
+                        for (var v = 0; v < width; v += Lanes)
+                        {
+                            var value = present[c]
+                                ? Vector256.Load(up + v) + (Vector256.Log(Vector256.Load(sc + v)) / Vector256.Load(t0 + v))
+                                : Vector256<float>.Zero;
+                            Vector256.Store(value, sh + v);
+                        }
+                    }
+
+                    // Refinement while the largest θ could see the shift's slack ln(n)/θ₀ (rare: large θ or many ties).
+                    var lnRows = (float)Math.Log(rows);
+                    var slack = lnRows / theta0Min;
+                    var thetaMax = thetas[^1];
+                    new Span<float>(t0, width).CopyTo(new Span<float>(thetaR, width));
+                    while (thetaMax * slack > MaxShiftExponent)
+                    {
+                        var scale = Vector256.Create(RefineExponent / lnRows);
+                        for (var v = 0; v < width; v += Lanes)
+                        {
+                            Vector256.Store(Vector256.Load(thetaR + v) * scale, thetaR + v);
+                        }
+
+                        new Span<float>(sums, plane).Clear();
+                        for (var k = 0; k < rows; k++)
+                        {
+                            var row = s + (long)k * columns;
+                            var c = y[k];
+                            var sc = sums + c * width;
+                            var sh = shift + c * width;
+                            for (var v = 0; v < width; v += Lanes)
+                            {
+                                var term = Vector256.Exp(Vector256.Load(thetaR + v) * (Vector256.Load(row + v) - Vector256.Load(sh + v)));
+                                Vector256.Store(Vector256.Load(sc + v) + term, sc + v);
+                            }
+                        }
+
+                        for (var c = 0; c < classes; c++)
+                        {
+                            if (!present[c])
+                            {
+                                continue;
+                            }
+
+                            var sh = shift + c * width;
+                            var sc = sums + c * width;
+                            for (var v = 0; v < width; v += Lanes)
+                            {
+                                var total = Vector256.Max(Vector256.Load(sc + v), Vector256.Create(float.Epsilon));
+                                Vector256.Store(Vector256.Load(sh + v) + (Vector256.Log(total) / Vector256.Load(thetaR + v)), sh + v);
+                            }
+                        }
+
+                        slack *= lnRows / RefineExponent;
+                    }
+
+                    // Pass B: for every θ, Σ exp(θ(S − U_y)); every term ≤ 1, each class's largest ≥ e⁻⁶⁰.
+                    var first = Vector256.Create(th[0]);
+                    var chained = chainDelta > 0;
+                    var stepFromFirst = chained && chainDelta == th[0];
+                    var delta = Vector256.Create(chainDelta);
+                    var useStep = stackalloc bool[count];
+                    for (var t = 1; t < count; t++)
+                    {
+                        useStep[t] = chained && th[t] - th[t - 1] == chainDelta;
+                    }
+
+                    for (var k = 0; k < rows; k++)
+                    {
+                        var row = s + (long)k * columns;
+                        var c = y[k];
+                        var sh = shift + c * width;
+                        var a = acc + c * width;
+                        for (var v = 0; v < width; v += Lanes)
+                        {
+                            var d = Vector256.Load(row + v) - Vector256.Load(sh + v);
+                            var e = Vector256.Exp(d * first);
+                            Vector256.Store(Vector256.Load(a + v) + e, a + v);
+                            var step = stepFromFirst ? e : chained ? Vector256.Exp(d * delta) : default;
+                            for (var t = 1; t < count; t++)
+                            {
+                                e = useStep[t] ? e * step : Vector256.Exp(d * Vector256.Create(th[t]));
+                                var at = a + (t * plane) + v;
+                                Vector256.Store(Vector256.Load(at) + e, at);
+                            }
+                        }
+                    }
+
+                    // L = log Σ + θU, merged into the running log-mass by log-add-exp; absent classes leave it as it is.
+                    fixed (float* r = running)
+                    {
+                        for (var t = 0; t < count; t++)
+                        {
+                            var theta = Vector256.Create(th[t]);
+                            for (var c = 0; c < classes; c++)
+                            {
+                                if (!present[c])
+                                {
+                                    continue;
+                                }
+
+                                var a = acc + (t * plane) + (c * width);
+                                var sh = shift + c * width;
+                                var target = r + ((long)(t * classes + c) * columns) + j0;
+                                for (var v = 0; v < width; v += Lanes)
+                                {
+                                    var value = Vector256.Log(Vector256.Load(a + v)) + (theta * Vector256.Load(sh + v));
+                                    Vector256.Store(LogAddExp(Vector256.Load(target + v), value), target + v);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            finally
+            {
+                ArrayPool<float>.Shared.Return(shiftArray);
+                ArrayPool<float>.Shared.Return(sumsArray);
+                ArrayPool<float>.Shared.Return(accArray);
+                ArrayPool<float>.Shared.Return(thetaArray);
+            }
+        }
+
+        /// <summary><c>log(eᵃ + eᵇ)</c> for a finite <paramref name="b"/> (and any <paramref name="a"/>, −∞ included).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector256<float> LogAddExp(Vector256<float> a, Vector256<float> b)
+        {
+            var high = Vector256.Max(a, b);
+            var low = Vector256.Min(a, b);
+            return high + Vector256.Log(Vector256<float>.One + Vector256.Exp(low - high));
+        }
+    }
+}
