@@ -22,8 +22,12 @@ internal static class PlotWriter
                 var file = Directory.EnumerateFiles(folder, name, SearchOption.AllDirectories).FirstOrDefault();
                 if (file is not null)
                 {
+                    // Titles and axis labels are bold: register the bold face of the same family where there is one.
                     var family = Path.GetFileNameWithoutExtension(name);
                     Fonts.AddFontFile(family, file);
+                    var bold = Directory.EnumerateFiles(Path.GetDirectoryName(file)!, family.Replace("-Regular", string.Empty, StringComparison.Ordinal) + "-Bold.ttf").FirstOrDefault()
+                        ?? Directory.EnumerateFiles(Path.GetDirectoryName(file)!, family + "-Bold.ttf").FirstOrDefault();
+                    Fonts.AddFontFile(family, bold ?? file, bold: true);
                     Fonts.Default = family;
                     return true;
                 }
