@@ -23,9 +23,11 @@ namespace ScalableCache.Exact;
 /// <c>L_c = θU_c + log Σ_{k∈c} exp(θ(S_k − U_c))</c>: every term is ≤ 1 and the class maximum term is ≥ e⁻⁶⁰, so each
 /// class that has keys gets a finite, accurate value at any θ. Evenly spaced θ reuse one exponential: <c>exp(θ_{i+1}D) =
 /// exp(θ_iD)·exp(δD)</c>. Blocks merge by log-add-exp; classes with no keys are −∞.</para>
-/// <para><b>Autograd.</b> When gradients are enabled and the queries require them, the same computation runs with
-/// out-of-place operations (the shift is a constant) so callers can differentiate the log-mass with respect to the
-/// queries; otherwise it runs under <c>no_grad</c> with in-place operations.</para>
+/// <para><b>Execution paths.</b> On the CPU without gradients, each block costs one matrix multiply plus one pass of
+/// <see cref="ExactLogMassKernel"/>, which fuses the shift, every θ and the merge (no intermediate tensors, one dynamically
+/// partitioned parallel loop). On CUDA the same steps run as tensor operations, in place under <c>no_grad</c>. When
+/// gradients are enabled and the queries require them, the tensor operations run out of place (the shift is a constant),
+/// so callers can differentiate the log-mass with respect to the queries.</para>
 /// </remarks>
 internal sealed partial class ExactCacheMemory : ICacheMemory
 {
@@ -112,30 +114,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
     public void Add(Tensor keys, Tensor labels)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(keys);
-        ArgumentNullException.ThrowIfNull(labels);
-        if (keys.dim() != 2 || keys.shape[1] != Dimension)
-        {
-            throw new ArgumentException(
-                $"keys has shape [{string.Join(", ", keys.shape)}]; expected [n, {Dimension}].", nameof(keys));
-        }
-
-        if (keys.dtype != ScalarType.Float32)
-        {
-            throw new ArgumentException($"keys has element type {keys.dtype}; expected Float32.", nameof(keys));
-        }
-
-        var n = keys.shape[0];
-        if (labels.dim() != 1 || labels.shape[0] != n)
-        {
-            throw new ArgumentException(
-                $"labels has shape [{string.Join(", ", labels.shape)}]; expected [{n}] (one label per key row).", nameof(labels));
-        }
-
-        if (labels.dtype is not (ScalarType.Int64 or ScalarType.Int32))
-        {
-            throw new ArgumentException($"labels has element type {labels.dtype}; expected Int64.", nameof(labels));
-        }
+        var n = CacheInputs.CheckAddShapes(keys, labels, Dimension);
 
         if (n == 0)
         {
@@ -158,14 +137,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
                 $"Row {row} of keys has a non-finite value (NaN or ±∞); nothing was added.", nameof(keys));
         }
 
-        var y = labels.detach().to_type(ScalarType.Int64);
-        var outside = y.lt(0).logical_or(y.ge(ClassCount));
-        if (outside.any().item<bool>())
-        {
-            var row = outside.to_type(ScalarType.Int32).argmax().item<long>();
-            throw new ArgumentException(
-                $"Row {row} has label {y[row].item<long>()}, outside [0, {ClassCount}); nothing was added.", nameof(labels));
-        }
+        var y = CacheInputs.CheckedLabels(labels, ClassCount);
 
         // Copies on the device, in the storage type; the caller's tensors are never retained.
         var stored = keys.detach().to(_storageType, _device);
@@ -243,30 +215,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
     public Tensor ClassLogMass(Tensor queries, ReadOnlySpan<double> thetas)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(queries);
-        if (queries.dim() != 2 || queries.shape[1] != Dimension)
-        {
-            throw new ArgumentException(
-                $"queries has shape [{string.Join(", ", queries.shape)}]; expected [b, {Dimension}].", nameof(queries));
-        }
-
-        if (queries.dtype != ScalarType.Float32)
-        {
-            throw new ArgumentException($"queries has element type {queries.dtype}; expected Float32.", nameof(queries));
-        }
-
-        if (thetas.IsEmpty)
-        {
-            throw new ArgumentException("At least one θ is needed.", nameof(thetas));
-        }
-
-        foreach (var theta in thetas)
-        {
-            if (!(theta > 0) || !double.IsFinite(theta))
-            {
-                throw new ArgumentOutOfRangeException(nameof(thetas), theta, "Every θ must be finite and greater than 0.");
-            }
-        }
+        CacheInputs.CheckQuery(queries, Dimension, thetas);
 
         var snapshot = _snapshot;
         var plan = ThetaPlan.Create(thetas);

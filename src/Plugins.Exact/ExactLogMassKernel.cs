@@ -97,7 +97,7 @@ internal static unsafe class ExactLogMassKernel
                         for (var v = 0; v < width; v += Lanes)
                         {
                             var temperature = Vector256.Load(t0 + v);
-                            var term = Vector256.Exp((temperature * Vector256.Load(row + v)) - (temperature * Vector256.Load(up + v)));
+                            var term = Exp((temperature * Vector256.Load(row + v)) - (temperature * Vector256.Load(up + v)));
                             Vector256.Store(Vector256.Load(sc + v) + term, sc + v);
                         }
                     }
@@ -137,7 +137,7 @@ internal static unsafe class ExactLogMassKernel
                             var sh = shift + c * width;
                             for (var v = 0; v < width; v += Lanes)
                             {
-                                var term = Vector256.Exp(Vector256.Load(thetaR + v) * (Vector256.Load(row + v) - Vector256.Load(sh + v)));
+                                var term = Exp(Vector256.Load(thetaR + v) * (Vector256.Load(row + v) - Vector256.Load(sh + v)));
                                 Vector256.Store(Vector256.Load(sc + v) + term, sc + v);
                             }
                         }
@@ -181,12 +181,12 @@ internal static unsafe class ExactLogMassKernel
                         for (var v = 0; v < width; v += Lanes)
                         {
                             var d = Vector256.Load(row + v) - Vector256.Load(sh + v);
-                            var e = Vector256.Exp(d * first);
+                            var e = Exp(d * first);
                             Vector256.Store(Vector256.Load(a + v) + e, a + v);
-                            var step = stepFromFirst ? e : chained ? Vector256.Exp(d * delta) : default;
+                            var step = stepFromFirst ? e : chained ? Exp(d * delta) : default;
                             for (var t = 1; t < count; t++)
                             {
-                                e = useStep[t] ? e * step : Vector256.Exp(d * Vector256.Create(th[t]));
+                                e = useStep[t] ? e * step : Exp(d * Vector256.Create(th[t]));
                                 var at = a + (t * plane) + v;
                                 Vector256.Store(Vector256.Load(at) + e, at);
                             }
@@ -228,13 +228,36 @@ internal static unsafe class ExactLogMassKernel
             }
         }
 
+        /// <summary>
+        /// <c>eˣ</c> in float32 (Cephes <c>expf</c>: range reduction by ln 2 in two parts, degree-6 polynomial; about 1 ulp).
+        /// Arguments below −87.3 give ≈ 1.2e-38 instead of a smaller number or 0: such terms are at least e⁻²⁷ times
+        /// smaller than the largest term of their sum (≥ e⁻⁶⁰), far below float32 resolution.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector256<float> Exp(Vector256<float> x)
+        {
+            x = Vector256.Min(Vector256.Max(x, Vector256.Create(-87.33654f)), Vector256.Create(88.3762626647949f));
+            var n = Vector256.Round(x * Vector256.Create(1.44269504088896341f));
+            var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-0.693359375f), x);
+            r = Vector256.FusedMultiplyAdd(n, Vector256.Create(2.12194440e-4f), r);
+            var p = Vector256.Create(1.9875691500E-4f);
+            p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1.3981999507E-3f));
+            p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(8.3334519073E-3f));
+            p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(4.1665795894E-2f));
+            p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(1.6666665459E-1f));
+            p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(5.0000001201E-1f));
+            var y = Vector256.FusedMultiplyAdd(p, r * r, r) + Vector256<float>.One;
+            var scale = (Vector256.ConvertToInt32(n) + Vector256.Create(127)) << 23;
+            return y * scale.AsSingle();
+        }
+
         /// <summary><c>log(eᵃ + eᵇ)</c> for a finite <paramref name="b"/> (and any <paramref name="a"/>, −∞ included).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private static Vector256<float> LogAddExp(Vector256<float> a, Vector256<float> b)
         {
             var high = Vector256.Max(a, b);
             var low = Vector256.Min(a, b);
-            return high + Vector256.Log(Vector256<float>.One + Vector256.Exp(low - high));
+            return high + Vector256.Log(Vector256<float>.One + Exp(low - high));
         }
     }
 }

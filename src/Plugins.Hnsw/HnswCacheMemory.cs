@@ -1,3 +1,4 @@
+using ScalableCache.Core;
 using System.Runtime.CompilerServices;
 using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
@@ -223,30 +224,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     public void Add(Tensor keys, Tensor labels)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(keys);
-        ArgumentNullException.ThrowIfNull(labels);
-        if (keys.dim() != 2 || keys.shape[1] != Dimension)
-        {
-            throw new ArgumentException(
-                $"keys has shape [{string.Join(", ", keys.shape)}]; expected [n, {Dimension}].", nameof(keys));
-        }
-
-        if (keys.dtype != ScalarType.Float32)
-        {
-            throw new ArgumentException($"keys has element type {keys.dtype}; expected Float32.", nameof(keys));
-        }
-
-        var n = keys.shape[0];
-        if (labels.dim() != 1 || labels.shape[0] != n)
-        {
-            throw new ArgumentException(
-                $"labels has shape [{string.Join(", ", labels.shape)}]; expected [{n}] (one label per key row).", nameof(labels));
-        }
-
-        if (labels.dtype is not (ScalarType.Int64 or ScalarType.Int32))
-        {
-            throw new ArgumentException($"labels has element type {labels.dtype}; expected Int64.", nameof(labels));
-        }
+        var n = CacheInputs.CheckAddShapes(keys, labels, Dimension);
 
         if (n == 0)
         {
@@ -285,30 +263,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     public Tensor ClassLogMass(Tensor queries, ReadOnlySpan<double> thetas)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(queries);
-        if (queries.dim() != 2 || queries.shape[1] != Dimension)
-        {
-            throw new ArgumentException(
-                $"queries has shape [{string.Join(", ", queries.shape)}]; expected [b, {Dimension}].", nameof(queries));
-        }
-
-        if (queries.dtype != ScalarType.Float32)
-        {
-            throw new ArgumentException($"queries has element type {queries.dtype}; expected Float32.", nameof(queries));
-        }
-
-        if (thetas.IsEmpty)
-        {
-            throw new ArgumentException("At least one θ is needed.", nameof(thetas));
-        }
-
-        foreach (var theta in thetas)
-        {
-            if (!(theta > 0) || !double.IsFinite(theta))
-            {
-                throw new ArgumentOutOfRangeException(nameof(thetas), theta, "Every θ must be finite and greater than 0.");
-            }
-        }
+        CacheInputs.CheckQuery(queries, Dimension, thetas);
 
         var batch = checked((int)queries.shape[0]);
         var thetaValues = thetas.ToArray();

@@ -68,30 +68,7 @@ internal sealed partial class RandomProjectionCacheMemory : IRandomProjectionCac
     public void Add(Tensor keys, Tensor labels)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(keys);
-        ArgumentNullException.ThrowIfNull(labels);
-        if (keys.dim() != 2 || keys.shape[1] != Dimension)
-        {
-            throw new ArgumentException(
-                $"keys has shape [{string.Join(", ", keys.shape)}]; expected [n, {Dimension}].", nameof(keys));
-        }
-
-        if (keys.dtype != ScalarType.Float32)
-        {
-            throw new ArgumentException($"keys has element type {keys.dtype}; expected Float32.", nameof(keys));
-        }
-
-        var n = keys.shape[0];
-        if (labels.dim() != 1 || labels.shape[0] != n)
-        {
-            throw new ArgumentException(
-                $"labels has shape [{string.Join(", ", labels.shape)}]; expected [{n}] (one label per key row).", nameof(labels));
-        }
-
-        if (labels.dtype is not (ScalarType.Int64 or ScalarType.Int32))
-        {
-            throw new ArgumentException($"labels has element type {labels.dtype}; expected Int64.", nameof(labels));
-        }
+        var n = CacheInputs.CheckAddShapes(keys, labels, Dimension);
 
         if (n == 0)
         {
@@ -103,14 +80,7 @@ internal sealed partial class RandomProjectionCacheMemory : IRandomProjectionCac
         var x = keys.detach();
         ThrowIfNonFinite(x, "keys", "; nothing was added");
 
-        var y = labels.detach().to_type(ScalarType.Int64);
-        var outside = y.lt(0).logical_or(y.ge(ClassCount));
-        if (outside.any().item<bool>())
-        {
-            var row = outside.to_type(ScalarType.Int32).argmax().item<long>();
-            throw new ArgumentException(
-                $"Row {row} has label {y[row].item<long>()}, outside [0, {ClassCount}); nothing was added.", nameof(labels));
-        }
+        var y = CacheInputs.CheckedLabels(labels, ClassCount);
 
         _inner.Add(Project(x), y);
     }

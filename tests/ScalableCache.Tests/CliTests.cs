@@ -1,3 +1,4 @@
+using Microsoft.Extensions.Configuration;
 using System.Text.Json;
 using ScalableCache.Host;
 using ScalableCache.Host.Cli;
@@ -195,5 +196,20 @@ public sealed class CliTests
         {
             Directory.Delete(folder, recursive: true);
         }
+    }
+
+    [Fact]
+    public void ConfiguredGridReplacesTheDefaultGrid()
+    {
+        var configuration = new Microsoft.Extensions.Configuration.ConfigurationBuilder()
+            .AddInMemoryCollection(new Dictionary<string, string?> { ["GridSearch:Thetas:0"] = "100", ["GridSearch:Thetas:1"] = "150" })
+            .Build();
+        var services = new Microsoft.Extensions.DependencyInjection.ServiceCollection();
+        services.AddScache(configuration);
+        using var provider = Microsoft.Extensions.DependencyInjection.ServiceCollectionContainerBuilderExtensions.BuildServiceProvider(services);
+        var grid = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions
+            .GetRequiredService<Microsoft.Extensions.Options.IOptions<ScalableCache.Core.GridSearchOptions>>(provider).Value;
+        Assert.Equal([100.0, 150.0], grid.Thetas);
+        Assert.Equal(9, grid.Lambdas.Count);
     }
 }

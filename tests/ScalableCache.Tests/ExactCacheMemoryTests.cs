@@ -16,6 +16,18 @@ public sealed class ExactConformanceTests : CacheMemoryConformanceTests
         new ExactCacheMemory(dimension, classCount, CPU, new ExactCacheOptions { KeyBlockSize = 16, QueryBlockSize = 4 });
 }
 
+/// <summary>The exact store's tensor path (the one CUDA and autograd use) against the contract, on the CPU.</summary>
+public sealed class ExactTensorPathConformanceTests : CacheMemoryConformanceTests
+{
+    protected override string ExpectedProvider => "Exact";
+
+    protected override ICacheMemory CreateMemory(int dimension, int classCount) =>
+        new ExactCacheMemory(dimension, classCount, CPU, new ExactCacheOptions { KeyBlockSize = 16, QueryBlockSize = 4 })
+        {
+            UseFusedKernel = false,
+        };
+}
+
 /// <summary>
 /// The exact store with float16 key storage against the contract. Tolerance: a float16 key component carries ≤ 2⁻¹¹
 /// relative rounding, so a unit-vector similarity moves by ≲ 2e-4 and a log-mass by ≲ 2e-4·θ; the check allows
@@ -41,11 +53,16 @@ public sealed class ExactCacheMemoryTests
     private const double Tolerance = 3e-7;
 
     private static ExactCacheMemory Create(int dimension, int classes, int keyBlock = 4096, int queryBlock = 1024,
-        ExactStorageType storage = ExactStorageType.Float32) =>
-        new(dimension, classes, CPU, new ExactCacheOptions { KeyBlockSize = keyBlock, QueryBlockSize = queryBlock, StorageType = storage });
+        ExactStorageType storage = ExactStorageType.Float32, bool fused = true) =>
+        new(dimension, classes, CPU, new ExactCacheOptions { KeyBlockSize = keyBlock, QueryBlockSize = queryBlock, StorageType = storage })
+        {
+            UseFusedKernel = fused,
+        };
 
-    [Fact]
-    public void MatchesNaiveDoubleReferenceOnRandomData()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void MatchesNaiveDoubleReferenceOnRandomData(bool fused)
     {
         const int dim = 24, classes = 7, n = 257, b = 19;
         var random = new Random(100);
@@ -54,7 +71,7 @@ public sealed class ExactCacheMemoryTests
         var queries = TestData.RandomUnitArray(b, dim, random);
         double[] thetas = [0.5, 10, 37.3, 90, 200];
 
-        using var memory = Create(dim, classes, keyBlock: 50, queryBlock: 8);
+        using var memory = Create(dim, classes, keyBlock: 50, queryBlock: 8, fused: fused);
         using (var k = tensor(keys, [n, dim]))
         using (var y = tensor(labels))
         {
@@ -66,12 +83,14 @@ public sealed class ExactCacheMemoryTests
         BruteForce.AssertClose(logMass, BruteForce.LogMass(keys, labels, queries, dim, classes, thetas), thetas, Tolerance);
     }
 
-    [Fact]
-    public void EvenlySpacedDefaultGridMatchesReference()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void EvenlySpacedDefaultGridMatchesReference(bool fused)
     {
         var data = TestData.Clustered(32, 5, keysPerClass: 40, queriesPerClass: 4, seed: 101, noise: 0.8);
         double[] thetas = [10, 20, 30, 40, 50, 60, 70, 80, 90];
-        using var memory = Create(32, 5, keyBlock: 64);
+        using var memory = Create(32, 5, keyBlock: 64, fused: fused);
         using (var k = data.KeyTensor())
         using (var y = data.KeyLabelTensor())
         {
@@ -83,11 +102,13 @@ public sealed class ExactCacheMemoryTests
         BruteForce.AssertClose(logMass, BruteForce.LogMass(data.Keys, data.KeyLabels, data.Queries, 32, 5, thetas), thetas, Tolerance);
     }
 
-    [Fact]
-    public void UnsortedAndRepeatedThetasMatchOneCallPerTheta()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void UnsortedAndRepeatedThetasMatchOneCallPerTheta(bool fused)
     {
         var data = TestData.Clustered(16, 4, keysPerClass: 20, queriesPerClass: 3, seed: 102, noise: 0.7);
-        using var memory = Create(16, 4, keyBlock: 25);
+        using var memory = Create(16, 4, keyBlock: 25, fused: fused);
         using (var k = data.KeyTensor())
         using (var y = data.KeyLabelTensor())
         {
@@ -105,13 +126,15 @@ public sealed class ExactCacheMemoryTests
         }
     }
 
-    [Fact]
-    public void BlockedEqualsUnblocked()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void BlockedEqualsUnblocked(bool fused)
     {
         var data = TestData.Clustered(20, 6, keysPerClass: 30, queriesPerClass: 5, seed: 103, noise: 0.9);
         double[] thetas = [1, 25, 90];
-        using var blocked = Create(20, 6, keyBlock: 7, queryBlock: 3);
-        using var whole = Create(20, 6, keyBlock: 1_000_000, queryBlock: 1_000_000);
+        using var blocked = Create(20, 6, keyBlock: 7, queryBlock: 3, fused: fused);
+        using var whole = Create(20, 6, keyBlock: 1_000_000, queryBlock: 1_000_000, fused: fused);
         using (var k = data.KeyTensor())
         using (var y = data.KeyLabelTensor())
         {
@@ -126,8 +149,10 @@ public sealed class ExactCacheMemoryTests
         BruteForce.AssertClose(a, BruteForce.ToArrays(b), thetas, Tolerance);
     }
 
-    [Fact]
-    public void ThetaTwoHundredWithAQueryEqualToAKeyIsFiniteAndCorrect()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ThetaTwoHundredWithAQueryEqualToAKeyIsFiniteAndCorrect(bool fused)
     {
         // Class 0 holds the query itself (cosine 1), class 1 its negation (cosine −1), class 2 an orthogonal key (cosine 0),
         // class 3 random keys; class 4 is empty. A single shift per query would underflow classes 1 and 2 at θ = 200.
@@ -143,7 +168,7 @@ public sealed class ExactCacheMemoryTests
         long[] labels = [0, 1, 2, 3, 3, 3, 3, 3, 3];
         double[] thetas = [200, 1000];
 
-        using var memory = Create(dim, classes);
+        using var memory = Create(dim, classes, fused: fused);
         using (var k = tensor(keys, [labels.Length, dim]))
         using (var y = tensor(labels))
         {
@@ -166,13 +191,15 @@ public sealed class ExactCacheMemoryTests
         Assert.Equal(1f, p[0, 0].item<float>(), 1e-6f);
     }
 
-    [Fact]
-    public void LargeThetaOnManyKeysPerClassStaysFiniteAndAccurate()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void LargeThetaOnManyKeysPerClassStaysFiniteAndAccurate(bool fused)
     {
         // Thousands of keys per class widen the shift's slack (ln n / θ₀), which the refinement pass must tighten.
         var data = TestData.Clustered(16, 3, keysPerClass: 1500, queriesPerClass: 2, seed: 105, noise: 2.0);
         double[] thetas = [150, 400, 2000];
-        using var memory = Create(16, 3, keyBlock: 8192);
+        using var memory = Create(16, 3, keyBlock: 8192, fused: fused);
         using (var k = data.KeyTensor())
         using (var y = data.KeyLabelTensor())
         {
@@ -185,13 +212,15 @@ public sealed class ExactCacheMemoryTests
         BruteForce.AssertClose(logMass, BruteForce.LogMass(data.Keys, data.KeyLabels, data.Queries, 16, 3, thetas), thetas, Tolerance);
     }
 
-    [Fact]
-    public void ManyTiedKeysAtLargeThetaStayFiniteAndExact()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ManyTiedKeysAtLargeThetaStayFiniteAndExact(bool fused)
     {
         // 2000 copies of the query under class 0 and 2000 keys at cosine 0.9 under class 1: the shift's slack is then the
         // worst case ln(n)/θ₀, so θ = 2000 needs the refinement pass (without it both classes underflow to −∞).
         const int dim = 4, copies = 2000;
-        using var memory = Create(dim, 2, keyBlock: 8192);
+        using var memory = Create(dim, 2, keyBlock: 8192, fused: fused);
         using (var scope = NewDisposeScope())
         {
             var keys = zeros(2 * copies, dim);
@@ -215,14 +244,16 @@ public sealed class ExactCacheMemoryTests
         }
     }
 
-    [Fact]
-    public void ShardsMergedWithLogMassMergeEqualOneCache()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ShardsMergedWithLogMassMergeEqualOneCache(bool fused)
     {
         var data = TestData.Clustered(24, 5, keysPerClass: 20, queriesPerClass: 3, seed: 106, noise: 0.7);
         double[] thetas = [10, 50, 90];
-        using var whole = Create(24, 5);
-        using var first = Create(24, 5, keyBlock: 9);
-        using var second = Create(24, 5, keyBlock: 11);
+        using var whole = Create(24, 5, fused: fused);
+        using var first = Create(24, 5, keyBlock: 9, fused: fused);
+        using var second = Create(24, 5, keyBlock: 11, fused: fused);
         using (var k = data.KeyTensor())
         using (var y = data.KeyLabelTensor())
         {
@@ -306,13 +337,15 @@ public sealed class ExactCacheMemoryTests
         Assert.True(memory.ChunkCount < 12, $"{memory.ChunkCount} chunks for {adds} adds");
     }
 
-    [Fact]
-    public void Float16StorageIsCloseToFloat32()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Float16StorageIsCloseToFloat32(bool fused)
     {
         var data = TestData.Clustered(64, 8, keysPerClass: 25, queriesPerClass: 4, seed: 107, noise: 0.7);
         double[] thetas = [10, 50, 90];
-        using var full32 = Create(64, 8);
-        using var half = Create(64, 8, storage: ExactStorageType.Float16, keyBlock: 33);
+        using var full32 = Create(64, 8, fused: fused);
+        using var half = Create(64, 8, storage: ExactStorageType.Float16, keyBlock: 33, fused: fused);
         Assert.Equal(ScalarType.Float16, half.StorageType);
         using (var k = data.KeyTensor())
         using (var y = data.KeyLabelTensor())
