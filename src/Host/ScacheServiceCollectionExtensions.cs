@@ -34,7 +34,22 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<TorchRuntime>();
 
         services.AddOptions<AssetOptions>().Bind(configuration.GetSection(AssetOptions.SectionName));
-        services.AddOptions<GridSearchOptions>().Bind(configuration.GetSection(GridSearchOptions.SectionName))
+        // Bound by hand: the binder would append configured θ/λ to the default lists instead of replacing them.
+        services.AddOptions<GridSearchOptions>().Configure(o =>
+            {
+                var section = configuration.GetSection(GridSearchOptions.SectionName);
+                if (section.GetSection(nameof(GridSearchOptions.Thetas)).Get<double[]>() is { Length: > 0 } thetas)
+                {
+                    o.Thetas = thetas;
+                }
+
+                if (section.GetSection(nameof(GridSearchOptions.Lambdas)).Get<double[]>() is { Length: > 0 } lambdas)
+                {
+                    o.Lambdas = lambdas;
+                }
+
+                o.IncludeCacheOnly = section.GetValue(nameof(GridSearchOptions.IncludeCacheOnly), o.IncludeCacheOnly);
+            })
             .Validate(o => o.Validate().Count == 0, "GridSearch section is invalid (θ must be positive, λ in [0, 1], grids non-empty).")
             .ValidateOnStart();
         services.AddSingleton<IModelRegistry, ModelRegistry>();
@@ -44,11 +59,15 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<Table1Experiment>();
         services.AddSingleton<LayerSweepExperiment>();
         services.AddSingleton<SizeSweepExperiment>();
+        services.AddSingleton<RobustnessExperiment>();
+        services.AddSingleton<AttackExperiment>();
+        services.AddSingleton<JacobianExperiment>();
         services.AddSingleton<OnlineExperiment>();
         services.AddSingleton<ApproximationExperiment>();
 
         services.AddSingleton<IScacheCommand, InfoCommand>();
         services.AddSingleton<IScacheCommand, EvaluateCommand>();
+        services.AddSingleton<IScacheCommand, BuildCommand>();
         services.AddSingleton<IScacheCommand, ReproduceCommand>();
         services.AddSingleton<IScacheCommand, LayerSweepCommand>();
         services.AddSingleton<IScacheCommand, SizeSweepCommand>();
@@ -57,6 +76,8 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<IScacheCommand, LayersCommand>();
         services.AddSingleton<IScacheCommand, BaselineCommand>();
         services.AddSingleton<IScacheCommand, ProvidersCommand>();
+        services.AddSingleton<IScacheCommand, AttackCommand>();
+        services.AddSingleton<IScacheCommand, JacobianCommand>();
         return services;
     }
 }

@@ -1,0 +1,131 @@
+using System.CommandLine;
+using Microsoft.Extensions.DependencyInjection;
+using ScalableCache.Host.Cli;
+using ScalableCache.Host.Experiments;
+using ScalableCache.Host.Reports;
+using Spectre.Console;
+
+namespace ScalableCache.Host.Commands;
+
+/// <summary><c>scache attack</c>: Tables 2–4 — white-box, gray-box and transferred adversarial attacks on the cache models.</summary>
+internal sealed class AttackCommand : IScacheCommand
+{
+    public AttackCommand(CommandRunner runner, IServiceProvider services)
+    {
+        var attack = new Option<string>("--attack", "-a")
+        {
+            Description = "fgsm (gradient sign, ε up to 0.5), ifgsm (10 gradient-sign steps per ε), pixel (single pixel set to 0 or 1) or blur (Gaussian blur).",
+            Required = true,
+        };
+        var source = new Option<string>("--source")
+        {
+            Description = "Model the adversarial images are made on (white box on its baseline, cache and cache-only models).",
+            DefaultValueFactory = _ => "resnet32",
+        };
+        var targets = new Option<string>("--targets")
+        {
+            Description = "Comma-separated models the source network's adversarial images are transferred to (the source is always included, as the gray-box row).",
+            DefaultValueFactory = _ => "resnet20",
+        };
+        var images = new Option<int>("--images", "-n") { Description = "Seeded random images of the report half of the test set.", DefaultValueFactory = _ => 250 };
+        var grid = new Option<int?>("--grid")
+        {
+            Description = "Grid size of the attack: ε values (fgsm 1000, ifgsm 100), σ values (blur 1000) or pixels tried (pixel 1000).",
+        };
+        var data = CommonOptions.Data();
+        var output = CommonOptions.Out();
+        var seed = CommonOptions.Seed();
+        var layers = CommonOptions.Layers();
+        var candidates = CommonOptions.Candidates();
+        var maxLayers = CommonOptions.MaxLayers();
+        var thetas = CommonOptions.Thetas();
+        var lambdas = CommonOptions.Lambdas();
+        var maxTrain = CommonOptions.MaxTrain();
+        var maxTest = CommonOptions.MaxTest();
+        var theta = new Option<double?>("--theta") { Description = "Fixed θ of the cache model (with --lambda); omit both to search them on the validation half." };
+        var lambda = new Option<double?>("--lambda") { Description = "Fixed λ of the cache model (with --theta)." };
+        var cacheOnlyTheta = new Option<double?>("--cache-only-theta") { Description = "Fixed θ of the cache-only model; omitted: searched on the validation half." };
+
+        Definition = new Command("attack", "Tables 2–4: adversarial attacks (Foolbox 1 semantics) on the baseline, cache and cache-only models: white-box ρ_adv and accuracy on transferred adversarial images.")
+        {
+            attack, source, targets, images, grid, data, output, seed, layers, candidates, maxLayers, thetas, lambdas, theta, lambda, cacheOnlyTheta, maxTrain, maxTest,
+        };
+        Definition.SetAction((parse, ct) => runner.RunAsync("attack", async token =>
+        {
+            var name = parse.GetValue(attack)!.Trim().ToLowerInvariant();
+            if (!AttackExperiment.AttackNames.Contains(name))
+            {
+                throw new UsageException($"Unknown attack '{name}'. Known attacks: {string.Join(", ", AttackExperiment.AttackNames)}.");
+            }
+
+            if (parse.GetValue(grid) is < 1)
+            {
+                throw new UsageException("--grid must be at least 1.");
+            }
+
+            var session = services.GetRequiredService<ExperimentSession>();
+            var backbone = RobustnessOptions.Backbone(parse, session, parse.GetValue(source)!, data, layers, candidates, maxLayers, seed, thetas, lambdas,
+                theta, lambda, cacheOnlyTheta, maxTrain, maxTest);
+            var targetNames = CommonOptions.Names(parse.GetValue(targets)) ?? [];
+            var folder = ReportFolder.Create(parse.GetValue(output), "attack");
+            var report = await services.GetRequiredService<AttackExperiment>().RunAsync(
+                new AttackRequest(name, parse.GetValue(source)!, targetNames, parse.GetValue(images), parse.GetValue(grid), backbone), token).ConfigureAwait(false);
+            folder.WriteText("report.md", RobustnessReport.AttackMarkdown(report));
+            var plots = RobustnessReport.AttackPlots(folder, report);
+            var result = new { report, plots, reportFolder = folder.Path };
+            folder.WriteJson("result.json", result);
+            return new CommandOutcome(result, console =>
+            {
+                var white = new Table().AddColumns([.. RobustnessReport.WhiteBoxHeader]);
+                foreach (var row in report.WhiteBox)
+                {
+                    white.AddPlainRow([.. RobustnessReport.WhiteBoxCells(row)]);
+                }
+
+                var transfer = new Table().AddColumns([.. RobustnessReport.TransferHeader]);
+                foreach (var row in report.Transfer)
+                {
+                    transfer.AddPlainRow([.. RobustnessReport.TransferCells(row)]);
+                }
+
+                console.MarkupLineInterpolated($"White box ({report.Attack} on {report.Source}, Table 3):");
+                console.Write(white);
+                console.MarkupLineInterpolated($"Adversarial images of the {report.Source} network fed to each model (Tables 2 and 4):");
+                console.Write(transfer);
+                console.MarkupLineInterpolated($"Report: [blue]{folder.Path}[/]");
+            });
+        }, ct));
+    }
+
+    public Command Definition { get; }
+}
+
+/// <summary>Turns the shared cache-setup flags of the robustness commands into a <see cref="RobustnessRequest"/>.</summary>
+internal static class RobustnessOptions
+{
+    public static RobustnessRequest Backbone(
+        ParseResult parse, ExperimentSession session, string model, Option<string?> data, Option<string?> layers, Option<string?> candidates,
+        Option<int> maxLayers, Option<int> seed, Option<string?> thetas, Option<string?> lambdas, Option<double?> theta, Option<double?> lambda,
+        Option<double?> cacheOnlyTheta, Option<int?> maxTrain, Option<int?> maxTest)
+    {
+        ArgumentNullException.ThrowIfNull(parse);
+        ArgumentNullException.ThrowIfNull(session);
+        var fixedTheta = parse.GetValue(theta);
+        var fixedLambda = parse.GetValue(lambda);
+        var fixedCacheOnly = parse.GetValue(cacheOnlyTheta);
+        if (fixedTheta.HasValue != fixedLambda.HasValue)
+        {
+            throw new UsageException("Give --theta and --lambda together, or neither to search them.");
+        }
+
+        if (fixedLambda is < 0 or > 1 || fixedTheta is <= 0 || fixedCacheOnly is <= 0)
+        {
+            throw new UsageException("--lambda must lie in [0, 1]; --theta and --cache-only-theta must be positive.");
+        }
+
+        var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"), false);
+        return new RobustnessRequest(
+            model, parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)), CommonOptions.Names(parse.GetValue(candidates)), parse.GetValue(maxLayers),
+            parse.GetValue(seed), grid, fixedTheta, fixedLambda, fixedCacheOnly, parse.GetValue(maxTrain), parse.GetValue(maxTest));
+    }
+}
