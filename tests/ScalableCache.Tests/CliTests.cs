@@ -212,4 +212,33 @@ public sealed class CliTests
         Assert.Equal([100.0, 150.0], grid.Thetas);
         Assert.Equal(9, grid.Lambdas.Count);
     }
+
+    [Fact]
+    public async Task SizeSweepReportsGainPerSizeIncludingTheEmptyCache()
+    {
+        var output = Path.Combine(Path.GetTempPath(), $"scache-size-{Guid.NewGuid():N}");
+        try
+        {
+            var (code, stdout, stderr) = await Run(null,
+                "size-sweep", "--model", "resnet20", "--layers", "layer3.2", "--max-train", "500", "--max-test", "200", "--fractions", "0,0.2,1",
+                "--subset-seeds", "2", "--data", SharedData.Cifar10, "--weights", Path.Combine(SharedData.Models, "resnet20.safetensors"), "--out", output, "--json");
+            Assert.True(code == ExitCodes.Success, stderr);
+            var json = SingleJsonObject(stdout);
+            var points = json.GetProperty("points").EnumerateArray().ToList();
+            Assert.Equal(6, points.Count); // 3 sizes × 2 subset seeds
+            var empty = points.Where(p => p.GetProperty("fraction").GetDouble() == 0).ToList();
+            Assert.All(empty, p => Assert.Equal(0, p.GetProperty("gain").GetDouble()));
+            Assert.All(points.Where(p => p.GetProperty("fraction").GetDouble() == 1), p => Assert.Equal(500, p.GetProperty("cacheSize").GetInt64()));
+            Assert.All(points.Where(p => p.GetProperty("fraction").GetDouble() == 0.2), p => Assert.Equal(100, p.GetProperty("cacheSize").GetInt64()));
+            Assert.Equal(3, json.GetProperty("summary").GetArrayLength());
+            Assert.True(File.Exists(Path.Combine(output, "size-sweep.png")));
+        }
+        finally
+        {
+            if (Directory.Exists(output))
+            {
+                Directory.Delete(output, recursive: true);
+            }
+        }
+    }
 }

@@ -28,10 +28,12 @@ internal sealed class SizeSweepCommand : IScacheCommand
         {
             Description = "Cache sizes as fractions of the training set (default 0,0.01,0.02,0.05,0.1,0.2,0.5,1).",
         };
+        var maxTrain = CommonOptions.MaxTrain();
+        var maxTest = CommonOptions.MaxTest();
         var subsetSeeds = new Option<int>("--subset-seeds") { Description = "Random subsets per size (seeds 0…n−1).", DefaultValueFactory = _ => 2 };
         Definition = new Command("size-sweep", "Figure 3: gain of the cache model over the network against cache size (class-balanced random subsets).")
         {
-            model, weights, data, output, seed, layers, fractions, subsetSeeds, thetas, lambdas, includeCacheOnly, maxLayers,
+            model, weights, data, output, seed, layers, fractions, subsetSeeds, thetas, lambdas, includeCacheOnly, maxLayers, maxTrain, maxTest,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("size-sweep", async token =>
         {
@@ -47,7 +49,7 @@ internal sealed class SizeSweepCommand : IScacheCommand
             var folder = ReportFolder.Create(parse.GetValue(output), "size-sweep");
             var result = await services.GetRequiredService<SizeSweepExperiment>().RunAsync(
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)), sizes,
-                [.. Enumerable.Range(0, parse.GetValue(subsetSeeds))], parse.GetValue(seed), grid, parse.GetValue(maxLayers), token).ConfigureAwait(false);
+                [.. Enumerable.Range(0, parse.GetValue(subsetSeeds))], parse.GetValue(seed), grid, parse.GetValue(maxLayers), token, parse.GetValue(maxTrain), parse.GetValue(maxTest)).ConfigureAwait(false);
             Write(folder, result);
             return new CommandOutcome(new { result.Model, result.Layers, result.Seed, result.Provider, result.Points, Summary = Summary(result), reportFolder = folder.Path },
                 console =>

@@ -24,13 +24,14 @@ internal sealed class SizeSweepExperiment(ExperimentSession session)
 
     public async Task<SizeSweepResult> RunAsync(
         string modelName, string? weights, string? data, IReadOnlyList<string>? layers, IReadOnlyList<double> fractions,
-        IReadOnlyList<int> subsetSeeds, int seed, GridSearchOptions grid, int maxLayers, CancellationToken cancellationToken)
+        IReadOnlyList<int> subsetSeeds, int seed, GridSearchOptions grid, int maxLayers, CancellationToken cancellationToken,
+        int? maxTrain = null, int? maxTest = null)
     {
         var watch = Stopwatch.StartNew();
         var provider = session.Provider;
         using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var test = session.LoadTest(data);
-        var train = session.LoadTrain(data, flips: false);
+        var test = ExperimentSession.Limit(session.LoadTest(data), maxTest, seed);
+        var train = ExperimentSession.Limit(session.LoadTrain(data, flips: false), maxTrain, seed);
         var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
         var classCount = model.Model.ClassCount;
         var candidates = layers ?? LayerChoice.DefaultCandidates(model);
@@ -53,7 +54,7 @@ internal sealed class SizeSweepExperiment(ExperimentSession session)
             {
                 cancellationToken.ThrowIfCancellationRequested();
                 var pointWatch = Stopwatch.StartNew();
-                var perClass = train.PerClassForFraction(fraction);
+                var perClass = fraction == 0 ? 0 : train.PerClassForFraction(fraction);
                 if (perClass == 0)
                 {
                     // No cache: the model is the network.
