@@ -123,7 +123,7 @@ internal static class RobustnessOptions
             throw new UsageException("--lambda must lie in [0, 1]; --theta and --cache-only-theta must be positive.");
         }
 
-        var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"), false);
+        var grid = session.Grid(parse, thetas, lambdas);
         return new RobustnessRequest(
             model, parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)), CommonOptions.Names(parse.GetValue(candidates)), parse.GetValue(maxLayers),
             parse.GetValue(seed), grid, fixedTheta, fixedLambda, fixedCacheOnly, parse.GetValue(maxTrain), parse.GetValue(maxTest));

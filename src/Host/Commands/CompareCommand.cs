@@ -35,7 +35,7 @@ internal sealed class CompareCommand : IScacheCommand
         Definition.SetAction((parse, ct) => runner.RunAsync("compare", async token =>
         {
             var session = services.GetRequiredService<ExperimentSession>();
-            var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"), false);
+            var grid = session.Grid(parse, thetas, lambdas);
             var compared = CommonOptions.Names(parse.GetValue(providersOption)) ?? [];
             var folder = ReportFolder.Create(parse.GetValue(output), "compare");
             var result = await services.GetRequiredService<ApproximationExperiment>().RunAsync(

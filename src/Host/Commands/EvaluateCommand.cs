@@ -55,8 +55,7 @@ internal sealed class EvaluateCommand : IScacheCommand
             }
 
             var session = services.GetRequiredService<ExperimentSession>();
-            var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"),
-                parse.GetValue(includeCacheOnly));
+            var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
             var folder = ReportFolder.Create(parse.GetValue(output), "evaluate");
             var row = await services.GetRequiredService<Table1Experiment>().RunAsync(new Table1Request(
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)),

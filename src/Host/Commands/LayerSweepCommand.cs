@@ -36,8 +36,7 @@ internal sealed class LayerSweepCommand : IScacheCommand
         Definition.SetAction((parse, ct) => runner.RunAsync("layer-sweep", async token =>
         {
             var session = services.GetRequiredService<ExperimentSession>();
-            var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"),
-                parse.GetValue(includeCacheOnly));
+            var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
             if (parse.GetValue(maxDim) < 1 || parse.GetValue(theta) <= 0 || parse.GetValue(lambda) is < 0 or > 1)
             {
                 throw new UsageException("--max-dim must be positive, --theta positive and --lambda in [0, 1].");

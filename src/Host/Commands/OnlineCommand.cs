@@ -39,7 +39,7 @@ internal sealed class OnlineCommand : IScacheCommand
             }
 
             var session = services.GetRequiredService<ExperimentSession>();
-            var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"), false);
+            var grid = session.Grid(parse, thetas, lambdas);
             var folder = ReportFolder.Create(parse.GetValue(output), "online");
             var result = await services.GetRequiredService<OnlineExperiment>().RunAsync(
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)), parse.GetValue(seed),

@@ -33,8 +33,7 @@ internal sealed class ReproduceCommand : IScacheCommand
         {
             var session = services.GetRequiredService<ExperimentSession>();
             var experiment = services.GetRequiredService<Table1Experiment>();
-            var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"),
-                parse.GetValue(includeCacheOnly));
+            var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
             var names = parse.GetValue(quick) ? ["resnet20"] : CommonOptions.Names(parse.GetValue(models)) ?? [];
             if (names.Count == 0)
             {

@@ -38,8 +38,7 @@ internal sealed class SizeSweepCommand : IScacheCommand
         Definition.SetAction((parse, ct) => runner.RunAsync("size-sweep", async token =>
         {
             var session = services.GetRequiredService<ExperimentSession>();
-            var grid = session.Grid(CommonOptions.Numbers(parse.GetValue(thetas), "--thetas"), CommonOptions.Numbers(parse.GetValue(lambdas), "--lambdas"),
-                parse.GetValue(includeCacheOnly));
+            var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
             var sizes = CommonOptions.Numbers(parse.GetValue(fractions), "--fractions") ?? SizeSweepExperiment.DefaultFractions;
             if (sizes.Any(f => f is < 0 or > 1) || parse.GetValue(subsetSeeds) < 1)
             {

@@ -31,6 +31,20 @@ internal sealed class ExperimentSession(
         return problems.Count == 0 ? result : throw new UsageException("Invalid θ/λ grid: " + string.Join(" ", problems));
     }
 
+    /// <summary>The grid from a command's <c>--thetas</c>/<c>--lambdas</c> (and optional <c>--include-cache-only</c>) flags over the configured one.</summary>
+    public GridSearchOptions Grid(
+        System.CommandLine.ParseResult parse, System.CommandLine.Option<string?> thetas, System.CommandLine.Option<string?> lambdas,
+        System.CommandLine.Option<bool>? includeCacheOnly = null)
+    {
+        ArgumentNullException.ThrowIfNull(parse);
+        ArgumentNullException.ThrowIfNull(thetas);
+        ArgumentNullException.ThrowIfNull(lambdas);
+        return Grid(
+            CommonOptions.Numbers(parse.GetValue(thetas), thetas.Name),
+            CommonOptions.Numbers(parse.GetValue(lambdas), lambdas.Name),
+            includeCacheOnly is not null && parse.GetValue(includeCacheOnly));
+    }
+
     /// <summary>The configured cache provider's factory.</summary>
     public ICacheMemoryFactory Provider => providers.Selected;
 
