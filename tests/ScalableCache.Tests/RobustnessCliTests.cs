@@ -34,7 +34,9 @@ public sealed class RobustnessCliTests
         {
             var (code, json, stderr) = await Run(["attack", "--attack", "fgsm", "--source", "resnet20", "--targets", "resnet20", "--images", "4", "--grid", "100", .. SmallCache(output)]);
             Assert.True(code == ExitCodes.Success, stderr);
-            var report = json.GetProperty("report");
+            var reports = json.GetProperty("reports").EnumerateArray().ToList();
+            Assert.Single(reports);
+            var report = reports[0];
             Assert.Equal("fgsm", report.GetProperty("attack").GetString());
             var whiteBox = report.GetProperty("whiteBox").EnumerateArray().ToList();
             Assert.Equal(["baseline", "cache", "cache-only"], whiteBox.Select(r => r.GetProperty("variant").GetString()));
@@ -50,6 +52,40 @@ public sealed class RobustnessCliTests
             Assert.True(File.Exists(Path.Combine(output, "report.md")));
             Assert.True(File.Exists(Path.Combine(output, "result.json")));
             Assert.Contains("Table 3", File.ReadAllText(Path.Combine(output, "report.md")));
+        }
+        finally
+        {
+            if (Directory.Exists(output))
+            {
+                Directory.Delete(output, recursive: true);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task SeveralAttacksShareOneSetupAndTransferToEveryTarget()
+    {
+        var output = Path.Combine(Path.GetTempPath(), $"scache-attacks-{Guid.NewGuid():N}");
+        try
+        {
+            var (code, json, stderr) = await Run(
+                ["attack", "--attack", "blur, pixel,blur", "--source", "resnet20", "--targets", "resnet32", "--images", "3", "--grid", "20", .. SmallCache(output)]);
+            Assert.True(code == ExitCodes.Success, stderr);
+            var reports = json.GetProperty("reports").EnumerateArray().ToList();
+            Assert.Equal(["blur", "pixel"], reports.Select(r => r.GetProperty("attack").GetString()));
+            foreach (var report in reports)
+            {
+                Assert.Equal(3, report.GetProperty("whiteBox").GetArrayLength());
+                var transfer = report.GetProperty("transfer").EnumerateArray().ToList();
+                Assert.Equal(["resnet20", "resnet20", "resnet20", "resnet32", "resnet32", "resnet32"], transfer.Select(t => t.GetProperty("target").GetString()));
+                Assert.All(transfer, t => Assert.Equal(report.GetProperty("transferSourceSuccesses").GetInt32(), t.GetProperty("images").GetInt32()));
+                Assert.Equal(["resnet20", "resnet32"], report.GetProperty("backbones").EnumerateArray().Select(b => b.GetProperty("model").GetString()));
+            }
+
+            var markdown = File.ReadAllText(Path.Combine(output, "report.md"));
+            Assert.Contains("## blur", markdown);
+            Assert.Contains("## pixel", markdown);
+            Assert.Equal(1, markdown.Split("## Cache models").Length - 1);
         }
         finally
         {
@@ -96,5 +132,9 @@ public sealed class RobustnessCliTests
         var (code, json, _) = await Run("attack", "--attack", "teleport", "--json");
         Assert.Equal(ExitCodes.Usage, code);
         Assert.Contains("fgsm", json.GetProperty("error").GetString());
+
+        var (listCode, listJson, _) = await Run("attack", "--attack", "fgsm,teleport", "--json");
+        Assert.Equal(ExitCodes.Usage, listCode);
+        Assert.Contains("'teleport'", listJson.GetProperty("error").GetString());
     }
 }

@@ -14,7 +14,8 @@ internal sealed class AttackCommand : IScacheCommand
     {
         var attack = new Option<string>("--attack", "-a")
         {
-            Description = "fgsm (gradient sign, ε up to 0.5), ifgsm (10 gradient-sign steps per ε), pixel (single pixel set to 0 or 1) or blur (Gaussian blur).",
+            Description = "fgsm (gradient sign, ε up to 0.5), ifgsm (10 gradient-sign steps per ε), pixel (single pixel set to 0 or 1) or blur (Gaussian blur); " +
+                "a comma-separated list (or all) runs several over one setup of the caches.",
             Required = true,
         };
         var source = new Option<string>("--source")
@@ -52,11 +53,7 @@ internal sealed class AttackCommand : IScacheCommand
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("attack", async token =>
         {
-            var name = parse.GetValue(attack)!.Trim().ToLowerInvariant();
-            if (!AttackExperiment.AttackNames.Contains(name))
-            {
-                throw new UsageException($"Unknown attack '{name}'. Known attacks: {string.Join(", ", AttackExperiment.AttackNames)}.");
-            }
+            var names = ParseAttacks(parse.GetValue(attack)!);
 
             if (parse.GetValue(grid) is < 1)
             {
@@ -68,36 +65,64 @@ internal sealed class AttackCommand : IScacheCommand
                 theta, lambda, cacheOnlyTheta, maxTrain, maxTest);
             var targetNames = CommonOptions.Names(parse.GetValue(targets)) ?? [];
             var folder = ReportFolder.Create(parse.GetValue(output), "attack");
-            var report = await services.GetRequiredService<AttackExperiment>().RunAsync(
-                new AttackRequest(name, parse.GetValue(source)!, targetNames, parse.GetValue(images), parse.GetValue(grid), backbone), token).ConfigureAwait(false);
-            folder.WriteText("report.md", RobustnessReport.AttackMarkdown(report));
-            var plots = RobustnessReport.AttackPlots(folder, report);
-            var result = new { report, plots, reportFolder = folder.Path };
+            var reports = await services.GetRequiredService<AttackExperiment>().RunAsync(
+                new AttackRequest(names, parse.GetValue(source)!, targetNames, parse.GetValue(images), parse.GetValue(grid), backbone), token).ConfigureAwait(false);
+            folder.WriteText("report.md", RobustnessReport.AttackMarkdown(reports));
+            var plots = reports.SelectMany(r => RobustnessReport.AttackPlots(folder, r)).ToList();
+            var result = new { reports, plots, reportFolder = folder.Path };
             folder.WriteJson("result.json", result);
             return new CommandOutcome(result, console =>
             {
-                var white = new Table().AddColumns([.. RobustnessReport.WhiteBoxHeader]);
-                foreach (var row in report.WhiteBox)
+                foreach (var report in reports)
                 {
-                    white.AddPlainRow([.. RobustnessReport.WhiteBoxCells(row)]);
+                    Print(console, report);
                 }
 
-                var transfer = new Table().AddColumns([.. RobustnessReport.TransferHeader]);
-                foreach (var row in report.Transfer)
-                {
-                    transfer.AddPlainRow([.. RobustnessReport.TransferCells(row)]);
-                }
-
-                console.MarkupLineInterpolated($"White box ({report.Attack} on {report.Source}, Table 3):");
-                console.Write(white);
-                console.MarkupLineInterpolated($"Adversarial images of the {report.Source} network fed to each model (Tables 2 and 4):");
-                console.Write(transfer);
                 console.MarkupLineInterpolated($"Report: [blue]{folder.Path}[/]");
             });
         }, ct));
     }
 
     public Command Definition { get; }
+
+    /// <summary>The attacks named by <c>--attack</c>: a comma-separated list of known names, or <c>all</c>; duplicates are dropped.</summary>
+    internal static IReadOnlyList<string> ParseAttacks(string value)
+    {
+        var names = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(n => n.ToLowerInvariant()).ToList();
+        if (names.Count == 1 && names[0] == "all")
+        {
+            return AttackExperiment.AttackNames;
+        }
+
+        var unknown = names.Where(n => !AttackExperiment.AttackNames.Contains(n)).ToList();
+        if (names.Count == 0 || unknown.Count > 0)
+        {
+            throw new UsageException(
+                $"Unknown attack '{(unknown.Count > 0 ? string.Join("', '", unknown) : value)}'. Known attacks: {string.Join(", ", AttackExperiment.AttackNames)} (or all).");
+        }
+
+        return [.. names.Distinct()];
+    }
+
+    private static void Print(IAnsiConsole console, AttackReport report)
+    {
+        var white = new Table().AddColumns([.. RobustnessReport.WhiteBoxHeader]);
+        foreach (var row in report.WhiteBox)
+        {
+            white.AddPlainRow([.. RobustnessReport.WhiteBoxCells(row)]);
+        }
+
+        var transfer = new Table().AddColumns([.. RobustnessReport.TransferHeader]);
+        foreach (var row in report.Transfer)
+        {
+            transfer.AddPlainRow([.. RobustnessReport.TransferCells(row)]);
+        }
+
+        console.MarkupLineInterpolated($"White box ({report.Attack} on {report.Source}, Table 3):");
+        console.Write(white);
+        console.MarkupLineInterpolated($"Adversarial images of the {report.Source} network fed to each model (Tables 2 and 4):");
+        console.Write(transfer);
+    }
 }
 
 /// <summary>Turns the shared cache-setup flags of the robustness commands into a <see cref="RobustnessRequest"/>.</summary>

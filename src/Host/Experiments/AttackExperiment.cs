@@ -6,13 +6,13 @@ using static TorchSharp.torch;
 namespace ScalableCache.Host.Experiments;
 
 /// <summary>Inputs of <c>scache attack</c>.</summary>
-/// <param name="Attack">fgsm, ifgsm, pixel or blur.</param>
+/// <param name="Attacks">fgsm, ifgsm, pixel and/or blur, run in this order over the same prepared models and images.</param>
 /// <param name="Source">The model the adversarial images are made on.</param>
 /// <param name="Targets">Models the source network's adversarial images are transferred to (the source itself is always included, as the gray-box row).</param>
 /// <param name="Images">Seeded random images of the report half.</param>
 /// <param name="Grid">Grid size of the attack (ε / σ steps, or pixels tried), or null for the attack's default.</param>
 /// <param name="Backbone">How each backbone's cache is set up (its <see cref="RobustnessRequest.Model"/> is replaced per model).</param>
-internal sealed record AttackRequest(string Attack, string Source, IReadOnlyList<string> Targets, int Images, int? Grid, RobustnessRequest Backbone);
+internal sealed record AttackRequest(IReadOnlyList<string> Attacks, string Source, IReadOnlyList<string> Targets, int Images, int? Grid, RobustnessRequest Backbone);
 
 /// <summary>One white-box row (Table 3): an attack on one variant of the source, against its own clean predictions.</summary>
 /// <param name="Model">Backbone.</param>
@@ -96,24 +96,66 @@ internal sealed class AttackExperiment(RobustnessExperiment robustness)
         _ => throw new Cli.UsageException($"Unknown attack '{name}'. Known attacks: {string.Join(", ", AttackNames)}."),
     };
 
-    public async Task<AttackReport> RunAsync(AttackRequest request, CancellationToken cancellationToken)
+    /// <summary>
+    /// Runs every attack of <paramref name="request"/> in order. The source and target caches are built once and shared by all
+    /// attacks, so several attacks cost one setup; each attack gets its own report.
+    /// </summary>
+    public async Task<IReadOnlyList<AttackReport>> RunAsync(AttackRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
-        var attack = Create(request.Attack, request.Grid, request.Backbone.Seed);
+        if (request.Attacks.Count == 0)
+        {
+            throw new Cli.UsageException($"Name at least one attack. Known attacks: {string.Join(", ", AttackNames)}.");
+        }
+
+        var attacks = request.Attacks.Select(name => (Name: name, Attack: Create(name, request.Grid, request.Backbone.Seed))).ToList();
+        var setup = Stopwatch.StartNew();
+        var prepared = new List<RobustnessBackbone>();
+        try
+        {
+            var source = await robustness.PrepareAsync(request.Backbone with { Model = request.Source }, cancellationToken).ConfigureAwait(false);
+            prepared.Add(source);
+            foreach (var name in request.Targets.Where(t => !string.Equals(t, request.Source, StringComparison.OrdinalIgnoreCase))
+                         .Distinct(StringComparer.OrdinalIgnoreCase))
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                prepared.Add(await robustness.PrepareAsync(request.Backbone with { Model = name }, cancellationToken).ConfigureAwait(false));
+            }
+
+            var setupSeconds = setup.Elapsed.TotalSeconds;
+            var (indices, pixels, labels) = RobustnessExperiment.Sample(source, request.Images, request.Backbone.Seed);
+            using var cleanPixels = pixels;
+            using var trueLabels = labels;
+            var truth = trueLabels.cpu().data<long>().ToArray();
+            var reports = new List<AttackReport>();
+            foreach (var (name, attack) in attacks)
+            {
+                var report = RunOne(request, name, attack, prepared, indices, cleanPixels, truth, cancellationToken);
+                reports.Add(report with { Seconds = new Dictionary<string, double>(report.Seconds) { ["setup (shared)"] = setupSeconds } });
+            }
+
+            return reports;
+        }
+        finally
+        {
+            foreach (var backbone in prepared)
+            {
+                backbone.Dispose();
+            }
+        }
+    }
+
+    private AttackReport RunOne(
+        AttackRequest request, string name, IAdversarialAttack attack, IReadOnlyList<RobustnessBackbone> prepared, int[] indices, Tensor cleanPixels,
+        long[] truth, CancellationToken cancellationToken)
+    {
+        var source = prepared[0];
         var seconds = new Dictionary<string, double>();
         var total = Stopwatch.StartNew();
         var progress = robustness.Session.Progress;
         var batch = Math.Max(1, Math.Min(128, robustness.Session.BatchSize));
         var whiteBox = new List<WhiteBoxRow>();
         var transfer = new List<TransferRow>();
-        var backbones = new List<RobustnessBackboneInfo>();
-
-        using var source = await robustness.PrepareAsync(request.Backbone with { Model = request.Source }, cancellationToken).ConfigureAwait(false);
-        backbones.Add(source.Info);
-        var (indices, pixels, labels) = RobustnessExperiment.Sample(source, request.Images, request.Backbone.Seed);
-        using var cleanPixels = pixels;
-        using var trueLabels = labels;
-        var truth = trueLabels.cpu().data<long>().ToArray();
 
         // White box (Table 3): each variant attacked against its own clean prediction.
         AttackResult? networkAttack = null;
@@ -154,12 +196,16 @@ internal sealed class AttackExperiment(RobustnessExperiment robustness)
             using var adversarial = networkAttack.Adversarial.index_select(0, rows);
             using var originals = cleanPixels.index_select(0, rows);
             var keptTruth = kept.Select(i => truth[i]).ToArray();
-            transfer.AddRange(TransferRows(source, originals, adversarial, keptTruth, batch));
-            foreach (var name in request.Targets.Where(t => !string.Equals(t, request.Source, StringComparison.OrdinalIgnoreCase)))
+            foreach (var target in prepared)
             {
                 cancellationToken.ThrowIfCancellationRequested();
-                using var target = await robustness.PrepareAsync(request.Backbone with { Model = name }, cancellationToken).ConfigureAwait(false);
-                backbones.Add(target.Info);
+                if (target.Model.Device == adversarial.device)
+                {
+                    transfer.AddRange(TransferRows(target, originals, adversarial, keptTruth, batch));
+                    continue;
+                }
+
+                // Tensor.to returns the tensor itself on the same device, so only a real move is disposed here.
                 using var moved = adversarial.to(target.Model.Device);
                 using var movedOriginals = originals.to(target.Model.Device);
                 transfer.AddRange(TransferRows(target, movedOriginals, moved, keptTruth, batch));
@@ -168,8 +214,8 @@ internal sealed class AttackExperiment(RobustnessExperiment robustness)
             seconds["total"] = total.Elapsed.TotalSeconds;
             return new AttackReport(
                 attack.Name, source.Name, request.Targets, request.Backbone.Seed, indices.Length, indices,
-                "white box: each variant's own clean prediction; transfer: true labels", Settings(request.Attack, request.Grid),
-                whiteBox, networkAttack.SuccessCount, networkAttack.FailureCount, transfer, backbones, seconds);
+                "white box: each variant's own clean prediction; transfer: true labels", Settings(name, request.Grid),
+                whiteBox, networkAttack.SuccessCount, networkAttack.FailureCount, transfer, [.. prepared.Select(p => p.Info)], seconds);
         }
         finally
         {

@@ -29,24 +29,37 @@ internal static class RobustnessReport
         r.Target, r.Variant, Parameters(r.Theta, r.Lambda), r.Images.ToString(CultureInfo.InvariantCulture), Percent(r.CleanAccuracy), Percent(r.AdversarialAccuracy),
     ];
 
-    public static string AttackMarkdown(AttackReport report)
+    /// <summary>One Markdown document for the attacks of one run: a section per attack, then the shared cache models.</summary>
+    public static string AttackMarkdown(IReadOnlyList<AttackReport> reports)
     {
-        ArgumentNullException.ThrowIfNull(report);
+        ArgumentNullException.ThrowIfNull(reports);
+        if (reports.Count == 0)
+        {
+            throw new ArgumentException("No attack reports.", nameof(reports));
+        }
+
+        var first = reports[0];
         var sb = new StringBuilder();
-        sb.AppendLine(CultureInfo.InvariantCulture, $"# Adversarial robustness: {report.Attack}, source {report.Source}").AppendLine();
-        var settings = string.Join(", ", report.AttackSettings.Select(kv => $"{kv.Key} = {Convert.ToString(kv.Value, CultureInfo.InvariantCulture)}"));
+        sb.AppendLine(CultureInfo.InvariantCulture, $"# Adversarial robustness: {string.Join(", ", reports.Select(r => r.Attack))}, source {first.Source}").AppendLine();
         sb.AppendLine(CultureInfo.InvariantCulture,
-            $"{report.Images} seeded random images (seed {report.Seed}) of the report half of the test set; pixels in [0, 1], perturbations clipped to [0, 1]. Attack settings: {settings}.").AppendLine();
-        sb.AppendLine("## Table 3 — white box: mean ρ_adv = ‖x_adv − x‖₂ / ‖x‖₂").AppendLine();
-        sb.AppendLine("Each variant is attacked with its own gradients and its own clean prediction as the label to change; " +
-            "images it cannot fool are counted under *failed* and left out of the means.").AppendLine();
-        sb.Append(Markdown.Table(WhiteBoxHeader, report.WhiteBox.Select(WhiteBoxCells))).AppendLine();
-        sb.AppendLine("## Tables 2 and 4 — the source network's adversarial images fed to each model").AppendLine();
-        sb.AppendLine(CultureInfo.InvariantCulture,
-            $"The {report.TransferSourceSuccesses} images the attack on the {report.Source} network succeeded on ({report.TransferSourceFailures} failures discarded), classified by the baseline, cache and cache-only models; accuracy against the true labels. The {report.Source} rows are the gray-box setting (Table 2), other targets the transfer setting (Table 4).").AppendLine();
-        sb.Append(Markdown.Table(TransferHeader, report.Transfer.Select(TransferCells))).AppendLine();
-        AppendBackbones(sb, report.Backbones);
-        sb.AppendLine(CultureInfo.InvariantCulture, $"Run time: {string.Join(", ", report.Seconds.Select(kv => $"{kv.Key} {kv.Value:0} s"))}.");
+            $"{first.Images} seeded random images (seed {first.Seed}) of the report half of the test set; pixels in [0, 1], perturbations clipped to [0, 1].").AppendLine();
+        foreach (var report in reports)
+        {
+            var settings = string.Join(", ", report.AttackSettings.Select(kv => $"{kv.Key} = {Convert.ToString(kv.Value, CultureInfo.InvariantCulture)}"));
+            sb.AppendLine(CultureInfo.InvariantCulture, $"## {report.Attack}").AppendLine();
+            sb.AppendLine(CultureInfo.InvariantCulture, $"Attack settings: {settings}.").AppendLine();
+            sb.AppendLine(CultureInfo.InvariantCulture, $"### Table 3 — white box ({report.Attack}): mean ρ_adv = ‖x_adv − x‖₂ / ‖x‖₂").AppendLine();
+            sb.AppendLine("Each variant is attacked with its own gradients and its own clean prediction as the label to change; " +
+                "images it cannot fool are counted under *failed* and left out of the means.").AppendLine();
+            sb.Append(Markdown.Table(WhiteBoxHeader, report.WhiteBox.Select(WhiteBoxCells))).AppendLine();
+            sb.AppendLine(CultureInfo.InvariantCulture, $"### Tables 2 and 4 ({report.Attack}) — the source network's adversarial images fed to each model").AppendLine();
+            sb.AppendLine(CultureInfo.InvariantCulture,
+                $"The {report.TransferSourceSuccesses} images the attack on the {report.Source} network succeeded on ({report.TransferSourceFailures} failures discarded), classified by the baseline, cache and cache-only models; accuracy against the true labels. The {report.Source} rows are the gray-box setting (Table 2), other targets the transfer setting (Table 4).").AppendLine();
+            sb.Append(Markdown.Table(TransferHeader, report.Transfer.Select(TransferCells))).AppendLine();
+            sb.AppendLine(CultureInfo.InvariantCulture, $"Run time: {string.Join(", ", report.Seconds.Select(kv => $"{kv.Key} {kv.Value:0} s"))}.").AppendLine();
+        }
+
+        AppendBackbones(sb, first.Backbones);
         return sb.ToString();
     }
 
@@ -65,7 +78,7 @@ internal static class RobustnessReport
         foreach (var other in report.WhiteBox.Where(r => r.Variant != "baseline"))
         {
             var both = Enumerable.Range(0, baseline.Rho.Count).Where(i => !double.IsNaN(baseline.Rho[i]) && !double.IsNaN(other.Rho[i])).ToArray();
-            var name = $"rho-{other.Variant}-vs-baseline.png";
+            var name = $"rho-{report.Attack}-{other.Variant}-vs-baseline.png";
             PlotWriter.ScatterWithDiagonal(folder.File(name), $"{report.Attack} on {report.Source}: ρ_adv per image", "ρ_adv baseline", $"ρ_adv {other.Variant}",
                 [.. both.Select(i => baseline.Rho[i])], [.. both.Select(i => other.Rho[i])]);
             files.Add(name);
