@@ -92,6 +92,27 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         }
     }
 
+    /// <inheritdoc />
+    public void TuneSearch(int topK, int expansionSearch)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfLessThan(topK, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(expansionSearch, topK, nameof(expansionSearch));
+        _resize.EnterWriteLock(); // waits for running searches; later ones see both new values
+        try
+        {
+            nint error = 0;
+            USearchNative.ChangeExpansionSearch(_index, (nuint)expansionSearch, ref error);
+            USearchNative.Check(error, "change_expansion_search");
+            _options.ExpansionSearch = expansionSearch;
+            _options.TopK = topK;
+        }
+        finally
+        {
+            _resize.ExitWriteLock();
+        }
+    }
+
     /// <summary>Creates an empty memory; <paramref name="options"/> is copied and validated.</summary>
     public static HnswCacheMemory Create(int dimension, int classCount, HnswCacheOptions options)
     {

@@ -15,6 +15,13 @@ public interface IHnswCacheMemory : ICacheMemory
     long NativeMemoryBytes { get; }
 
     /// <summary>
+    /// Changes the search settings — the neighbours summed over (<see cref="HnswCacheOptions.TopK"/>) and the candidate list of the
+    /// graph walk (<see cref="HnswCacheOptions.ExpansionSearch"/>) — without rebuilding the graph. Waits for running queries;
+    /// queries that start afterwards use both new values.
+    /// </summary>
+    void TuneSearch(int topK, int expansionSearch);
+
+    /// <summary>
     /// Serialises the published keys: the native index (USearch's own format: vectors, graph and its metadata) and
     /// the label of each key, taken from one consistent snapshot (an <see cref="ICacheMemory.Add"/> in progress is waited
     /// for). Restore with <see cref="HnswCacheMemoryFactory.Restore(HnswGraphSnapshot, int)"/>.

@@ -161,6 +161,45 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task CompareRetunesOneHnswGraphAndReportsResidentMemory()
+    {
+        var folder = Path.Combine(Path.GetTempPath(), $"scache-compare-{Guid.NewGuid():N}");
+        try
+        {
+            var (code, stdout, stderr) = await Run(null,
+            [
+                "compare", "--model", "resnet20", "--layers", "layer3.2", "--max-train", "1000", "--max-test", "200", "--hnsw-search", "5:16,1000:1000",
+                "--thetas", "30,60", "--lambdas", "0.5", "--data", SharedData.Cifar10, "--weights", Path.Combine(SharedData.Models, "resnet20.safetensors"),
+                "--out", folder, "--json",
+            ]);
+            Assert.True(code == ExitCodes.Success, stderr);
+            var result = SingleJsonObject(stdout).GetProperty("result");
+            Assert.True(result.GetProperty("exactResidentBytes").GetInt64() > 0);
+            var rows = result.GetProperty("rows").EnumerateArray().ToList();
+            Assert.Equal(["RandomProjection", "Hnsw", "Hnsw", "Hnsw"], rows.Select(r => r.GetProperty("provider").GetString()));
+            Assert.Equal([false, false, true, true], rows.Select(r => r.GetProperty("graphReused").GetBoolean()));
+            Assert.Equal([50, 5, 1000], rows.Skip(1).Select(r => r.GetProperty("topK").GetInt32()));
+
+            // Top-k over every key with efSearch = N is exact search: the mixed model agrees with Exact everywhere.
+            Assert.Equal(1.0, rows[3].GetProperty("top1Agreement").GetDouble());
+            Assert.Equal(0.0, rows[3].GetProperty("errorDifferencePoints").GetDouble(), 9);
+            Assert.True(rows[2].GetProperty("meanTotalVariation").GetDouble() > rows[3].GetProperty("meanTotalVariation").GetDouble());
+            Assert.Contains("same graph", File.ReadAllText(Path.Combine(folder, "report.md")));
+
+            var (bad, badOut, _) = await Run(null, ["compare", "--hnsw-search", "50:10", "--json"]);
+            Assert.Equal(ExitCodes.Usage, bad);
+            Assert.Contains("50:10", SingleJsonObject(badOut).GetProperty("error").GetString());
+        }
+        finally
+        {
+            if (Directory.Exists(folder))
+            {
+                Directory.Delete(folder, recursive: true);
+            }
+        }
+    }
+
+    [Fact]
     public async Task EvaluateFromABuiltCacheFileMatchesEvaluatingFromImagesAndCorruptFilesFailNamed()
     {
         var folder = Path.Combine(Path.GetTempPath(), $"scache-cachefile-{Guid.NewGuid():N}");

@@ -22,31 +22,37 @@ internal sealed record ApproximationRow(
     double Top1Agreement,
     double MeanTotalVariation,
     double? RecallAtK,
-    int? TopK);
+    int? TopK,
+    long ResidentBytes,
+    bool GraphReused);
 
 /// <summary>The comparison.</summary>
 internal sealed record ApproximationResult(
     string Model, IReadOnlyList<string> Layers, int Seed, long CacheSize, long KeyDimension, double Theta, double Lambda,
-    double NetworkError, double ExactError, double ExactBuildSeconds, double ExactQueriesPerSecond, IReadOnlyList<ApproximationRow> Rows, double Seconds);
+    double NetworkError, double ExactError, double ExactBuildSeconds, double ExactQueriesPerSecond, long ExactResidentBytes, IReadOnlyList<ApproximationRow> Rows,
+    double Seconds);
 
 /// <summary>
 /// The approximation report: every approximate provider against the exact store on the same keys. θ and λ are searched for the
 /// exact store on the validation half; on the report half each provider is measured at that setting (error, top-1 agreement of
 /// the mixed model with exact, mean total-variation distance of p_mem, recall@k of the retrieved neighbours for HNSW) and at its
-/// own searched setting.
+/// own searched setting. Extra HNSW search settings (top-k, efSearch) are measured on the same graph, without rebuilding it.
+/// Resident memory is the growth of the process working set over each store's build, after full garbage collections.
 /// </summary>
 internal sealed class ApproximationExperiment(ExperimentSession session, Core.CacheProviderSelector providers)
 {
     public async Task<ApproximationResult> RunAsync(
         string modelName, string? weights, string? data, IReadOnlyList<string>? layers, IReadOnlyList<string> compared, int seed,
-        GridSearchOptions grid, int maxLayers, CancellationToken cancellationToken)
+        GridSearchOptions grid, int maxLayers, IReadOnlyList<(int TopK, int ExpansionSearch)> hnswSearches, int? maxTrain, int? maxTest,
+        CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(hnswSearches);
         var watch = Stopwatch.StartNew();
         var exactFactory = providers.Find("Exact");
         var factories = compared.Select(providers.Find).ToList(); // unknown names fail before any work
         using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var test = session.LoadTest(data);
-        var train = session.LoadTrain(data, flips: false);
+        var test = ExperimentSession.Limit(session.LoadTest(data), maxTest, seed);
+        var train = ExperimentSession.Limit(session.LoadTrain(data, flips: false), maxTrain, seed);
         var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
         var classCount = model.Model.ClassCount;
         var candidates = layers ?? LayerChoice.DefaultCandidates(model);
@@ -57,9 +63,11 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
         using var validation = testKeys.Compose(layers, split.First);
         using var report = testKeys.Compose(layers, split.Second);
 
+        var residentBefore = Resident();
         var buildWatch = Stopwatch.StartNew();
         using var exact = CacheEvaluation.Build(exactFactory, trainTable, classCount);
         var exactBuild = buildWatch.Elapsed.TotalSeconds;
+        var exactResident = Resident() - residentBefore;
         var chosen = CacheGridSearch.Search(exact, validation.Keys, validation.Probabilities, validation.Labels, grid, session.BatchSize);
         var (theta, lambda) = (chosen.Theta, chosen.Lambda);
         var (exactMem, exactSeconds) = MemoryProbabilities(exact, report, theta);
@@ -67,15 +75,31 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
         using var exactPrediction = Predictions(exactPMem, report, lambda);
         var exactError = Error(exactPrediction, report);
         var exactQps = report.Count / exactSeconds;
-        session.Progress.Status($"Exact: error {exactError:P2} at θ={theta}, λ={lambda}; {exactQps:0} queries/s");
+        session.Progress.Status($"Exact: error {exactError:P2} at θ={theta}, λ={lambda}; {exactQps:0} queries/s; resident +{exactResident / 1048576.0:0} MiB");
 
         var rows = new List<ApproximationRow>();
         foreach (var factory in factories)
         {
             cancellationToken.ThrowIfCancellationRequested();
+            residentBefore = Resident();
             buildWatch.Restart();
             using var memory = CacheEvaluation.Build(factory, trainTable, classCount);
             var build = buildWatch.Elapsed.TotalSeconds;
+            var resident = Resident() - residentBefore;
+            rows.Add(Measure(factory.Provider, memory, build, resident, graphReused: false));
+            if (memory is IHnswCacheMemory hnsw)
+            {
+                foreach (var (topK, expansion) in hnswSearches)
+                {
+                    cancellationToken.ThrowIfCancellationRequested();
+                    hnsw.TuneSearch(topK, expansion);
+                    rows.Add(Measure(factory.Provider, memory, build, resident, graphReused: true));
+                }
+            }
+        }
+
+        ApproximationRow Measure(string provider, ICacheMemory memory, double build, long resident, bool graphReused)
+        {
             var (approxMem, seconds) = MemoryProbabilities(memory, report, theta);
             using var pMem = approxMem;
             using var prediction = Predictions(pMem, report, lambda);
@@ -92,16 +116,16 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
             }
 
             var error = Error(prediction, report);
-            rows.Add(new ApproximationRow(
-                factory.Provider, Describe(memory), memory.Dimension, build, report.Count / seconds, exactSeconds / seconds, error,
-                (error - exactError) * 100, own.CacheError, own.Theta, own.Lambda, agreement, tvd, recall, topK));
             session.Progress.Status(
-                $"{factory.Provider}: error {error:P2} (Δ {(error - exactError) * 100:+0.00;-0.00} points), agreement {agreement:P2}, TVD {tvd:0.0000}" +
-                (recall is null ? string.Empty : $", recall@{topK} {recall:0.0000}"));
+                $"{provider} ({Describe(memory)}): error {error:P2} (Δ {(error - exactError) * 100:+0.00;-0.00} points), agreement {agreement:P2}, TVD {tvd:0.0000}" +
+                (recall is null ? string.Empty : $", recall@{topK} {recall:0.0000}") + $", {report.Count / seconds:0} queries/s");
+            return new ApproximationRow(
+                provider, Describe(memory), memory.Dimension, build, report.Count / seconds, exactSeconds / seconds, error,
+                (error - exactError) * 100, own.CacheError, own.Theta, own.Lambda, agreement, tvd, recall, topK, resident, graphReused);
         }
 
         return new ApproximationResult(
-            model.Spec.Name, layers, seed, exact.Count, exact.Dimension, theta, lambda, report.NetworkError(), exactError, exactBuild, exactQps, rows,
+            model.Spec.Name, layers, seed, exact.Count, exact.Dimension, theta, lambda, report.NetworkError(), exactError, exactBuild, exactQps, exactResident, rows,
             watch.Elapsed.TotalSeconds);
     }
 
@@ -112,6 +136,16 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
             $"{r.Projection.Kind} {r.Projection.InputDimension}→{r.Projection.OutputDimension}, renormalised={r.Renormalize}, inner={r.Inner.Provider}",
         _ => memory.Provider,
     };
+
+    /// <summary>The process working set after full garbage collections (so freed managed buffers do not count).</summary>
+    private static long Resident()
+    {
+        GC.Collect();
+        GC.WaitForPendingFinalizers();
+        GC.Collect();
+        using var process = Process.GetCurrentProcess();
+        return process.WorkingSet64;
+    }
 
     private (Tensor PMem, double Seconds) MemoryProbabilities(ICacheMemory memory, FeatureTable rows, double theta)
     {
