@@ -43,7 +43,8 @@ internal static class HnswBenchmark
         Console.WriteLine($"USearch {HnswVersion()}; TorchSharp threads {torch.get_num_threads()}");
 
         using var scope = NewDisposeScope();
-        var (keys, labels, queries) = Generate(settings);
+        var (keys, labels, queries, _) = SyntheticKeys.Generate(
+            settings.Keys, settings.Queries, settings.Dimension, settings.Clusters, settings.Classes, settings.Seed);
         Console.WriteLine($"Data generated: resident {Resident()}");
 
         using var services = new ServiceCollection()
@@ -112,31 +113,6 @@ internal static class HnswBenchmark
         Console.WriteLine($"Resident at end:        {Resident()}");
         return 0;
     }
-
-    /// <summary>
-    /// Centres: random unit vectors. Keys: <c>normalise(centre + 0.5·N(0, I)/√d)</c> around a random centre, label =
-    /// cluster mod C. Queries drawn the same way.
-    /// </summary>
-    private static (Tensor Keys, Tensor Labels, Tensor Queries) Generate(Settings settings)
-    {
-        var generator = new Generator((ulong)settings.Seed);
-        var centres = Normalise(randn(settings.Clusters, settings.Dimension, generator: generator));
-        var noise = 0.5 / Math.Sqrt(settings.Dimension);
-
-        Tensor Sample(int count, out Tensor cluster)
-        {
-            cluster = randint(0, settings.Clusters, count, generator: generator);
-            var rows = centres.index_select(0, cluster) + (randn(count, settings.Dimension, generator: generator) * noise);
-            return Normalise(rows).contiguous();
-        }
-
-        var keys = Sample(settings.Keys, out var keyClusters);
-        var labels = keyClusters.remainder(settings.Classes);
-        var queries = Sample(settings.Queries, out _);
-        return (keys, labels, queries);
-    }
-
-    private static Tensor Normalise(Tensor rows) => rows / rows.norm(1, keepdim: true);
 
     /// <summary>Mean |retrieved ∩ exact top-k| / k, exact top-k from blocked matrix products.</summary>
     private static double Recall(HnswCacheMemory memory, Tensor keys, Tensor queries, int k)

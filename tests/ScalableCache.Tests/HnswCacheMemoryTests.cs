@@ -29,6 +29,42 @@ public sealed class HnswCacheMemoryTests
     }
 
     [Fact]
+    public void TuneSearchChangesTopKAndRecallWithoutRebuilding()
+    {
+        var data = HnswTestData.Clustered(7, 2000, 32, 5, clusters: 40);
+        using var memory = Build(data, 5, new HnswCacheOptions { TopK = 10, ExpansionSearch = 10, Connectivity = 4, ExpansionAdd = 16, Threads = 2 });
+        var graphBefore = memory.SaveGraph().Graph;
+        var queries = data.Queries(8, 50);
+        using var q = data.QueriesTensor(queries);
+
+        double Recall(int k)
+        {
+            var retrieved = memory.RetrievedKeys(q);
+            double total = 0;
+            for (var i = 0; i < retrieved.Count; i++)
+            {
+                Assert.Equal(k, retrieved[i].Length);
+                total += HnswTestData.TopK(data.Similarities(queries, i), k).Intersect(retrieved[i].Select(key => (int)key)).Count() / (double)k;
+            }
+
+            return total / retrieved.Count;
+        }
+
+        var narrow = Recall(10);
+        memory.TuneSearch(10, 400);
+        Assert.Equal((10, 400), (memory.Options.TopK, memory.Options.ExpansionSearch));
+        var wide = Recall(10);
+        Assert.True(wide >= narrow, $"recall with efSearch 400 ({wide}) below efSearch 10 ({narrow})");
+        Assert.True(wide > 0.99, $"recall@10 with efSearch 400 is {wide}");
+
+        memory.TuneSearch(25, 400);
+        Assert.True(Recall(25) > 0.95);
+        Assert.Equal(graphBefore, memory.SaveGraph().Graph); // the graph itself is untouched
+        Assert.Throws<ArgumentOutOfRangeException>(() => memory.TuneSearch(50, 20));
+        Assert.Throws<ArgumentOutOfRangeException>(() => memory.TuneSearch(0, 20));
+    }
+
+    [Fact]
     public void RecallIsHighAndLogMassIsExactOverTheRetrievedSet()
     {
         var gen = Gen.Select(Gen.Int[0, 1_000_000], Gen.Int[300, 1500], Gen.Int[0, 2].Select(i => 16 << i), Gen.Int[2, 12], Gen.Int[1, 40]);
