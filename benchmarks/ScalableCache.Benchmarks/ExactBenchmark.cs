@@ -19,7 +19,8 @@ namespace ScalableCache.Benchmarks;
 /// <remarks>
 /// Arguments (all optional): <c>--keys N</c> (50000), <c>--dim d</c> (4096), <c>--queries Q</c> (1000), <c>--classes C</c>
 /// (100), <c>--repeats R</c> (3), <c>--key-block B</c> and <c>--query-block b</c> (the store's defaults),
-/// <c>--storage Float32|Float16</c>, <c>--threads t</c> (libtorch's default: one per core), <c>--seed s</c> (1).
+/// <c>--storage Float32|Float16</c>, <c>--threads t</c> (libtorch's default: one per core), <c>--seed s</c> (1), <c>--device cpu|cuda</c>
+/// (cpu; with cuda the keys live on the GPU, the bare mm runs there too and every timing waits for the device).
 /// </remarks>
 internal static class ExactBenchmark
 {
@@ -66,6 +67,7 @@ internal static class ExactBenchmark
                 o.KeyBlockSize = settings.KeyBlock ?? o.KeyBlockSize;
                 o.QueryBlockSize = settings.QueryBlock ?? o.QueryBlockSize;
                 o.StorageType = settings.Storage;
+                o.Device = settings.Device;
             })
             .BuildServiceProvider();
         ICacheMemoryFactory factory;
@@ -84,7 +86,7 @@ internal static class ExactBenchmark
         var (n, d, q, c) = (settings.Keys, settings.Dimension, settings.Queries, settings.Classes);
         var flops = 2.0 * q * n * d;
         Console.WriteLine(Line(
-            $"Exact benchmark: N={n:N0} keys × d={d:N0}, Q={q:N0} queries, C={c} classes, θ grid of {Grid.Length} ({Grid[0]}…{Grid[^1]}), key block {options.KeyBlockSize}, query block {options.QueryBlockSize}, storage {options.StorageType}, torch threads {get_num_threads()}, {Environment.ProcessorCount} cores"));
+            $"Exact benchmark: N={n:N0} keys × d={d:N0}, Q={q:N0} queries, C={c} classes, θ grid of {Grid.Length} ({Grid[0]}…{Grid[^1]}), key block {options.KeyBlockSize}, query block {options.QueryBlockSize}, storage {options.StorageType}, device {settings.Device ?? "cpu"}, torch threads {get_num_threads()}, {Environment.ProcessorCount} cores"));
 
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
@@ -94,14 +96,18 @@ internal static class ExactBenchmark
         var labels = randint(0, c, [n], dtype: ScalarType.Int64);
         var queries = randn(q, d);
         queries.div_(queries.norm(1, keepdim: true));
-        var keysT = keys.t();
+        var device = ScalableCache.Core.TorchDevices.Resolve(settings.Device);
+        var onDevice = device.type == DeviceType.CUDA;
+        var deviceQueries = onDevice ? queries.to(device) : queries;
+        var keysT = onDevice ? keys.to(device).t() : keys.t();
+        sync = onDevice ? () => cuda.synchronize(device) : null;
 
         using var memory = factory.Create(d, c);
         var addSeconds = Time(() => memory.Add(keys, labels));
         Console.WriteLine(Line($"Add: {addSeconds:F2} s; resident {Mib(Environment.WorkingSet)}"));
 
         // Warm-up, then interleaved repeats so background load hits all three alike.
-        Time(() => mm(queries, keysT).Dispose());
+        Time(() => mm(deviceQueries, keysT).Dispose());
         Time(() => memory.ClassLogMass(queries, Grid).Dispose());
         Time(() => memory.ClassLogMass(queries, Single).Dispose());
         var mmTimes = new List<double>();
@@ -110,7 +116,7 @@ internal static class ExactBenchmark
         long? callExtraBytes = null;
         for (var r = 0; r < settings.Repeats; r++)
         {
-            mmTimes.Add(Time(() => mm(queries, keysT).Dispose()));
+            mmTimes.Add(Time(() => mm(deviceQueries, keysT).Dispose()));
             var start = ResetPeakResident();
             gridTimes.Add(Time(() => memory.ClassLogMass(queries, Grid).Dispose()));
             if (start is { } before && PeakResident() is { } peak)
@@ -157,6 +163,7 @@ internal static class ExactBenchmark
             ["key_block"] = options.KeyBlockSize,
             ["query_block"] = options.QueryBlockSize,
             ["storage"] = options.StorageType.ToString(),
+            ["device"] = settings.Device ?? "cpu",
             ["threads"] = get_num_threads(),
             ["repeats"] = settings.Repeats,
             ["add_s"] = Round(addSeconds),
@@ -219,10 +226,15 @@ internal static class ExactBenchmark
         Console.WriteLine(Line(
             $"{label,-28} {seconds,9:F3} {flops / seconds / 1e9,9:F1}   {string.Join(" ", runs.Select(r => r.ToString("F3", Invariant)))}"));
 
+    /// <summary>Waits for the device's queued work (CUDA), or null on the CPU.</summary>
+    private static Action? sync;
+
     private static double Time(Action action)
     {
+        sync?.Invoke();
         var watch = Stopwatch.StartNew();
         action();
+        sync?.Invoke();
         return watch.Elapsed.TotalSeconds;
     }
 
@@ -272,7 +284,7 @@ internal static class ExactBenchmark
 
     private sealed record Settings(
         int Keys, int Dimension, int Queries, int Classes, int Repeats, int? KeyBlock, int? QueryBlock, ExactStorageType Storage, int? Threads,
-        int Seed)
+        int Seed, string? Device)
     {
         public static Settings Parse(string[] args)
         {
@@ -302,7 +314,8 @@ internal static class ExactBenchmark
                 Int("--query-block"),
                 storage,
                 Int("--threads"),
-                Int("--seed") ?? 1);
+                Int("--seed") ?? 1,
+                Value("--device"));
         }
     }
 }

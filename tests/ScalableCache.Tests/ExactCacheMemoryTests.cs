@@ -29,6 +29,25 @@ public sealed class ExactTensorPathConformanceTests : CacheMemoryConformanceTest
 }
 
 /// <summary>
+/// The exact store with its keys on a CUDA device against the contract (the tensor path, on the GPU). Skipped where CUDA is not
+/// available — the CPU-only build CI uses — and run on a GPU machine with a CUDA libtorch.
+/// </summary>
+public sealed class ExactCudaConformanceTests : CacheMemoryConformanceTests
+{
+    protected override string ExpectedProvider => "Exact";
+
+    protected override ICacheMemory CreateMemory(int dimension, int classCount)
+    {
+        if (!cuda.is_available())
+        {
+            Assert.Skip("No CUDA device in this build or on this machine.");
+        }
+
+        return new ExactCacheMemory(dimension, classCount, CUDA, new ExactCacheOptions { KeyBlockSize = 16, QueryBlockSize = 4 });
+    }
+}
+
+/// <summary>
 /// The exact store with float16 key storage against the contract. Tolerance: a float16 key component carries ≤ 2⁻¹¹
 /// relative rounding, so a unit-vector similarity moves by ≲ 2e-4 and a log-mass by ≲ 2e-4·θ; the check allows
 /// 5e-4 · (1 + θ + |L|).
