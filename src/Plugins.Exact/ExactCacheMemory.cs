@@ -169,7 +169,11 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
                     var take = Math.Min(rows, tail.Capacity - views[^1].Rows);
                     tail.Keys.narrow(0, views[^1].Rows, take).copy_(stored.narrow(0, 0, take));
                     tail.Labels.narrow(0, views[^1].Rows, take).copy_(storedLabels.narrow(0, 0, take));
-                    hostLabels.AsSpan(0, take).CopyTo(tail.HostLabels.AsSpan(views[^1].Rows));
+                    // Only CPU chunks keep a managed label copy (for the fused kernel); CUDA chunks have none.
+                    if (tail.HostLabels is { } tailHost)
+                    {
+                        hostLabels.AsSpan(0, take).CopyTo(tailHost.AsSpan(views[^1].Rows));
+                    }
                     tailRows = views[^1].Rows + take;
                     views[^1] = new ChunkView(tail, tailRows);
                     written = take;
@@ -182,7 +186,10 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
                     fresh = Chunk.Allocate(Math.Max(remaining, growth), Dimension, _storageType, _device);
                     fresh.Keys.narrow(0, 0, remaining).copy_(stored.narrow(0, written, remaining));
                     fresh.Labels.narrow(0, 0, remaining).copy_(storedLabels.narrow(0, written, remaining));
-                    hostLabels.AsSpan(written, remaining).CopyTo(fresh.HostLabels.AsSpan());
+                    if (fresh.HostLabels is { } freshHost)
+                    {
+                        hostLabels.AsSpan(written, remaining).CopyTo(freshHost);
+                    }
                     views.Add(new ChunkView(fresh, remaining));
                 }
 
