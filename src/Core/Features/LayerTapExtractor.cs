@@ -102,6 +102,21 @@ public sealed class LayerTapExtractor : IDisposable
     /// <exception cref="InvalidOperationException">A tapped module did not run exactly once in the pass.</exception>
     public TapResult Extract(Tensor images)
     {
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var (logits, keys) = Forward(images);
+        var probabilities = nn.functional.softmax(logits, 1);
+        return new TapResult(keys.MoveToOuterDisposeScope(), logits.MoveToOuterDisposeScope(), probabilities.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// One forward pass on normalised images <c>[b, C, H, W]</c> under the caller's gradient mode: the logits and the keys
+    /// <c>[b, D]</c>, built as <see cref="Extract"/> builds them, and both in the autograd graph of <paramref name="images"/> when
+    /// gradients are enabled (white-box attacks and Jacobians differentiate through them). Both join the caller's dispose scope.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A tapped module did not run exactly once in the pass.</exception>
+    public (Tensor Logits, Tensor Keys) Forward(Tensor images)
+    {
         ArgumentNullException.ThrowIfNull(images);
         ObjectDisposedException.ThrowIf(_disposed, this);
         Array.Clear(_fired);
@@ -109,7 +124,6 @@ public sealed class LayerTapExtractor : IDisposable
         try
         {
             using var scope = NewDisposeScope();
-            using var noGrad = no_grad();
             var logits = _model.Logits(images);
             var parts = new Tensor[_layers.Length];
             for (var i = 0; i < _layers.Length; i++)
@@ -128,8 +142,7 @@ public sealed class LayerTapExtractor : IDisposable
 
             var keys = parts.Length == 1 ? parts[0] : cat(parts, 1);
             keys = nn.functional.normalize(keys, 2, 1, NormEpsilon);
-            var probabilities = nn.functional.softmax(logits, 1);
-            return new TapResult(keys.MoveToOuterDisposeScope(), logits.MoveToOuterDisposeScope(), probabilities.MoveToOuterDisposeScope());
+            return (logits.MoveToOuterDisposeScope(), keys.MoveToOuterDisposeScope());
         }
         finally
         {
@@ -166,7 +179,8 @@ public sealed class LayerTapExtractor : IDisposable
         _fired[slot]++;
         _captured[slot]?.Dispose();
 
-        // The module's own dispose scope frees its output when its caller's forward returns, so keep an alias outside every scope.
+        // The module's own dispose scope frees its output when its caller's forward returns, so keep an alias outside every
+        // scope. An alias is a view: it keeps the autograd history for Forward's gradients.
         var alias = output.alias();
         alias.DetachFromDisposeScope();
         _captured[slot] = alias;

@@ -1,3 +1,4 @@
+using ScalableCache.Core.Features;
 using ScalableCache.Core.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -39,7 +40,7 @@ public sealed class CacheModel : IDisposable
 {
     private readonly ImageClassifier _network;
     private readonly InputNormalization _normalization;
-    private readonly GradientLayerTap _tap;
+    private readonly LayerTapExtractor _tap;
     private readonly Tensor?[] _classKeys;
     private readonly int _keyBlockSize;
     private bool _disposed;
@@ -104,7 +105,7 @@ public sealed class CacheModel : IDisposable
 
         try
         {
-            _tap = new GradientLayerTap(network, layers);
+            _tap = new LayerTapExtractor(network, layers);
         }
         catch
         {
@@ -145,7 +146,7 @@ public sealed class CacheModel : IDisposable
             return nn.functional.softmax(_network.Logits(x), 1).MoveToOuterDisposeScope();
         }
 
-        var (logits, keys) = _tap.Run(x);
+        var (logits, keys) = _tap.Forward(x);
         var memory = nn.functional.softmax(ClassLogMass(keys, variant.Theta), 1);
         if (variant.Lambda >= 1)
         {
@@ -170,7 +171,7 @@ public sealed class CacheModel : IDisposable
         ArgumentNullException.ThrowIfNull(pixels);
         ObjectDisposedException.ThrowIf(_disposed, this);
         using var scope = NewDisposeScope();
-        var (_, keys) = _tap.Run(Normalize(pixels));
+        var (_, keys) = _tap.Forward(Normalize(pixels));
         return keys.MoveToOuterDisposeScope();
     }
 
