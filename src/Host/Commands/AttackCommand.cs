@@ -65,12 +65,20 @@ internal sealed class AttackCommand : IScacheCommand
                 theta, lambda, cacheOnlyTheta, maxTrain, maxTest);
             var targetNames = CommonOptions.Names(parse.GetValue(targets)) ?? [];
             var folder = ReportFolder.Create(parse.GetValue(output), "attack");
+            object Write(IReadOnlyList<AttackReport> done)
+            {
+                // After every attack, so a stopped run keeps the attacks it finished.
+                folder.WriteText("report.md", RobustnessReport.AttackMarkdown(done));
+                var plots = done.SelectMany(r => RobustnessReport.AttackPlots(folder, r)).ToList();
+                var written = new { reports = done, plots, reportFolder = folder.Path };
+                folder.WriteJson("result.json", written);
+                return written;
+            }
+
             var reports = await services.GetRequiredService<AttackExperiment>().RunAsync(
-                new AttackRequest(names, parse.GetValue(source)!, targetNames, parse.GetValue(images), parse.GetValue(grid), backbone), token).ConfigureAwait(false);
-            folder.WriteText("report.md", RobustnessReport.AttackMarkdown(reports));
-            var plots = reports.SelectMany(r => RobustnessReport.AttackPlots(folder, r)).ToList();
-            var result = new { reports, plots, reportFolder = folder.Path };
-            folder.WriteJson("result.json", result);
+                new AttackRequest(names, parse.GetValue(source)!, targetNames, parse.GetValue(images), parse.GetValue(grid), backbone), token,
+                done => Write([.. done])).ConfigureAwait(false);
+            var result = Write(reports);
             return new CommandOutcome(result, console =>
             {
                 foreach (var report in reports)

@@ -98,9 +98,11 @@ internal sealed class AttackExperiment(RobustnessExperiment robustness)
 
     /// <summary>
     /// Runs every attack of <paramref name="request"/> in order. The source and target caches are built once and shared by all
-    /// attacks, so several attacks cost one setup; each attack gets its own report.
+    /// attacks, so several attacks cost one setup; each attack gets its own report. <paramref name="completed"/>, when given, receives
+    /// the reports so far after each attack, so a long run that is stopped keeps what it finished.
     /// </summary>
-    public async Task<IReadOnlyList<AttackReport>> RunAsync(AttackRequest request, CancellationToken cancellationToken)
+    public async Task<IReadOnlyList<AttackReport>> RunAsync(
+        AttackRequest request, CancellationToken cancellationToken, Action<IReadOnlyList<AttackReport>>? completed = null)
     {
         ArgumentNullException.ThrowIfNull(request);
         if (request.Attacks.Count == 0)
@@ -132,6 +134,7 @@ internal sealed class AttackExperiment(RobustnessExperiment robustness)
             {
                 var report = RunOne(request, name, attack, prepared, indices, cleanPixels, truth, cancellationToken);
                 reports.Add(report with { Seconds = new Dictionary<string, double>(report.Seconds) { ["setup (shared)"] = setupSeconds } });
+                completed?.Invoke(reports);
             }
 
             return reports;
