@@ -22,7 +22,7 @@ namespace ScalableCache.Benchmarks;
 /// 0.125), <c>--topk k</c> (50), <c>--ef efSearch</c> (128), <c>--efc efConstruction</c> (128), <c>--m M</c> (16),
 /// <c>--seed s</c> (1), <c>--stores a,b</c> (Exact,RandomProjection,Hnsw,RandomProjection+Hnsw; Exact always runs).
 /// </remarks>
-internal static partial class StoresBenchmark
+internal static class StoresBenchmark
 {
     /// <summary>Name of this benchmark in the dispatcher.</summary>
     public const string Name = "stores";
@@ -213,30 +213,7 @@ internal static partial class StoresBenchmark
 
     private static string Optional(double? value, string format) => value is { } v ? v.ToString(format, Invariant) : "–";
 
-    /// <summary>
-    /// The process working set after full garbage collections and, on glibc, <c>malloc_trim(0)</c>: without the trim, memory a
-    /// disposed store freed stays in the allocator and the next store's growth would not show in the resident set.
-    /// </summary>
-    private static long Resident()
-    {
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        GC.Collect();
-        if (OperatingSystem.IsLinux())
-        {
-            try
-            {
-                _ = NativeMethods.MallocTrim(0);
-            }
-            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
-            {
-                // Not glibc: the resident set is read as it is.
-            }
-        }
-
-        using var process = Process.GetCurrentProcess();
-        return process.WorkingSet64;
-    }
+    private static long Resident() => ProcessMemory.ResidentBytes();
 
     private static string Mib(long bytes) => string.Create(Invariant, $"{bytes / 1048576.0:F1} MiB");
 
@@ -286,11 +263,5 @@ internal static partial class StoresBenchmark
                 Real("--ratio", RandomProjectionCacheOptions.DefaultRatio), topK, Int("--ef", 128, 1), Int("--efc", 128, 1), Int("--m", 16, 2),
                 Int("--seed", 1, 0), stores);
         }
-    }
-
-    private static partial class NativeMethods
-    {
-        [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "malloc_trim")]
-        public static partial int MallocTrim(nuint pad);
     }
 }

@@ -137,15 +137,7 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
         _ => memory.Provider,
     };
 
-    /// <summary>The process working set after full garbage collections (so freed managed buffers do not count).</summary>
-    private static long Resident()
-    {
-        GC.Collect();
-        GC.WaitForPendingFinalizers();
-        GC.Collect();
-        using var process = Process.GetCurrentProcess();
-        return process.WorkingSet64;
-    }
+    private static long Resident() => ProcessMemory.ResidentBytes();
 
     private (Tensor PMem, double Seconds) MemoryProbabilities(ICacheMemory memory, FeatureTable rows, double theta)
     {
