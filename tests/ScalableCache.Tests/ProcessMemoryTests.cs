@@ -23,7 +23,7 @@ public sealed class ProcessMemoryTests
         }
 
         var after = ProcessMemory.ResidentBytes();
-        Assert.InRange(during - before, (long)(0.9 * bytes), (long)(1.5 * bytes));
-        Assert.True(during - after > 0.9 * bytes, $"resident fell by {(during - after) / 1048576.0:F0} MiB after the tensor was freed");
+        Assert.InRange(during - before, (long)(0.75 * bytes), (long)(1.5 * bytes)); // slack: the runtime may free memory of its own meanwhile
+        Assert.True(during - after > 0.75 * bytes, $"resident fell by {(during - after) / 1048576.0:F0} MiB after the tensor was freed");
     }
 }
