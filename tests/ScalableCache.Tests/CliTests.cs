@@ -184,7 +184,7 @@ public sealed class CliTests
             var rows = result.GetProperty("rows").EnumerateArray().ToList();
             Assert.Equal(["RandomProjection", "Hnsw", "Hnsw", "Hnsw"], rows.Select(r => r.GetProperty("provider").GetString()));
             Assert.Equal([false, false, true, true], rows.Select(r => r.GetProperty("graphReused").GetBoolean()));
-            Assert.Equal([50, 5, 1000], rows.Skip(1).Select(r => r.GetProperty("topK").GetInt32()));
+            Assert.Equal([100, 5, 1000], rows.Skip(1).Select(r => r.GetProperty("topK").GetInt32()));
 
             // Top-k over every key with efSearch = N is exact search: the mixed model agrees with Exact everywhere.
             Assert.Equal(1.0, rows[3].GetProperty("top1Agreement").GetDouble());

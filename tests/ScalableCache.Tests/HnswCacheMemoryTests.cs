@@ -32,7 +32,7 @@ public sealed class HnswCacheMemoryTests
     public void TuneSearchChangesTopKAndRecallWithoutRebuilding()
     {
         var data = HnswTestData.Clustered(7, 2000, 32, 5, clusters: 40);
-        using var memory = Build(data, 5, new HnswCacheOptions { TopK = 10, ExpansionSearch = 10, Connectivity = 4, ExpansionAdd = 16, Threads = 2 });
+        using var memory = Build(data, 5, new HnswCacheOptions { TopK = 10, ExpansionSearch = 10, Connectivity = 4, ExpansionAdd = 16, Threads = 1 });
         var graphBefore = memory.SaveGraph().Graph;
         var queries = data.Queries(8, 50);
         using var q = data.QueriesTensor(queries);
@@ -54,8 +54,8 @@ public sealed class HnswCacheMemoryTests
         memory.TuneSearch(10, 400);
         Assert.Equal((10, 400), (memory.Options.TopK, memory.Options.ExpansionSearch));
         var wide = Recall(10);
-        Assert.True(wide >= narrow, $"recall with efSearch 400 ({wide}) below efSearch 10 ({narrow})");
-        Assert.True(wide > 0.99, $"recall@10 with efSearch 400 is {wide}");
+        Assert.True(wide > narrow, $"recall with efSearch 400 ({wide}) not above efSearch 10 ({narrow})");
+        Assert.True(wide >= 0.97, $"recall@10 with efSearch 400 is {wide}");
 
         memory.TuneSearch(25, 400);
         Assert.True(Recall(25) > 0.95);
