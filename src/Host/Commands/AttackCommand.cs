@@ -33,24 +33,13 @@ internal sealed class AttackCommand : IScacheCommand
         {
             Description = "Grid size of the attack: ε values (fgsm 1000, ifgsm 100), σ values (blur 1000) or pixels tried (pixel 1000).",
         };
-        var data = CommonOptions.Data();
-        var output = CommonOptions.Out();
-        var seed = CommonOptions.Seed();
-        var layers = CommonOptions.Layers();
-        var candidates = CommonOptions.Candidates();
-        var maxLayers = CommonOptions.MaxLayers();
-        var thetas = CommonOptions.Thetas();
-        var lambdas = CommonOptions.Lambdas();
-        var maxTrain = CommonOptions.MaxTrain();
-        var maxTest = CommonOptions.MaxTest();
-        var theta = new Option<double?>("--theta") { Description = "Fixed θ of the cache model (with --lambda); omit both to search them on the validation half." };
-        var lambda = new Option<double?>("--lambda") { Description = "Fixed λ of the cache model (with --theta)." };
-        var cacheOnlyTheta = new Option<double?>("--cache-only-theta") { Description = "Fixed θ of the cache-only model; omitted: searched on the validation half." };
+        var shared = new RobustnessOptions();
 
         Definition = new Command("attack", "Tables 2–4: adversarial attacks (Foolbox 1 semantics) on the baseline, cache and cache-only models: white-box ρ_adv and accuracy on transferred adversarial images.")
         {
-            attack, source, targets, images, grid, data, output, seed, layers, candidates, maxLayers, thetas, lambdas, theta, lambda, cacheOnlyTheta, maxTrain, maxTest,
+            attack, source, targets, images, grid,
         };
+        shared.AddTo(Definition);
         Definition.SetAction((parse, ct) => runner.RunAsync("attack", async token =>
         {
             var names = ParseAttacks(parse.GetValue(attack)!);
@@ -61,25 +50,23 @@ internal sealed class AttackCommand : IScacheCommand
             }
 
             var session = services.GetRequiredService<ExperimentSession>();
-            var backbone = RobustnessOptions.Backbone(parse, session, parse.GetValue(source)!, data, layers, candidates, maxLayers, seed, thetas, lambdas,
-                theta, lambda, cacheOnlyTheta, maxTrain, maxTest);
+            var backbone = shared.Request(parse, session, parse.GetValue(source)!);
             var targetNames = CommonOptions.Names(parse.GetValue(targets)) ?? [];
-            var folder = ReportFolder.Create(parse.GetValue(output), "attack");
-            object Write(IReadOnlyList<AttackReport> done)
-            {
-                // After every attack, so a stopped run keeps the attacks it finished.
-                folder.WriteText("report.md", RobustnessReport.AttackMarkdown(done));
-                var plots = done.SelectMany(r => RobustnessReport.AttackPlots(folder, r)).ToList();
-                var written = new { reports = done, plots, reportFolder = folder.Path };
-                folder.WriteJson("result.json", written);
-                return written;
-            }
-
+            var folder = ReportFolder.Create(parse.GetValue(shared.Output), "attack");
+            var plots = new List<string>();
+            object? result = null;
             var reports = await services.GetRequiredService<AttackExperiment>().RunAsync(
                 new AttackRequest(names, parse.GetValue(source)!, targetNames, parse.GetValue(images), parse.GetValue(grid), backbone), token,
-                done => Write([.. done])).ConfigureAwait(false);
-            var result = Write(reports);
-            return new CommandOutcome(result, console =>
+                done =>
+                {
+                    // After every attack (the last included), so a stopped run keeps the attacks it finished.
+                    plots.AddRange(RobustnessReport.AttackPlots(folder, done[^1]));
+                    var finished = done.ToList();
+                    folder.WriteText("report.md", RobustnessReport.AttackMarkdown(finished));
+                    result = new { reports = finished, plots = plots.ToList(), reportFolder = folder.Path };
+                    folder.WriteJson("result.json", result);
+                }).ConfigureAwait(false);
+            return new CommandOutcome(result!, console =>
             {
                 foreach (var report in reports)
                 {
@@ -130,35 +117,5 @@ internal sealed class AttackCommand : IScacheCommand
         console.Write(white);
         console.MarkupLineInterpolated($"Adversarial images of the {report.Source} network fed to each model (Tables 2 and 4):");
         console.Write(transfer);
-    }
-}
-
-/// <summary>Turns the shared cache-setup flags of the robustness commands into a <see cref="RobustnessRequest"/>.</summary>
-internal static class RobustnessOptions
-{
-    public static RobustnessRequest Backbone(
-        ParseResult parse, ExperimentSession session, string model, Option<string?> data, Option<string?> layers, Option<string?> candidates,
-        Option<int> maxLayers, Option<int> seed, Option<string?> thetas, Option<string?> lambdas, Option<double?> theta, Option<double?> lambda,
-        Option<double?> cacheOnlyTheta, Option<int?> maxTrain, Option<int?> maxTest)
-    {
-        ArgumentNullException.ThrowIfNull(parse);
-        ArgumentNullException.ThrowIfNull(session);
-        var fixedTheta = parse.GetValue(theta);
-        var fixedLambda = parse.GetValue(lambda);
-        var fixedCacheOnly = parse.GetValue(cacheOnlyTheta);
-        if (fixedTheta.HasValue != fixedLambda.HasValue)
-        {
-            throw new UsageException("Give --theta and --lambda together, or neither to search them.");
-        }
-
-        if (fixedLambda is < 0 or > 1 || fixedTheta is <= 0 || fixedCacheOnly is <= 0)
-        {
-            throw new UsageException("--lambda must lie in [0, 1]; --theta and --cache-only-theta must be positive.");
-        }
-
-        var grid = session.Grid(parse, thetas, lambdas);
-        return new RobustnessRequest(
-            model, parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)), CommonOptions.Names(parse.GetValue(candidates)), parse.GetValue(maxLayers),
-            parse.GetValue(seed), grid, fixedTheta, fixedLambda, fixedCacheOnly, parse.GetValue(maxTrain), parse.GetValue(maxTest));
     }
 }

@@ -15,24 +15,13 @@ internal sealed class JacobianCommand : IScacheCommand
         var model = CommonOptions.Model();
         var images = new Option<int>("--images", "-n") { Description = "Seeded random images of the report half of the test set.", DefaultValueFactory = _ => 100 };
         var batch = new Option<int>("--batch") { Description = "Images per Jacobian pass (C backward passes each).", DefaultValueFactory = _ => 16 };
-        var data = CommonOptions.Data();
-        var output = CommonOptions.Out();
-        var seed = CommonOptions.Seed();
-        var layers = CommonOptions.Layers();
-        var candidates = CommonOptions.Candidates();
-        var maxLayers = CommonOptions.MaxLayers();
-        var thetas = CommonOptions.Thetas();
-        var lambdas = CommonOptions.Lambdas();
-        var maxTrain = CommonOptions.MaxTrain();
-        var maxTest = CommonOptions.MaxTest();
-        var theta = new Option<double?>("--theta") { Description = "Fixed θ of the cache model (with --lambda); omit both to search them on the validation half." };
-        var lambda = new Option<double?>("--lambda") { Description = "Fixed λ of the cache model (with --theta)." };
-        var cacheOnlyTheta = new Option<double?>("--cache-only-theta") { Description = "Fixed θ of the cache-only model; omitted: searched on the validation half." };
+        var shared = new RobustnessOptions();
 
         Definition = new Command("jacobian", "Figure 4: ‖∂p(·|x)/∂x‖_F and the singular values of the input Jacobian for the baseline, cache and cache-only models.")
         {
-            model, images, batch, data, output, seed, layers, candidates, maxLayers, thetas, lambdas, theta, lambda, cacheOnlyTheta, maxTrain, maxTest,
+            model, images, batch,
         };
+        shared.AddTo(Definition);
         Definition.SetAction((parse, ct) => runner.RunAsync("jacobian", async token =>
         {
             if (parse.GetValue(batch) < 1)
@@ -41,9 +30,8 @@ internal sealed class JacobianCommand : IScacheCommand
             }
 
             var session = services.GetRequiredService<ExperimentSession>();
-            var backbone = RobustnessOptions.Backbone(parse, session, parse.GetValue(model)!, data, layers, candidates, maxLayers, seed, thetas, lambdas,
-                theta, lambda, cacheOnlyTheta, maxTrain, maxTest);
-            var folder = ReportFolder.Create(parse.GetValue(output), "jacobian");
+            var backbone = shared.Request(parse, session, parse.GetValue(model)!);
+            var folder = ReportFolder.Create(parse.GetValue(shared.Output), "jacobian");
             var report = await services.GetRequiredService<JacobianExperiment>().RunAsync(backbone, parse.GetValue(images), parse.GetValue(batch), token)
                 .ConfigureAwait(false);
             folder.WriteText("report.md", RobustnessReport.JacobianMarkdown(report));

@@ -99,7 +99,7 @@ internal sealed class AttackExperiment(RobustnessExperiment robustness)
     /// <summary>
     /// Runs every attack of <paramref name="request"/> in order. The source and target caches are built once and shared by all
     /// attacks, so several attacks cost one setup; each attack gets its own report. <paramref name="completed"/>, when given, receives
-    /// the reports so far after each attack, so a long run that is stopped keeps what it finished.
+    /// the reports so far after each attack, the last one included, so a long run that is stopped keeps what it finished.
     /// </summary>
     public async Task<IReadOnlyList<AttackReport>> RunAsync(
         AttackRequest request, CancellationToken cancellationToken, Action<IReadOnlyList<AttackReport>>? completed = null)
