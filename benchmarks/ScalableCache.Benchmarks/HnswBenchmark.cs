@@ -106,34 +106,12 @@ internal static class HnswBenchmark
         Console.WriteLine($"HNSW / Exact throughput: ×{exactSeconds / hnswSeconds:F2}");
 
         // Quality: recall@k of the retrieved ids against exact top-k, and top-1 class agreement with the exact log-mass.
-        var recall = Recall((HnswCacheMemory)hnsw, keys, queries, settings.TopK);
+        var recall = HnswRecall.AtK(hnsw, queries, keys, settings.TopK);
         var agree = hnswLogMass[0].argmax(1).eq(exactLogMass[0].argmax(1)).to_type(ScalarType.Float32).mean().item<float>();
         Console.WriteLine($"Recall@{settings.TopK}:              {recall:F4}");
         Console.WriteLine($"Top-1 class agreement with Exact: {agree:F4}");
         Console.WriteLine($"Resident at end:        {Resident()}");
         return 0;
-    }
-
-    /// <summary>Mean |retrieved ∩ exact top-k| / k, exact top-k from blocked matrix products.</summary>
-    private static double Recall(HnswCacheMemory memory, Tensor keys, Tensor queries, int k)
-    {
-        using var scope = NewDisposeScope();
-        var neighbours = memory.Neighbours(queries);
-        double total = 0;
-        const int block = 64;
-        var keysT = keys.t();
-        for (var start = 0; start < queries.shape[0]; start += block)
-        {
-            var rows = (int)Math.Min(block, queries.shape[0] - start);
-            var top = queries.narrow(0, start, rows).mm(keysT).topk(k, dim: 1).indexes.data<long>().ToArray();
-            for (var i = 0; i < rows; i++)
-            {
-                var exact = new HashSet<long>(top.AsSpan(i * k, k).ToArray());
-                total += neighbours[start + i].Keys.Count(key => exact.Contains((long)key)) / (double)k;
-            }
-        }
-
-        return total / queries.shape[0];
     }
 
     /// <summary>Wall-clock seconds of <paramref name="action"/>; also prints the process CPU seconds it used (other load skews wall time).</summary>

@@ -170,7 +170,7 @@ internal static class StoresBenchmark
 
             if (memory is IHnswCacheMemory hnsw)
             {
-                recall = Recall(hnsw, keys, queries, settings.TopK);
+                recall = HnswRecall.AtK(hnsw, queries, keys, settings.TopK);
             }
 
             var qps = settings.Queries / seconds;
@@ -188,28 +188,6 @@ internal static class StoresBenchmark
 
     /// <summary>p_mem from per-class log-masses (classes with no mass, −∞, get 0).</summary>
     private static Tensor Probabilities(Tensor logMass) => logMass.to_type(ScalarType.Float64).softmax(1);
-
-    /// <summary>Mean |retrieved ∩ exact top-k| / k, the exact top-k from blocked matrix products.</summary>
-    private static double Recall(IHnswCacheMemory memory, Tensor keys, Tensor queries, int k)
-    {
-        double total = 0;
-        var keysT = keys.t();
-        for (long start = 0; start < queries.shape[0]; start += 64)
-        {
-            using var scope = NewDisposeScope();
-            var n = Math.Min(64, queries.shape[0] - start);
-            var block = queries.narrow(0, start, n);
-            var top = block.mm(keysT).topk(k, 1).indexes.data<long>().ToArray();
-            var retrieved = memory.RetrievedKeys(block);
-            for (var q = 0; q < n; q++)
-            {
-                var truth = new HashSet<long>(top.Skip(q * k).Take(k));
-                total += retrieved[q].Count(truth.Contains) / (double)k;
-            }
-        }
-
-        return total / queries.shape[0];
-    }
 
     private static string Optional(double? value, string format) => value is { } v ? v.ToString(format, Invariant) : "–";
 

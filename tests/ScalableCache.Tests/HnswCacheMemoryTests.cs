@@ -54,6 +54,11 @@ public sealed class HnswCacheMemoryTests
         memory.TuneSearch(10, 400);
         Assert.Equal((10, 400), (memory.Options.TopK, memory.Options.ExpansionSearch));
         var wide = Recall(10);
+        using (var keys = data.KeysTensor())
+        {
+            Assert.Equal(wide, HnswRecall.AtK(memory, q, keys, 10), 12); // the library's measure agrees with this test's own
+        }
+
         Assert.True(wide > narrow, $"recall with efSearch 400 ({wide}) not above efSearch 10 ({narrow})");
         Assert.True(wide >= 0.97, $"recall@10 with efSearch 400 is {wide}");
 

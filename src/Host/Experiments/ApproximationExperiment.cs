@@ -112,7 +112,7 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
             if (memory is IHnswCacheMemory hnsw)
             {
                 topK = hnsw.Options.TopK;
-                recall = Recall(hnsw, report.Keys, trainTable.Keys, topK.Value);
+                recall = HnswRecall.AtK(hnsw, report.Keys, trainTable.Keys, topK.Value);
             }
 
             var error = Error(prediction, report);
@@ -169,28 +169,5 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
     {
         using var scope = NewDisposeScope();
         return predictions.ne(rows.Labels).sum().item<long>() / (double)rows.Count;
-    }
-
-    /// <summary>Mean fraction of the exact top-k neighbours that HNSW retrieves.</summary>
-    private static double Recall(IHnswCacheMemory memory, Tensor queries, Tensor keys, int k)
-    {
-        double total = 0;
-        var keysT = keys.t();
-        for (long start = 0; start < queries.shape[0]; start += 256)
-        {
-            using var scope = NewDisposeScope();
-            var n = Math.Min(256, queries.shape[0] - start);
-            var block = queries.narrow(0, start, n);
-            var exactTop = block.mm(keysT).topk((int)Math.Min(k, keys.shape[0]), 1).indexes.data<long>().ToArray();
-            var retrieved = memory.RetrievedKeys(block);
-            var width = (int)Math.Min(k, keys.shape[0]);
-            for (var q = 0; q < n; q++)
-            {
-                var truth = new HashSet<long>(exactTop.Skip(q * width).Take(width));
-                total += retrieved[q].Count(truth.Contains) / (double)width;
-            }
-        }
-
-        return total / queries.shape[0];
     }
 }
