@@ -7,6 +7,8 @@ using ScalableCache.Exact;
 using TorchSharp;
 using static TorchSharp.torch;
 
+using static ScalableCache.Benchmarks.BenchmarkText;
+
 namespace ScalableCache.Benchmarks;
 
 /// <summary>
@@ -278,7 +280,6 @@ internal static class ExactBenchmark
 
     private static double Round(double value) => Math.Round(value, 4);
 
-    private static string Mib(long bytes) => string.Create(Invariant, $"{bytes / 1048576.0:F1} MiB");
 
     private static string Line(FormattableString text) => text.ToString(Invariant);
 
@@ -288,11 +289,7 @@ internal static class ExactBenchmark
     {
         public static Settings Parse(string[] args)
         {
-            string? Value(string name)
-            {
-                var i = Array.IndexOf(args, name);
-                return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-            }
+            string? Value(string name) => BenchmarkText.ArgValue(args, name);
 
             int? Int(string name) => Value(name) is { } v
                 ? int.TryParse(v, NumberStyles.Integer, Invariant, out var parsed) ? parsed : throw new FormatException($"{name} expects an integer, got '{v}'.")

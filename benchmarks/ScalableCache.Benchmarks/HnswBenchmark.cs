@@ -6,6 +6,8 @@ using ScalableCache.Hnsw;
 using TorchSharp;
 using static TorchSharp.torch;
 
+using static ScalableCache.Benchmarks.BenchmarkText;
+
 namespace ScalableCache.Benchmarks;
 
 /// <summary>
@@ -127,7 +129,6 @@ internal static class HnswBenchmark
         return wall;
     }
 
-    private static string Mib(long bytes) => string.Create(Invariant, $"{bytes / (1024.0 * 1024.0):F1} MiB");
 
     private static string Resident() => Mib(Environment.WorkingSet);
 
@@ -139,11 +140,7 @@ internal static class HnswBenchmark
     {
         public static Settings Parse(string[] args)
         {
-            string? Value(string name)
-            {
-                var i = Array.IndexOf(args, name);
-                return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-            }
+            string? Value(string name) => BenchmarkText.ArgValue(args, name);
 
             int Int(string name, int fallback) => Value(name) is { } v ? int.Parse(v, Invariant) : fallback;
 

@@ -200,11 +200,7 @@ internal static class RandomProjectionBenchmark
     {
         public static Settings Parse(string[] args)
         {
-            string? Value(string name)
-            {
-                var i = Array.IndexOf(args, name);
-                return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-            }
+            string? Value(string name) => BenchmarkText.ArgValue(args, name);
 
             int Int(string name, int fallback) => Value(name) is { } v
                 ? int.TryParse(v, NumberStyles.Integer, Invariant, out var parsed) ? parsed : throw new FormatException($"{name} expects an integer, got '{v}'.")

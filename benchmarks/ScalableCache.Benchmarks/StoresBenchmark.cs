@@ -7,6 +7,8 @@ using ScalableCache.RandomProjection;
 using TorchSharp;
 using static TorchSharp.torch;
 
+using static ScalableCache.Benchmarks.BenchmarkText;
+
 namespace ScalableCache.Benchmarks;
 
 /// <summary>
@@ -193,7 +195,6 @@ internal static class StoresBenchmark
 
     private static long Resident() => ProcessMemory.ResidentBytes();
 
-    private static string Mib(long bytes) => string.Create(Invariant, $"{bytes / 1048576.0:F1} MiB");
 
     private sealed record Measurement(
         string Store, double BuildSeconds, double BuildCpuSeconds, long ResidentBytes, double QueriesPerSecond, double Error, double? Agreement,
@@ -205,11 +206,7 @@ internal static class StoresBenchmark
     {
         public static Settings Parse(string[] args)
         {
-            string? Value(string name)
-            {
-                var i = Array.IndexOf(args, name);
-                return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
-            }
+            string? Value(string name) => BenchmarkText.ArgValue(args, name);
 
             int Int(string name, int fallback, int min) =>
                 Value(name) is not { } v ? fallback
