@@ -33,15 +33,17 @@ public static class LogMass
         return p.MoveToOuterDisposeScope();
     }
 
-    /// <summary>Exact merge of two shards of one cache: element-wise log-add-exp, with −∞ ⊕ −∞ = −∞.</summary>
+    /// <summary>Exact merge of two shards of one cache: element-wise log-add-exp, with −∞ ⊕ −∞ = −∞. Differentiable.</summary>
     public static Tensor Merge(Tensor a, Tensor b)
     {
         ArgumentNullException.ThrowIfNull(a);
         ArgumentNullException.ThrowIfNull(b);
         using var scope = NewDisposeScope();
         var m = maximum(a, b);
+        var absent = isneginf(m);
         var safe = where(isfinite(m), m, zeros_like(m));
-        var r = safe + ((a - safe).exp() + (b - safe).exp()).log();
-        return where(isneginf(m), m, r).MoveToOuterDisposeScope();
+        var sum = (a - safe).exp() + (b - safe).exp();
+        var r = safe + where(absent, ones_like(sum), sum).log(); // no log(0) where both are −∞: zero, not NaN, gradients
+        return where(absent, m, r).MoveToOuterDisposeScope();
     }
 }

@@ -24,11 +24,23 @@ public sealed class CacheProviderSelector
     /// <summary>Registered provider names.</summary>
     public IReadOnlyList<string> Registered => _factories.Select(f => f.Provider).ToList();
 
+    /// <summary>The registered factories, in registration order.</summary>
+    public IReadOnlyList<ICacheMemoryFactory> Factories => _factories;
+
     /// <summary>The factory registered under <paramref name="provider"/>, or an error listing the registered names.</summary>
-    public ICacheMemoryFactory Find(string provider)
+    public ICacheMemoryFactory Find(string provider) => Find(_factories, provider);
+
+    /// <summary>
+    /// The provider lookup every caller shares: the factory of <paramref name="factories"/> named <paramref name="provider"/>
+    /// (case-insensitively; the last registration wins).
+    /// </summary>
+    /// <exception cref="UnknownProviderException">None is; the message lists the registered names.</exception>
+    public static ICacheMemoryFactory Find(IReadOnlyList<ICacheMemoryFactory> factories, string provider)
     {
-        var match = _factories.LastOrDefault(f => string.Equals(f.Provider, provider, StringComparison.OrdinalIgnoreCase));
-        return match ?? throw new UnknownProviderException(provider, Registered);
+        ArgumentNullException.ThrowIfNull(factories);
+        ArgumentNullException.ThrowIfNull(provider);
+        var match = factories.LastOrDefault(f => string.Equals(f.Provider, provider, StringComparison.OrdinalIgnoreCase));
+        return match ?? throw new UnknownProviderException(provider, [.. factories.Select(f => f.Provider)]);
     }
 }
 

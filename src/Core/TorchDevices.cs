@@ -44,6 +44,13 @@ public static class TorchDevices
 
         throw new ArgumentException($"Device '{name}' is not valid: use cpu, cuda or cuda:N.", nameof(name));
     }
+
+    /// <summary>The device <paramref name="module"/>'s parameters live on (CPU for a parameterless module).</summary>
+    public static torch.Device ParameterDevice(this torch.nn.Module module)
+    {
+        ArgumentNullException.ThrowIfNull(module);
+        return module.parameters().Select(p => p.device).FirstOrDefault() ?? torch.CPU;
+    }
 }
 
 /// <summary>The configured device exists in name but not in this build or on this machine.</summary>

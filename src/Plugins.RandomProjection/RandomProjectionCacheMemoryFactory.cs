@@ -126,9 +126,7 @@ public sealed partial class RandomProjectionCacheMemoryFactory : ICacheMemoryFac
             .ToList();
         try
         {
-            // The selector resolves its configured provider on construction: that is the lookup (and its error) we want.
-            var selector = new CacheProviderSelector(candidates, Microsoft.Extensions.Options.Options.Create(new CacheOptions { Provider = name }));
-            return selector.Selected;
+            return CacheProviderSelector.Find(candidates, name);
         }
         catch (UnknownProviderException e)
         {

@@ -111,10 +111,10 @@ public sealed class PersistenceFailureTests : IDisposable
     [Fact]
     public void FutureVersionNeedsANewerReader()
     {
-        // Header body: digest then a MessagePack array (array 16: DC 00 13) of magic (A6 "scache"), version, minimum reader version.
+        // Header body: digest then a MessagePack array (array 16: DC 00 14, twenty keys) of magic (A6 "scache"), version, minimum reader version.
         var future = (byte[])_bytes.Clone();
         const int body = 8 + 5 + 32;
-        Assert.Equal([0xDC, 0x00, 0x13, 0xA6, .. "scache"u8, 0x01, 0x01], future[body..(body + 12)]);
+        Assert.Equal([0xDC, 0x00, 0x14, 0xA6, .. "scache"u8, 0x01, 0x01], future[body..(body + 12)]);
         future[body + 10] = 0x02;
         future[body + 11] = 0x02;
         var length = (int)BinaryPrimitives.ReadUInt32BigEndian(future.AsSpan(9, 4)) - 32;

@@ -1,3 +1,4 @@
+using System.Globalization;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -32,6 +33,37 @@ public sealed record CacheEvaluationResult(
     bool Searched,
     GridSearchResult Grid);
 
+/// <summary>θ and λ chosen for a cache on validation queries (Orhan 2018, §2), with the cache-only model's θ.</summary>
+/// <param name="Theta">θ of the cache model, chosen (or given).</param>
+/// <param name="Lambda">λ of the cache model, chosen (or given).</param>
+/// <param name="CacheOnlyTheta">θ chosen for λ = 1.</param>
+/// <param name="ValidationBaselineError">Network alone on the validation queries.</param>
+/// <param name="ValidationCacheError">Cache model at (θ, λ) on the validation queries.</param>
+/// <param name="ValidationCacheOnlyError">Cache-only model at its θ on the validation queries.</param>
+/// <param name="ThetaAtGridEdge">The chosen θ is the smallest or largest of the grid: widen the grid.</param>
+/// <param name="CacheOnlyThetaAtGridEdge">Likewise for the cache-only θ.</param>
+/// <param name="Searched">Whether θ and λ were searched (false when given).</param>
+/// <param name="Grid">The validation error grid: θ rows × λ columns (λ = 1 is the last column).</param>
+public sealed record CacheTuning(
+    double Theta,
+    double Lambda,
+    double CacheOnlyTheta,
+    double ValidationBaselineError,
+    double ValidationCacheError,
+    double ValidationCacheOnlyError,
+    bool ThetaAtGridEdge,
+    bool CacheOnlyThetaAtGridEdge,
+    bool Searched,
+    GridSearchResult Grid)
+{
+    /// <summary>Warnings for people (a θ at the edge of the grid), empty when there are none.</summary>
+    public IReadOnlyList<string> Warnings =>
+    [
+        .. ThetaAtGridEdge ? [$"The cache model's θ = {Theta.ToString(CultureInfo.InvariantCulture)} lies at the edge of the θ grid; widen the grid."] : Array.Empty<string>(),
+        .. CacheOnlyThetaAtGridEdge ? [$"The cache-only model's θ = {CacheOnlyTheta.ToString(CultureInfo.InvariantCulture)} lies at the edge of the θ grid; widen the grid."] : Array.Empty<string>(),
+    ];
+}
+
 /// <summary>
 /// Evaluates a filled cache memory the way the paper reports it: θ and λ are chosen on validation queries, errors are
 /// measured on separate report queries, for the mixed model and for the cache-only model (λ = 1).
@@ -45,11 +77,18 @@ public static class CacheEvaluation
     /// </summary>
     public static CacheEvaluationResult Evaluate(
         ICacheMemory memory, FeatureTable validation, FeatureTable report, GridSearchOptions grid, int batchSize,
-        double? theta = null, double? lambda = null)
+        double? theta = null, double? lambda = null) =>
+        Report(memory, Tune(memory, validation, grid, batchSize, theta, lambda), report, batchSize);
+
+    /// <summary>
+    /// Chooses θ and λ on <paramref name="validation"/> (one pass over the configured grid plus the λ = 1 column), or takes the
+    /// given <paramref name="theta"/>/<paramref name="lambda"/>; the cache-only θ is always searched.
+    /// </summary>
+    public static CacheTuning Tune(
+        ICacheMemory memory, FeatureTable validation, GridSearchOptions grid, int batchSize, double? theta = null, double? lambda = null)
     {
         ArgumentNullException.ThrowIfNull(memory);
         ArgumentNullException.ThrowIfNull(validation);
-        ArgumentNullException.ThrowIfNull(report);
         ArgumentNullException.ThrowIfNull(grid);
         if (theta.HasValue != lambda.HasValue)
         {
@@ -94,11 +133,6 @@ public static class CacheEvaluation
         var chosenTheta = theta ?? searched.Thetas[bestTheta];
         var chosenLambda = lambda ?? lambdas[bestLambda];
         var coTheta = searched.Thetas[cacheOnlyTheta];
-
-        // One pass over the report keys for both models: θ ∈ {θ*, θ_cache-only}, λ ∈ {λ*, 1}.
-        var reportGrid = new GridSearchOptions { Thetas = [chosenTheta, coTheta], Lambdas = [chosenLambda], IncludeCacheOnly = true };
-        var reported = CacheGridSearch.Search(memory, report.Keys, report.Probabilities, report.Labels, reportGrid, batchSize);
-        var reportCacheOnlyColumn = IndexOfOne(reported.Lambdas);
         var validationCache = theta.HasValue
             ? CacheGridSearch.Evaluate(memory, validation.Keys, validation.Probabilities, validation.Labels, chosenTheta, chosenLambda, batchSize)
             : searched.ErrorAt(bestTheta, bestLambda);
@@ -106,10 +140,7 @@ public static class CacheEvaluation
         var minTheta = searched.Thetas.Min();
         var maxTheta = searched.Thetas.Max();
         bool AtEdge(double value) => searched.Thetas.Distinct().Count() >= 2 && (value == minTheta || value == maxTheta);
-        return new CacheEvaluationResult(
-            BaselineError: reported.BaselineError,
-            CacheError: reported.ErrorAt(0, reported.Lambdas.ToList().IndexOf(chosenLambda)),
-            CacheOnlyError: reported.ErrorAt(1, reportCacheOnlyColumn),
+        return new CacheTuning(
             Theta: chosenTheta,
             Lambda: chosenLambda,
             CacheOnlyTheta: coTheta,
@@ -120,6 +151,33 @@ public static class CacheEvaluation
             CacheOnlyThetaAtGridEdge: AtEdge(coTheta),
             Searched: !theta.HasValue,
             Grid: searched);
+    }
+
+    /// <summary>Errors on <paramref name="report"/> of the network, the cache model and the cache-only model at <paramref name="tuning"/>'s settings.</summary>
+    public static CacheEvaluationResult Report(ICacheMemory memory, CacheTuning tuning, FeatureTable report, int batchSize)
+    {
+        ArgumentNullException.ThrowIfNull(memory);
+        ArgumentNullException.ThrowIfNull(tuning);
+        ArgumentNullException.ThrowIfNull(report);
+
+        // One pass over the report keys for both models: θ ∈ {θ*, θ_cache-only}, λ ∈ {λ*, 1}.
+        var reportGrid = new GridSearchOptions { Thetas = [tuning.Theta, tuning.CacheOnlyTheta], Lambdas = [tuning.Lambda], IncludeCacheOnly = true };
+        var reported = CacheGridSearch.Search(memory, report.Keys, report.Probabilities, report.Labels, reportGrid, batchSize);
+        var reportCacheOnlyColumn = IndexOfOne(reported.Lambdas);
+        return new CacheEvaluationResult(
+            BaselineError: reported.BaselineError,
+            CacheError: reported.ErrorAt(0, reported.Lambdas.ToList().IndexOf(tuning.Lambda)),
+            CacheOnlyError: reported.ErrorAt(1, reportCacheOnlyColumn),
+            Theta: tuning.Theta,
+            Lambda: tuning.Lambda,
+            CacheOnlyTheta: tuning.CacheOnlyTheta,
+            ValidationBaselineError: tuning.ValidationBaselineError,
+            ValidationCacheError: tuning.ValidationCacheError,
+            ValidationCacheOnlyError: tuning.ValidationCacheOnlyError,
+            ThetaAtGridEdge: tuning.ThetaAtGridEdge,
+            CacheOnlyThetaAtGridEdge: tuning.CacheOnlyThetaAtGridEdge,
+            Searched: tuning.Searched,
+            Grid: tuning.Grid);
     }
 
     private static int IndexOfOne(IReadOnlyList<double> lambdas) => lambdas.ToList().IndexOf(1.0);

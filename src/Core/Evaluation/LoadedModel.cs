@@ -1,5 +1,6 @@
 using ScalableCache.Core.Checkpoints;
 using ScalableCache.Core.Models;
+using ScalableCache.Core.Persistence;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -8,6 +9,8 @@ namespace ScalableCache.Core.Evaluation;
 /// <summary>A registry model with its checkpoint loaded, in eval mode, on its device. Owns the module.</summary>
 public sealed class LoadedModel : IDisposable
 {
+    private CacheModelId? _id;
+
     private LoadedModel(ModelSpec spec, ImageClassifier model, CheckpointLoadResult checkpoint, Device device)
     {
         Spec = spec;
@@ -27,6 +30,9 @@ public sealed class LoadedModel : IDisposable
 
     /// <summary>Where the parameters live.</summary>
     public Device Device { get; }
+
+    /// <summary>The model's name with its checkpoint's SHA-256 and file name, as cache files record it (hashed on first use).</summary>
+    public CacheModelId Id => _id ??= new CacheModelId(Spec.Name, CheckpointDigest.Sha256(Checkpoint.FilePath), Path.GetFileName(Checkpoint.FilePath));
 
     /// <summary>
     /// Builds <paramref name="name"/> from <paramref name="registry"/> and loads <paramref name="weightsPath"/> into it

@@ -25,7 +25,7 @@ public static class MixtureErrors
         for (var l = 0; l < lambdas.Count; l++)
         {
             var lambda = lambdas[l];
-            var mixed = lambda == 1 ? pMem : pMem.mul(lambda).add_(pNet.unsqueeze(0), 1 - lambda);
+            var mixed = lambda == 1 ? pMem : CacheMixer.Mix(pNet, pMem, lambda);
             var wrong = mixed.argmax(2).ne(y.unsqueeze(0)).sum(1).data<long>().ToArray(); // [T]
             for (var t = 0; t < wrong.Length; t++)
             {

@@ -15,9 +15,10 @@ namespace ScalableCache.Core.Evaluation;
 public static class SimilarityLogMass
 {
     /// <summary>
-    /// Log-mass <c>[thetas.Length, b, classCount]</c> (float32) of the similarities <paramref name="similarities"/>
-    /// <c>[b, n]</c> whose columns carry <paramref name="labels"/> <c>[n]</c> (int64). Classes absent from
-    /// <paramref name="labels"/> get −∞. Differentiable with respect to <paramref name="similarities"/>.
+    /// Log-mass <c>[thetas.Length, b, classCount]</c> of the similarities <paramref name="similarities"/>
+    /// <c>[b, n]</c> whose columns carry <paramref name="labels"/> <c>[n]</c> (int64), in float32 — or float64 when the similarities
+    /// are float64 (finite-difference checks of gradients). Classes absent from <paramref name="labels"/> get −∞ (with zero, not NaN,
+    /// gradients). Differentiable with respect to <paramref name="similarities"/>.
     /// </summary>
     public static Tensor Compute(Tensor similarities, Tensor labels, int classCount, ReadOnlySpan<double> thetas)
     {
@@ -33,7 +34,8 @@ public static class SimilarityLogMass
         }
 
         using var scope = NewDisposeScope();
-        var s = similarities.to_type(ScalarType.Float32);
+        var dtype = similarities.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+        var s = similarities.to_type(dtype);
         var b = s.shape[0];
         var n = s.shape[1];
         if (labels.shape.Length != 1 || labels.shape[0] != n)
@@ -49,7 +51,7 @@ public static class SimilarityLogMass
 
         if (n == 0)
         {
-            return full(thetas.Length, b, classCount, float.NegativeInfinity, dtype: ScalarType.Float32, device: s.device)
+            return full(thetas.Length, b, classCount, double.NegativeInfinity, dtype: dtype, device: s.device)
                 .MoveToOuterDisposeScope();
         }
 
@@ -63,7 +65,7 @@ public static class SimilarityLogMass
         {
             maxima[c] = counts[c] > 0
                 ? grouped.detach().narrow(1, start, counts[c]).amax([1])
-                : full(b, float.NegativeInfinity, dtype: ScalarType.Float32, device: s.device);
+                : full(b, double.NegativeInfinity, dtype: dtype, device: s.device);
             start += counts[c];
         }
 
@@ -71,7 +73,7 @@ public static class SimilarityLogMass
         var present = isfinite(classMax);
         var safeMax = where(present, classMax, zeros_like(classMax));
         var shifted = grouped - safeMax.index_select(1, y); // ≤ 0; 0 at each class maximum
-        var oneHot = nn.functional.one_hot(y, classCount).to_type(ScalarType.Float32);
+        var oneHot = nn.functional.one_hot(y, classCount).to_type(dtype);
 
         var negInf = full_like(safeMax, float.NegativeInfinity);
         var perTheta = new Tensor[thetas.Length];
@@ -80,7 +82,8 @@ public static class SimilarityLogMass
             var theta = thetas[t];
             var scaled = shifted * theta;
             var weights = scaled.requires_grad ? scaled.exp() : scaled.exp_();
-            var logMass = weights.mm(oneHot).log() + safeMax * theta; // mass ≥ 1 for present classes
+            var mass = weights.mm(oneHot); // ≥ 1 for present classes, 0 for absent ones (whose log would give NaN gradients)
+            var logMass = where(present, mass, ones_like(mass)).log() + safeMax * theta;
             perTheta[t] = where(present, logMass, negInf);
         }
 

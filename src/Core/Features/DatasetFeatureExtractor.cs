@@ -1,3 +1,4 @@
+using ScalableCache.Core.Evaluation;
 using ScalableCache.Core.Models;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -96,47 +97,9 @@ public static class DatasetFeatureExtractor
         IProgress<ExtractionProgress>? progress = null,
         CancellationToken cancellationToken = default)
     {
-        ArgumentNullException.ThrowIfNull(extractor);
-        ArgumentNullException.ThrowIfNull(normalization);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shape.Size, nameof(shape));
-        if (pixels.Length % shape.Size != 0)
-        {
-            throw new ArgumentException($"{pixels.Length} pixel bytes are not a whole number of {shape} images.", nameof(pixels));
-        }
-
-        var count = pixels.Length / shape.Size;
-        if (!labels.IsEmpty && labels.Length != count)
-        {
-            throw new ArgumentException($"{labels.Length} labels for {count} images.", nameof(labels));
-        }
-
-        var run = new Run(extractor, normalization, shape.Channels, count, options);
-        using var noGrad = no_grad();
-        using var scope = NewDisposeScope();
-        if (!labels.IsEmpty)
-        {
-            var longs = new long[count];
-            for (var i = 0; i < count; i++)
-            {
-                longs[i] = labels[i];
-            }
-
-            run.Labels = tensor(longs, [count]);
-        }
-
-        var buffer = new byte[Math.Min(run.BatchSize, Math.Max(count, 1)) * shape.Size];
-        for (var start = 0; start < count; start += run.BatchSize)
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            var n = Math.Min(run.BatchSize, count - start);
-            pixels.Slice(start * shape.Size, n * shape.Size).CopyTo(buffer);
-            var batch = empty([n, shape.Channels, shape.Height, shape.Width], ScalarType.Byte);
-            batch.bytes = buffer.AsSpan(0, n * shape.Size);
-            run.Add(batch, start, scope);
-            progress?.Report(new ExtractionProgress(start + n, count));
-        }
-
-        return run.Finish(scope);
+        var sink = new KeySink(extractor);
+        Run(extractor, pixels, labels, shape, normalization, options, sink, progress, cancellationToken);
+        return sink.Finish();
     }
 
     /// <summary>Extracts keys for images <c>[N, C, H, W]</c>: uint8 pixels, or floating point already in <c>[0, 1]</c>.</summary>
@@ -156,6 +119,102 @@ public static class DatasetFeatureExtractor
         IProgress<ExtractionProgress>? progress = null,
         CancellationToken cancellationToken = default)
     {
+        var sink = new KeySink(extractor);
+        Run(extractor, images, labels, normalization, options, sink, progress, cancellationToken);
+        return sink.Finish();
+    }
+
+    /// <summary>
+    /// Each tapped layer's own unit keys and activation norms (for layer searches: any layer set's keys are then composed without
+    /// another forward pass, see <see cref="PerLayerKeys.Compose"/>), with the network's probabilities and the labels, for
+    /// <c>pixels.Length / shape.Size</c> uint8 NCHW images. Keys are stored as <paramref name="storage"/> (float16 halves memory).
+    /// </summary>
+    /// <param name="extractor">The tapped model (its layers are the candidates).</param>
+    /// <param name="pixels">All images, <c>N · C · H · W</c> bytes.</param>
+    /// <param name="labels">One label per image (required).</param>
+    /// <param name="shape">Shape of one image.</param>
+    /// <param name="normalization">The model's input normalisation.</param>
+    /// <param name="options">Batch size and device; defaults when <see langword="null"/>.</param>
+    /// <param name="storage">Element type of the stored unit keys: float32 or float16.</param>
+    /// <param name="progress">Told after every batch.</param>
+    /// <param name="cancellationToken">Checked before every batch.</param>
+    public static PerLayerKeys ExtractPerLayer(
+        LayerTapExtractor extractor,
+        ReadOnlySpan<byte> pixels,
+        ReadOnlySpan<int> labels,
+        InputShape shape,
+        InputNormalization normalization,
+        FeatureExtractionOptions? options = null,
+        ScalarType storage = ScalarType.Float32,
+        IProgress<ExtractionProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        if (storage is not (ScalarType.Float32 or ScalarType.Float16))
+        {
+            throw new ArgumentException($"Per-layer keys are stored as Float32 or Float16, not {storage}.", nameof(storage));
+        }
+
+        if (labels.IsEmpty)
+        {
+            throw new ArgumentException("Per-layer keys need one label per image.", nameof(labels));
+        }
+
+        var sink = new LayerSink(extractor, storage);
+        Run(extractor, pixels, labels, shape, normalization, options, sink, progress, cancellationToken);
+        return sink.Finish();
+    }
+
+    private static void Run(
+        LayerTapExtractor extractor, ReadOnlySpan<byte> pixels, ReadOnlySpan<int> labels, InputShape shape, InputNormalization normalization,
+        FeatureExtractionOptions? options, Sink sink, IProgress<ExtractionProgress>? progress, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(extractor);
+        ArgumentNullException.ThrowIfNull(normalization);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shape.Size, nameof(shape));
+        if (pixels.Length % shape.Size != 0)
+        {
+            throw new ArgumentException($"{pixels.Length} pixel bytes are not a whole number of {shape} images.", nameof(pixels));
+        }
+
+        var count = pixels.Length / shape.Size;
+        if (!labels.IsEmpty && labels.Length != count)
+        {
+            throw new ArgumentException($"{labels.Length} labels for {count} images.", nameof(labels));
+        }
+
+        var batchSize = sink.Start(normalization, shape.Channels, count, options);
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        if (!labels.IsEmpty)
+        {
+            var longs = new long[count];
+            for (var i = 0; i < count; i++)
+            {
+                longs[i] = labels[i];
+            }
+
+            sink.Labels = tensor(longs, [count]);
+        }
+
+        var buffer = new byte[Math.Min(batchSize, Math.Max(count, 1)) * shape.Size];
+        for (var start = 0; start < count; start += batchSize)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var n = Math.Min(batchSize, count - start);
+            pixels.Slice(start * shape.Size, n * shape.Size).CopyTo(buffer);
+            var batch = empty([n, shape.Channels, shape.Height, shape.Width], ScalarType.Byte);
+            batch.bytes = buffer.AsSpan(0, n * shape.Size);
+            sink.Add(batch, start, scope);
+            progress?.Report(new ExtractionProgress(start + n, count));
+        }
+
+        sink.Detach(scope);
+    }
+
+    private static void Run(
+        LayerTapExtractor extractor, Tensor images, Tensor? labels, InputNormalization normalization, FeatureExtractionOptions? options,
+        Sink sink, IProgress<ExtractionProgress>? progress, CancellationToken cancellationToken)
+    {
         ArgumentNullException.ThrowIfNull(extractor);
         ArgumentNullException.ThrowIfNull(images);
         ArgumentNullException.ThrowIfNull(normalization);
@@ -170,36 +229,40 @@ public static class DatasetFeatureExtractor
             throw new ArgumentException($"Expected labels [{count}]; got [{string.Join(", ", labels.shape)}].", nameof(labels));
         }
 
-        var run = new Run(extractor, normalization, images.shape[1], count, options);
+        var batchSize = sink.Start(normalization, images.shape[1], count, options);
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         if (labels is not null)
         {
-            run.Labels = labels.to(ScalarType.Int64, CPU, copy: true);
+            sink.Labels = labels.to(ScalarType.Int64, CPU, copy: true);
         }
 
-        for (long start = 0; start < count; start += run.BatchSize)
+        for (long start = 0; start < count; start += batchSize)
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var n = Math.Min(run.BatchSize, count - start);
-            run.Add(images.narrow(0, start, n), start, scope);
+            var n = Math.Min(batchSize, count - start);
+            sink.Add(images.narrow(0, start, n), start, scope);
             progress?.Report(new ExtractionProgress(start + n, count));
         }
 
-        return run.Finish(scope);
+        sink.Detach(scope);
     }
 
-    private sealed class Run
+    /// <summary>Receives each batch's forward pass and copies what it keeps into tensors preallocated for the whole set.</summary>
+    private abstract class Sink(LayerTapExtractor extractor)
     {
-        private readonly LayerTapExtractor _extractor;
-        private readonly InputNormalization _normalization;
-        private readonly Device _device;
-        private readonly long _count;
-        private Tensor? _keys;
-        private Tensor? _logits;
-        private Tensor? _probabilities;
+        private InputNormalization? _normalization;
+        private Device? _device;
 
-        public Run(LayerTapExtractor extractor, InputNormalization normalization, long channels, long count, FeatureExtractionOptions? options)
+        protected LayerTapExtractor Extractor { get; } = extractor;
+
+        protected long Count { get; private set; }
+
+        public Tensor? Labels { get; set; }
+
+        protected Tensor? Probabilities { get; set; }
+
+        public int Start(InputNormalization normalization, long channels, long count, FeatureExtractionOptions? options)
         {
             options ??= new FeatureExtractionOptions();
             ArgumentOutOfRangeException.ThrowIfNegativeOrZero(options.BatchSize, nameof(options));
@@ -213,38 +276,26 @@ public static class DatasetFeatureExtractor
                 throw new ArgumentException($"Images have {channels} channels but the normalisation has {normalization.Channels}.", nameof(normalization));
             }
 
-            _extractor = extractor;
             _normalization = normalization;
-            _device = options.Device ?? extractor.Model.ParameterDevice;
-            _count = count;
-            BatchSize = options.BatchSize;
+            _device = options.Device ?? Extractor.Model.ParameterDevice();
+            Count = count;
+            return options.BatchSize;
         }
-
-        public int BatchSize { get; }
-
-        public Tensor? Labels { get; set; }
 
         public void Add(Tensor batch, long start, DisposeScope scope)
         {
-            var x = _normalization.Normalize(batch, _device);
-            using var result = _extractor.Extract(x);
-            if (_keys is null)
-            {
-                _keys = empty([_count, result.Keys.shape[1]], ScalarType.Float32);
-                _logits = empty([_count, result.Logits.shape[1]], ScalarType.Float32);
-                _probabilities = empty([_count, result.Logits.shape[1]], ScalarType.Float32);
-            }
-
+            var x = _normalization!.Normalize(batch, _device);
+            var (logits, activations) = Extractor.ForwardActivations(x);
             var n = batch.shape[0];
-            _keys.narrow(0, start, n).copy_(result.Keys);
-            _logits!.narrow(0, start, n).copy_(result.Logits);
-            _probabilities!.narrow(0, start, n).copy_(result.Probabilities);
+            Probabilities ??= empty([Count, logits.shape[1]], ScalarType.Float32);
+            Probabilities.narrow(0, start, n).copy_(nn.functional.softmax(logits, 1));
+            Keep(logits, activations, start, n);
             scope.DisposeEverythingBut(Kept());
         }
 
-        public ExtractedFeatures Finish(DisposeScope scope)
+        public void Detach(DisposeScope scope)
         {
-            if (_keys is null)
+            if (Probabilities is null)
             {
                 throw new InvalidOperationException("No batch was extracted.");
             }
@@ -253,22 +304,63 @@ public static class DatasetFeatureExtractor
             {
                 scope.Detach(t);
             }
-
-            return new ExtractedFeatures(_extractor.Layers, _keys, _logits!, _probabilities!, Labels);
         }
 
-        private List<IDisposable> Kept()
+        protected abstract void Keep(Tensor logits, Tensor[] activations, long start, long n);
+
+        protected abstract IEnumerable<Tensor?> Results();
+
+        private List<IDisposable> Kept() => [.. Results().Append(Probabilities).Append(Labels).OfType<Tensor>()];
+    }
+
+    /// <summary>Composed keys (the extractor's recipe) and logits.</summary>
+    private sealed class KeySink(LayerTapExtractor extractor) : Sink(extractor)
+    {
+        private Tensor? _keys;
+        private Tensor? _logits;
+
+        public ExtractedFeatures Finish() => new(Extractor.Layers, _keys!, _logits!, Probabilities!, Labels);
+
+        protected override void Keep(Tensor logits, Tensor[] activations, long start, long n)
         {
-            var kept = new List<IDisposable>(4);
-            foreach (var t in new[] { _keys, _logits, _probabilities, Labels })
-            {
-                if (t is not null)
-                {
-                    kept.Add(t);
-                }
-            }
-
-            return kept;
+            var keys = KeyRecipe.Compose(activations, Extractor.KeyNormalization);
+            _keys ??= empty([Count, keys.shape[1]], ScalarType.Float32);
+            _logits ??= empty([Count, logits.shape[1]], ScalarType.Float32);
+            _keys.narrow(0, start, n).copy_(keys);
+            _logits.narrow(0, start, n).copy_(logits);
         }
+
+        protected override IEnumerable<Tensor?> Results() => [_keys, _logits];
+    }
+
+    /// <summary>Each layer's unit keys (in the storage type) and activation norms.</summary>
+    private sealed class LayerSink(LayerTapExtractor extractor, ScalarType storage) : Sink(extractor)
+    {
+        private Tensor[]? _keys;
+        private Tensor[]? _norms;
+
+        public PerLayerKeys Finish()
+        {
+            var layers = Extractor.Layers;
+            return new PerLayerKeys(
+                layers.Select((l, i) => (l, _keys![i])).ToDictionary(p => p.l, p => p.Item2, StringComparer.Ordinal),
+                layers.Select((l, i) => (l, _norms![i])).ToDictionary(p => p.l, p => p.Item2, StringComparer.Ordinal),
+                Probabilities!,
+                Labels!);
+        }
+
+        protected override void Keep(Tensor logits, Tensor[] activations, long start, long n)
+        {
+            _keys ??= [.. activations.Select(a => empty([Count, a.shape[1]], storage))];
+            _norms ??= [.. activations.Select(_ => empty([Count], ScalarType.Float32))];
+            for (var i = 0; i < activations.Length; i++)
+            {
+                var norm = activations[i].norm(1);
+                _norms[i].narrow(0, start, n).copy_(norm);
+                _keys[i].narrow(0, start, n).copy_(nn.functional.normalize(activations[i], 2, 1, KeyRecipe.NormEpsilon));
+            }
+        }
+
+        protected override IEnumerable<Tensor?> Results() => [.. _keys ?? [], .. _norms ?? []];
     }
 }

@@ -25,7 +25,7 @@ public static class LayerInspector
     /// and a forward hook on every named submodule, and returns the modules that ran, in the order they started (a container
     /// before its children), with their output shapes. Modules that never run in a forward pass are left out.
     /// </summary>
-    public static IReadOnlyList<LayerInfo> ListLayers(ImageClassifier model, InputShape input)
+    public static IReadOnlyList<LayerInfo> ListLayers(nn.Module<Tensor, Tensor> model, InputShape input)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(input.Channels, nameof(input));
@@ -62,8 +62,8 @@ public static class LayerInspector
 
             using var scope = NewDisposeScope();
             using var noGrad = no_grad();
-            var x = zeros([1, input.Channels, input.Height, input.Width], device: model.ParameterDevice);
-            model.Logits(x);
+            var x = zeros([1, input.Channels, input.Height, input.Width], device: model.ParameterDevice());
+            model.call(x);
         }
         finally
         {
@@ -78,7 +78,7 @@ public static class LayerInspector
     }
 
     /// <summary>Names of every module that can be tapped (any named submodule), in registration order.</summary>
-    public static IReadOnlyList<string> TappableNames(ImageClassifier model)
+    public static IReadOnlyList<string> TappableNames(nn.Module model)
     {
         ArgumentNullException.ThrowIfNull(model);
         return [.. model.named_modules().Where(m => m.module is nn.Module<Tensor, Tensor>).Select(m => m.name)];

@@ -1,4 +1,3 @@
-using ScalableCache.Core.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -20,9 +19,10 @@ public sealed record TapResult(Tensor Keys, Tensor Logits, Tensor Probabilities)
 }
 
 /// <summary>
-/// Taps named modules of a model during ONE forward pass and turns their activations into cache keys (Orhan 2018): each tapped
-/// activation is flattened per example and L2-normalised, the pieces are concatenated in tap order, and the concatenation is
-/// L2-normalised again. The same pass yields the logits and softmax probabilities.
+/// Taps named modules of any TorchSharp module <c>Module&lt;Tensor, Tensor&gt;</c> (images → logits) during ONE forward pass and
+/// turns their activations into cache keys (Orhan 2018) with <see cref="KeyRecipe.Compose(IReadOnlyList{Tensor}, KeyNormalization)"/>:
+/// by default each tapped activation is flattened per example and L2-normalised, the pieces are concatenated in tap order, and the
+/// concatenation is L2-normalised again. The same pass yields the logits and softmax probabilities.
 /// </summary>
 /// <remarks>
 /// Forward hooks are registered at construction and removed by <see cref="Dispose"/>; they capture only during
@@ -31,10 +31,7 @@ public sealed record TapResult(Tensor Keys, Tensor Logits, Tensor Probabilities)
 /// </remarks>
 public sealed class LayerTapExtractor : IDisposable
 {
-    /// <summary>ε of the L2 normalisations: a zero activation stays zero instead of dividing by zero.</summary>
-    public const double NormEpsilon = 1e-12;
-
-    private readonly ImageClassifier _model;
+    private readonly nn.Module<Tensor, Tensor> _model;
     private readonly string[] _layers;
     private readonly Tensor?[] _captured;
     private readonly int[] _fired;
@@ -43,14 +40,16 @@ public sealed class LayerTapExtractor : IDisposable
     private bool _active;
 
     /// <summary>Creates the extractor and hooks the named modules of <paramref name="model"/>.</summary>
-    /// <param name="model">The model (not owned: the caller disposes it after this extractor).</param>
+    /// <param name="model">The model, images → logits (not owned: the caller disposes it after this extractor).</param>
     /// <param name="layers">Module names to tap, in key order, at least one, no duplicates (see <see cref="LayerInspector.ListLayers"/>).</param>
+    /// <param name="keyNormalization">How the activations become one key.</param>
     /// <exception cref="ArgumentException">An unknown or repeated layer name; the message lists the valid names.</exception>
-    public LayerTapExtractor(ImageClassifier model, IEnumerable<string> layers)
+    public LayerTapExtractor(nn.Module<Tensor, Tensor> model, IEnumerable<string> layers, KeyNormalization keyNormalization = KeyNormalization.PerLayer)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(layers);
         _model = model;
+        KeyNormalization = keyNormalization;
         _layers = [.. layers.Select(l => l?.Trim() ?? string.Empty)];
         if (_layers.Length == 0)
         {
@@ -90,7 +89,10 @@ public sealed class LayerTapExtractor : IDisposable
     }
 
     /// <summary>The model tapped.</summary>
-    public ImageClassifier Model => _model;
+    public nn.Module<Tensor, Tensor> Model => _model;
+
+    /// <summary>How the activations become one key.</summary>
+    public KeyNormalization KeyNormalization { get; }
 
     /// <summary>Tapped module names, in key order.</summary>
     public IReadOnlyList<string> Layers => _layers;
@@ -117,6 +119,19 @@ public sealed class LayerTapExtractor : IDisposable
     /// <exception cref="InvalidOperationException">A tapped module did not run exactly once in the pass.</exception>
     public (Tensor Logits, Tensor Keys) Forward(Tensor images)
     {
+        using var scope = NewDisposeScope();
+        var (logits, activations) = ForwardActivations(images);
+        var keys = KeyRecipe.Compose(activations, KeyNormalization);
+        return (logits.MoveToOuterDisposeScope(), keys.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// One forward pass on normalised images under the caller's gradient mode: the logits and each tapped layer's activation
+    /// flattened per example (<c>[b, D_l]</c>, in <see cref="Layers"/> order). All join the caller's dispose scope.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">A tapped module did not run exactly once in the pass.</exception>
+    public (Tensor Logits, Tensor[] Activations) ForwardActivations(Tensor images)
+    {
         ArgumentNullException.ThrowIfNull(images);
         ObjectDisposedException.ThrowIf(_disposed, this);
         Array.Clear(_fired);
@@ -124,7 +139,7 @@ public sealed class LayerTapExtractor : IDisposable
         try
         {
             using var scope = NewDisposeScope();
-            var logits = _model.Logits(images);
+            var logits = _model.call(images);
             var parts = new Tensor[_layers.Length];
             for (var i = 0; i < _layers.Length; i++)
             {
@@ -137,12 +152,10 @@ public sealed class LayerTapExtractor : IDisposable
                 var activation = _captured[i]!;
                 _captured[i] = null;
                 scope.Attach(activation);
-                parts[i] = nn.functional.normalize(activation.reshape(activation.shape[0], -1), 2, 1, NormEpsilon);
+                parts[i] = activation.reshape(activation.shape[0], -1).MoveToOuterDisposeScope();
             }
 
-            var keys = parts.Length == 1 ? parts[0] : cat(parts, 1);
-            keys = nn.functional.normalize(keys, 2, 1, NormEpsilon);
-            return (logits.MoveToOuterDisposeScope(), keys.MoveToOuterDisposeScope());
+            return (logits.MoveToOuterDisposeScope(), parts);
         }
         finally
         {

@@ -14,29 +14,34 @@ public static class CacheMixer
     public const int DefaultBatchSize = 1024;
 
     /// <summary>
-    /// <c>(1 − λ) p_net + λ p_mem</c> for probabilities of equal shape (float32). λ = 0 returns a copy of
-    /// <paramref name="netProbabilities"/>, λ = 1 a copy of <paramref name="memoryProbabilities"/>, exactly.
+    /// <c>(1 − λ) p_net + λ p_mem</c>, the one place the mixture is written. <paramref name="netProbabilities"/> has the shape of
+    /// <paramref name="memoryProbabilities"/> or of its trailing dimensions (e.g. <c>[b, C]</c> against <c>[θ, b, C]</c>, one
+    /// memory distribution per θ). Float32, or float64 when either input is float64; in the autograd graph of both inputs.
+    /// λ = 0 returns the network's probabilities, λ = 1 the memory's, exactly (as copies).
     /// </summary>
     public static Tensor Mix(Tensor netProbabilities, Tensor memoryProbabilities, double lambda)
     {
         ArgumentNullException.ThrowIfNull(netProbabilities);
         ArgumentNullException.ThrowIfNull(memoryProbabilities);
         CheckLambda(lambda);
-        if (!netProbabilities.shape.SequenceEqual(memoryProbabilities.shape))
+        var net = netProbabilities.shape;
+        var mem = memoryProbabilities.shape;
+        if (net.Length > mem.Length || !net.SequenceEqual(mem[^net.Length..]))
         {
             throw new ArgumentException(
-                $"netProbabilities [{string.Join(", ", netProbabilities.shape)}] and memoryProbabilities " +
-                $"[{string.Join(", ", memoryProbabilities.shape)}] differ in shape.", nameof(memoryProbabilities));
+                $"netProbabilities [{string.Join(", ", net)}] and memoryProbabilities " +
+                $"[{string.Join(", ", mem)}] differ in shape.", nameof(memoryProbabilities));
         }
 
         using var scope = NewDisposeScope();
-        var net = netProbabilities.to_type(ScalarType.Float32);
-        var mem = memoryProbabilities.to(ScalarType.Float32, net.device);
+        var dtype = netProbabilities.dtype == ScalarType.Float64 || memoryProbabilities.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
+        var pNet = netProbabilities.to_type(dtype);
+        var pMem = memoryProbabilities.to(dtype, pNet.device);
         var mixed = lambda switch
         {
-            0 => net.clone(),
-            1 => mem.clone(),
-            _ => net.mul(1 - lambda).add_(mem, lambda),
+            0 => pNet.expand(mem).clone(),
+            1 => pMem.clone(),
+            _ => pMem.mul(lambda).add_(pNet, 1 - lambda),
         };
         return mixed.MoveToOuterDisposeScope();
     }

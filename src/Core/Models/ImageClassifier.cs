@@ -37,5 +37,5 @@ public abstract class ImageClassifier : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>The device the parameters live on (CPU for a parameterless model).</summary>
-    public Device ParameterDevice => parameters().Select(p => p.device).FirstOrDefault() ?? CPU;
+    public Device ParameterDevice => TorchDevices.ParameterDevice(this);
 }

@@ -80,7 +80,7 @@ public static class CacheFile
             Count = state.Count,
             ClassCount = memory.ClassCount,
             CreatedUtc = header.CreatedUtc == default ? TruncateToMicroseconds(DateTime.UtcNow) : DateTime.SpecifyKind(header.CreatedUtc, DateTimeKind.Utc),
-            Layers = [.. header.Layers],
+            Layers = [.. header.Recipe?.Layers ?? header.Layers],
             Metadata = new Dictionary<string, string>(header.Metadata, StringComparer.Ordinal),
         };
         var record = new HeaderRecord
@@ -102,6 +102,7 @@ public static class CacheFile
             CreatedUtc = written.CreatedUtc,
             Metadata = new Dictionary<string, string>(written.Metadata, StringComparer.Ordinal),
             PayloadBytes = CacheFileSerializer.Flatten(state).Sum(b => b.Length),
+            Recipe = written.Recipe is null ? null : KeyRecipeRecord.From(written.Recipe),
             State = CacheFileSerializer.ToRecord(state),
         };
         CacheFileSerializer.Write(path, record, state, cancellationToken);

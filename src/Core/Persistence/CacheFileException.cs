@@ -20,6 +20,12 @@ public enum CacheFileProblem
 
     /// <summary>The header and payload contradict each other (count, dimension, lengths, labels), or the structure is malformed.</summary>
     Inconsistent,
+
+    /// <summary>
+    /// The file is sound but does not fit what it is loaded with: another model or checkpoint, another class count, or a key width
+    /// the backbone's layers do not produce.
+    /// </summary>
+    Mismatch,
 }
 
 /// <summary>A cache file cannot be read: names the file and what is wrong with it.</summary>

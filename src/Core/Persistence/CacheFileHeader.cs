@@ -34,6 +34,12 @@ public sealed record CacheFileHeader
     /// <summary>Layers whose (unit-normalised) outputs were concatenated into the keys, in order.</summary>
     public IReadOnlyList<string> Layers { get; init; } = [];
 
+    /// <summary>
+    /// How the keys were made, as data (layers, key normalisation, input normalisation and size), so a loaded file rebuilds its own
+    /// query path; <see langword="null"/> in files written before the recipe was recorded. When set, its layers are the header's.
+    /// </summary>
+    public KeyRecipe? Recipe { get; init; }
+
     /// <summary>Whether horizontally flipped training images were added to the cache (the paper's C-10+ cache).</summary>
     public bool Flip { get; init; }
 
@@ -68,6 +74,10 @@ public sealed record CacheFileHeader
         if (Layers is null || Layers.Any(string.IsNullOrWhiteSpace))
         {
             errors.Add("A layer name is empty.");
+        }
+        else if (Recipe is not null && !Recipe.Layers.SequenceEqual(Layers, StringComparer.Ordinal))
+        {
+            errors.Add($"The key recipe's layers [{string.Join(", ", Recipe.Layers)}] differ from the header's [{string.Join(", ", Layers)}].");
         }
 
         if (Theta is { } theta && !(theta > 0 && double.IsFinite(theta)))
@@ -111,4 +121,6 @@ public sealed record CacheFileHeader
 public sealed record CacheModelId(string Name, string? CheckpointSha256 = null, string? CheckpointFile = null);
 
 /// <summary>A loaded cache file: its header and the restored memory (owned by the caller, who disposes it).</summary>
+/// <param name="Header">The stored header.</param>
+/// <param name="Memory">The restored memory.</param>
 public sealed record LoadedCacheFile(CacheFileHeader Header, ICacheMemory Memory);

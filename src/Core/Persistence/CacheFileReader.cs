@@ -32,7 +32,7 @@ internal sealed class CacheFileReader : IDisposable
     {
         using var reader = new CacheFileReader(path, CancellationToken.None);
         var (record, _) = CacheFileSerializer.ReadHeader(reader._file, path);
-        return ToHeader(record, reader.ReadState(record));
+        return reader.ToHeader(record, reader.ReadState(record));
     }
 
     /// <summary>Loads the file, restoring its memory through the factories <paramref name="context"/> finds.</summary>
@@ -43,7 +43,7 @@ internal sealed class CacheFileReader : IDisposable
         var (record, digest) = CacheFileSerializer.ReadHeader(reader._file, path);
         reader._chain.AppendData(digest);
         var state = reader.ReadState(record);
-        var header = ToHeader(record, state);
+        var header = reader.ToHeader(record, state);
         if (header.ClassCount < 1)
         {
             throw reader.Inconsistent($"the header's class count is {header.ClassCount}.");
@@ -88,7 +88,7 @@ internal sealed class CacheFileReader : IDisposable
         _file.Dispose();
     }
 
-    private static CacheFileHeader ToHeader(HeaderRecord r, CacheState state) => new()
+    private CacheFileHeader ToHeader(HeaderRecord r, CacheState state) => new()
     {
         FormatVersion = r.FormatVersion,
         MinimumReaderVersion = r.MinimumReaderVersion,
@@ -104,7 +104,30 @@ internal sealed class CacheFileReader : IDisposable
         Lambda = r.Lambda,
         CreatedUtc = DateTime.SpecifyKind(r.CreatedUtc, DateTimeKind.Utc),
         Metadata = r.Metadata ?? [],
+        Recipe = ReadRecipe(r),
     };
+
+    private KeyRecipe? ReadRecipe(HeaderRecord r)
+    {
+        if (r.Recipe is null)
+        {
+            return null;
+        }
+
+        KeyRecipe recipe;
+        try
+        {
+            recipe = r.Recipe.ToRecipe();
+        }
+        catch (ArgumentException e)
+        {
+            throw Inconsistent($"the header's key recipe is invalid: {e.Message}");
+        }
+
+        return recipe.Layers.SequenceEqual(r.Layers ?? [], StringComparer.Ordinal)
+            ? recipe
+            : throw Inconsistent($"the key recipe's layers [{string.Join(", ", recipe.Layers)}] differ from the header's [{string.Join(", ", r.Layers ?? [])}].");
+    }
 
     private ICacheMemory Restore(CacheRestoreContext context, CacheState state)
     {

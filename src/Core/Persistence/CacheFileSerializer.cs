@@ -17,6 +17,8 @@
 //   10 layers [str]         11 flip (bool)           12 normalisation (text)  13 θ (f64 or nil)   14 λ (f64 or nil)
 //   15 created (MessagePack timestamp, UTC)          16 metadata {str: str}   17 payload bytes (sum of blob lengths)
 //   18 state := [0 provider, 1 dimension, 2 count, 3 properties {str: str}, 4 blobs [[0 name, 1 length]], 5 children [state]]
+//   19 key recipe := [0 layers [str], 1 key normalisation (0 per layer, 1 concatenated), 2 input mean [f32], 3 input std [f32],
+//                     4 channels, 5 height, 6 width]   (or nil: files written before the recipe was recorded)
 // The state is the provider's CacheState without its bytes (Exact: blobs labels, keys; Hnsw: labels, graph;
 // RandomProjection: matrix, and its inner store's state as the only child). Blobs are numbered depth first (a state's
 // blobs in order, then each child's) and their bytes follow in that order.
@@ -416,6 +418,53 @@ internal sealed class HeaderRecord
 
     [Key(18)]
     public StateRecord? State { get; set; }
+
+    [Key(19)]
+    public KeyRecipeRecord? Recipe { get; set; }
+}
+
+/// <summary>A <see cref="KeyRecipe"/> as data (header key 19).</summary>
+[MessagePackObject]
+internal sealed class KeyRecipeRecord
+{
+    [Key(0)]
+    public string[] Layers { get; set; } = [];
+
+    [Key(1)]
+    public int Normalization { get; set; }
+
+    [Key(2)]
+    public float[] Mean { get; set; } = [];
+
+    [Key(3)]
+    public float[] Std { get; set; } = [];
+
+    [Key(4)]
+    public int Channels { get; set; }
+
+    [Key(5)]
+    public int Height { get; set; }
+
+    [Key(6)]
+    public int Width { get; set; }
+
+    public static KeyRecipeRecord From(KeyRecipe recipe) => new()
+    {
+        Layers = [.. recipe.Layers],
+        Normalization = (int)recipe.Normalization,
+        Mean = [.. recipe.Input.Mean],
+        Std = [.. recipe.Input.Std],
+        Channels = recipe.InputShape.Channels,
+        Height = recipe.InputShape.Height,
+        Width = recipe.InputShape.Width,
+    };
+
+    /// <summary>The recipe; an <see cref="ArgumentException"/> names what is invalid.</summary>
+    public KeyRecipe ToRecipe() => new(
+        Layers ?? [],
+        new Models.InputNormalization(Mean ?? [], Std ?? []),
+        new Models.InputShape(Channels, Height, Width),
+        (KeyNormalization)Normalization);
 }
 
 /// <summary>A <see cref="CacheState"/> without its blob bytes.</summary>

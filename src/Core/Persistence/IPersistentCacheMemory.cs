@@ -45,9 +45,7 @@ public sealed class CacheRestoreContext
         ArgumentNullException.ThrowIfNull(factories);
         var list = factories.ToList();
         ClassCount = classCount;
-        _find = provider =>
-            list.LastOrDefault(f => string.Equals(f.Provider, provider, StringComparison.OrdinalIgnoreCase))
-            ?? throw new UnknownProviderException(provider, list.Select(f => f.Provider).ToList());
+        _find = provider => CacheProviderSelector.Find(list, provider);
     }
 
     /// <summary>A context that finds providers with <paramref name="providers"/>.</summary>

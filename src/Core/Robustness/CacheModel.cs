@@ -1,3 +1,4 @@
+using ScalableCache.Core.Evaluation;
 using ScalableCache.Core.Features;
 using ScalableCache.Core.Models;
 using TorchSharp;
@@ -9,10 +10,13 @@ namespace ScalableCache.Core.Robustness;
 public sealed class CacheModelOptions
 {
     /// <summary>
-    /// Keys compared with the queries per block (rows). Memory for one block is <c>b × KeyBlockSize</c> similarities (plus the
-    /// autograd buffers of the same size when gradients are taken), whatever the number of keys. Must be positive.
+    /// Keys compared with the queries per block (rows); blocks are merged by log-add-exp. Without gradients, memory for one block is
+    /// <c>b × KeyBlockSize</c> similarities whatever the number of keys (with gradients, autograd keeps every block). Must be positive.
     /// </summary>
     public int KeyBlockSize { get; set; } = 8192;
+
+    /// <summary>Number of classes C; when <see langword="null"/>, an <see cref="ImageClassifier"/>'s own class count.</summary>
+    public int? ClassCount { get; set; }
 }
 
 /// <summary>
@@ -27,33 +31,34 @@ public sealed class CacheModelOptions
 /// <para><b>Keys.</b> The query key φ(x) is made by a gradient-carrying tap of <see cref="Layers"/>: each activation is flattened
 /// and L2-normalised, the pieces are concatenated and L2-normalised again — exactly as <see cref="Features.LayerTapExtractor"/>
 /// makes the stored keys μ_k.</para>
-/// <para><b>Log-mass.</b> The keys are held grouped by class (a copy, detached, on the network's device, in the precision they were
-/// given). For every class the similarities are computed in blocks of <see cref="CacheModelOptions.KeyBlockSize"/> keys, each
-/// block reduced with <c>logsumexp</c> and blocks merged with <c>logaddexp</c>: stable at any θ, exact gradients (the softmax
-/// weights of the keys), and the input's precision is kept (float64 for finite-difference checks). Classes without keys have
-/// <c>L_c = −∞</c> and <c>p_mem = 0</c>. This is the kernel of <see cref="Evaluation.SimilarityLogMass"/> restated per class
-/// so that no class is ever absent from a block (whose −∞ would give NaN gradients when blocks merge).</para>
+/// <para><b>Log-mass.</b> The keys are held as a copy (detached, on the network's device, in the precision they were given). The
+/// similarities are computed in blocks of <see cref="CacheModelOptions.KeyBlockSize"/> keys, each block reduced by the shared kernel
+/// <see cref="Evaluation.SimilarityLogMass"/> (the one the stores and the layer search use) and blocks merged by
+/// <see cref="LogMass.Merge"/>: stable at any θ, exact gradients (the softmax weights of the keys), and float64 inputs stay float64
+/// (finite-difference checks). Classes without keys have <c>L_c = −∞</c>, <c>p_mem = 0</c> and zero gradients. The mixture is
+/// <see cref="CacheMixer.Mix"/>.</para>
 /// <para><b>Threading and ownership.</b> Not thread-safe (one forward pass at a time, like the network). The network is not
 /// owned; the key copies are, and <see cref="Dispose"/> frees them and removes the hooks. Inputs are never disposed.</para>
 /// </remarks>
 public sealed class CacheModel : IDisposable
 {
-    private readonly ImageClassifier _network;
+    private readonly nn.Module<Tensor, Tensor> _network;
     private readonly InputNormalization _normalization;
     private readonly LayerTapExtractor _tap;
-    private readonly Tensor?[] _classKeys;
+    private readonly Tensor _keys;
+    private readonly Tensor _labels;
     private readonly int _keyBlockSize;
     private bool _disposed;
 
     /// <summary>Builds the model over <paramref name="network"/> (not owned) with a copy of the keys.</summary>
-    /// <param name="network">The backbone, in evaluation mode, whose device and precision the keys are moved to.</param>
+    /// <param name="network">The backbone (images → logits), in evaluation mode, whose device the keys are moved to.</param>
     /// <param name="normalization">The backbone's input normalisation (pixels in [0, 1] → network input).</param>
     /// <param name="layers">Tapped layers, in key order (the layers <paramref name="keys"/> were made from).</param>
     /// <param name="keys">Unit keys μ_k <c>[N, D]</c> (float32 or float64; float16 is widened to float32).</param>
     /// <param name="labels">Labels y_k <c>[N]</c> in <c>[0, ClassCount)</c>.</param>
-    /// <param name="options">Block size; defaults when <see langword="null"/>.</param>
+    /// <param name="options">Block size, class count; defaults when <see langword="null"/>.</param>
     public CacheModel(
-        ImageClassifier network, InputNormalization normalization, IReadOnlyList<string> layers, Tensor keys, Tensor labels,
+        nn.Module<Tensor, Tensor> network, InputNormalization normalization, IReadOnlyList<string> layers, Tensor keys, Tensor labels,
         CacheModelOptions? options = null)
     {
         ArgumentNullException.ThrowIfNull(network);
@@ -76,7 +81,8 @@ public sealed class CacheModel : IDisposable
         _network = network;
         _normalization = normalization;
         _keyBlockSize = options.KeyBlockSize;
-        ClassCount = network.ClassCount;
+        ClassCount = options.ClassCount ?? (network as ImageClassifier)?.ClassCount
+            ?? throw new ArgumentException("Give CacheModelOptions.ClassCount for a backbone that is not an ImageClassifier.", nameof(options));
         Dimension = keys.shape[1];
         KeyCount = keys.shape[0];
 
@@ -90,17 +96,9 @@ public sealed class CacheModel : IDisposable
             }
 
             var dtype = keys.dtype == ScalarType.Float64 ? ScalarType.Float64 : ScalarType.Float32;
-            var device = network.ParameterDevice;
-            var source = keys.detach();
-            _classKeys = new Tensor?[ClassCount];
-            for (var c = 0; c < ClassCount; c++)
-            {
-                var rows = nonzero(y.eq(c)).flatten();
-                if (rows.shape[0] > 0)
-                {
-                    _classKeys[c] = source.index_select(0, rows.to(source.device)).to(dtype, device).contiguous().DetachFromDisposeScope();
-                }
-            }
+            var device = network.ParameterDevice();
+            _keys = keys.detach().to(dtype, device, copy: true).contiguous().DetachFromDisposeScope();
+            _labels = y.to(device).DetachFromDisposeScope();
         }
 
         try
@@ -127,7 +125,7 @@ public sealed class CacheModel : IDisposable
     public IReadOnlyList<string> Layers => _tap.Layers;
 
     /// <summary>The backbone.</summary>
-    public ImageClassifier Network => _network;
+    public nn.Module<Tensor, Tensor> Network => _network;
 
     /// <summary>
     /// Class probabilities <c>[b, C]</c> of <paramref name="variant"/> for pixels <c>[b, C, H, W]</c> in <c>[0, 1]</c>, in the
@@ -143,18 +141,12 @@ public sealed class CacheModel : IDisposable
         var x = Normalize(pixels);
         if (!variant.UsesMemory)
         {
-            return nn.functional.softmax(_network.Logits(x), 1).MoveToOuterDisposeScope();
+            return nn.functional.softmax(_network.call(x), 1).MoveToOuterDisposeScope();
         }
 
         var (logits, keys) = _tap.Forward(x);
-        var memory = nn.functional.softmax(ClassLogMass(keys, variant.Theta), 1);
-        if (variant.Lambda >= 1)
-        {
-            return memory.MoveToOuterDisposeScope();
-        }
-
-        var network = nn.functional.softmax(logits, 1);
-        return (network * (1 - variant.Lambda) + memory * variant.Lambda).MoveToOuterDisposeScope();
+        var memory = LogMass.ToProbabilities(ClassLogMass(keys, variant.Theta));
+        return CacheMixer.Mix(nn.functional.softmax(logits, 1), memory, Math.Min(variant.Lambda, 1)).MoveToOuterDisposeScope();
     }
 
     /// <summary>The classifier <c>pixels → probabilities</c> of <paramref name="variant"/>, for the attacks.</summary>
@@ -194,30 +186,16 @@ public sealed class CacheModel : IDisposable
         }
 
         using var scope = NewDisposeScope();
-        var b = queries.shape[0];
-        var perClass = new Tensor[ClassCount];
-        for (var c = 0; c < ClassCount; c++)
+        var q = queries.to(_keys.dtype, _keys.device);
+        Tensor? mass = null;
+        for (long start = 0; start < _keys.shape[0]; start += _keyBlockSize)
         {
-            var keys = _classKeys[c];
-            if (keys is null)
-            {
-                perClass[c] = full(b, double.NegativeInfinity, dtype: queries.dtype, device: queries.device);
-                continue;
-            }
-
-            var q = queries.to(keys.dtype, keys.device);
-            Tensor? mass = null;
-            for (long start = 0; start < keys.shape[0]; start += _keyBlockSize)
-            {
-                var block = keys.narrow(0, start, Math.Min(_keyBlockSize, keys.shape[0] - start));
-                var part = q.mm(block.t()).mul(theta).logsumexp(1);
-                mass = mass is null ? part : mass.logaddexp(part);
-            }
-
-            perClass[c] = mass!.to(queries.dtype, queries.device);
+            var n = Math.Min(_keyBlockSize, _keys.shape[0] - start);
+            var part = SimilarityLogMass.Compute(q.mm(_keys.narrow(0, start, n).t()), _labels.narrow(0, start, n), ClassCount, [theta])[0];
+            mass = mass is null ? part : LogMass.Merge(mass, part);
         }
 
-        return stack(perClass, 1).MoveToOuterDisposeScope();
+        return mass!.to(queries.dtype, queries.device).MoveToOuterDisposeScope();
     }
 
     /// <inheritdoc />
@@ -253,10 +231,7 @@ public sealed class CacheModel : IDisposable
 
     private void DisposeKeys()
     {
-        for (var c = 0; c < _classKeys.Length; c++)
-        {
-            _classKeys[c]?.Dispose();
-            _classKeys[c] = null;
-        }
+        _keys.Dispose();
+        _labels.Dispose();
     }
 }

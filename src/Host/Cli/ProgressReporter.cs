@@ -6,10 +6,12 @@ namespace ScalableCache.Host.Cli;
 /// <summary>
 /// Progress of long work on stderr: a redrawn line when stderr is a terminal, plain lines (every 10 %) when it is a log or pipe.
 /// </summary>
-internal sealed class ProgressReporter(CommandOutput output)
+internal sealed class ProgressReporter(CommandOutput output) : Core.ICacheFitProgress
 {
     /// <summary>A progress sink for one step of <paramref name="total"/> units.</summary>
     public IProgress<long> Step(string label, long total) => new StepProgress(output, label, total);
+
+    IProgress<long>? Core.ICacheFitProgress.Step(string label, long total) => Step(label, total);
 
     /// <summary>A free-text status line.</summary>
     public void Status(string message) => output.Status(message);

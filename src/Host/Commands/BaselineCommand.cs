@@ -21,7 +21,7 @@ internal sealed class BaselineCommand : IScacheCommand
             var session = services.GetRequiredService<ExperimentSession>();
             using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token).ConfigureAwait(false);
             var test = session.LoadTest(parse.GetValue(data));
-            using var features = session.Extract(loaded, test, [loaded.Model.PooledFeaturesLayer], "test", token);
+            using var features = session.Fitter(loaded).Extract(test, [loaded.Model.PooledFeaturesLayer], "test", token);
             var error = features.NetworkError();
             var errors = (long)Math.Round(error * features.Count);
             var result = new

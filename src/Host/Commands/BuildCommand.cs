@@ -1,10 +1,8 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
-using System.Security.Cryptography;
 using Microsoft.Extensions.DependencyInjection;
-using ScalableCache.Core.Evaluation;
-using ScalableCache.Core.Models;
+using ScalableCache.Core;
 using ScalableCache.Core.Persistence;
 using ScalableCache.Host.Cli;
 using ScalableCache.Host.Experiments;
@@ -71,14 +69,31 @@ internal sealed class BuildCommand : IScacheCommand
             var total = Stopwatch.StartNew();
 
             using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token).ConfigureAwait(false);
-            var checkpointSha256 = await Sha256Async(loaded.Checkpoint.FilePath, token).ConfigureAwait(false);
             var train = ExperimentSession.Limit(session.LoadTrain(parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
             var images = parse.GetValue(flip) ? train.WithHorizontalFlips() : train;
+            var fitter = session.Fitter(loaded, o => o.Layers = layerNames);
 
-            using var features = progress.Timed($"{loaded.Spec.Name}: training keys", () => session.Extract(loaded, images, layerNames, "train", token), out var extract);
+            using var features = progress.Timed($"{loaded.Spec.Name}: training keys", () => fitter.Extract(images, layerNames, "train", token), out var extract);
             seconds["extract"] = extract.TotalSeconds;
-            using var memory = progress.Timed($"{loaded.Spec.Name}: build {provider.Provider} cache",
-                () => CacheEvaluation.Build(provider, features, loaded.Model.ClassCount), out var build);
+            using var classifier = progress.Timed($"{loaded.Spec.Name}: build {provider.Provider} cache", () =>
+            {
+                var memory = fitter.BuildMemory(features, loaded.Model.ClassCount);
+                try
+                {
+                    return new CacheClassifier(loaded.Model, fitter.Recipe(layerNames), memory, fixedTheta, fixedLambda, new CacheClassifierOptions
+                    {
+                        Model = loaded.Id,
+                        Flip = parse.GetValue(flip),
+                        BatchSize = session.BatchSize,
+                        Device = loaded.Device,
+                    });
+                }
+                catch
+                {
+                    memory.Dispose();
+                    throw;
+                }
+            }, out var build);
             seconds["build"] = build.TotalSeconds;
 
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
@@ -93,23 +108,13 @@ internal sealed class BuildCommand : IScacheCommand
                 metadata["maxTrain"] = max.ToString(CultureInfo.InvariantCulture);
             }
 
-            var header = new CacheFileHeader
-            {
-                Model = new CacheModelId(loaded.Spec.Name, checkpointSha256, Path.GetFileName(loaded.Checkpoint.FilePath)),
-                Layers = layerNames,
-                Flip = parse.GetValue(flip),
-                Normalization = DescribeNormalization(loaded.Spec.Normalization),
-                Theta = fixedTheta,
-                Lambda = fixedLambda,
-                Metadata = metadata,
-            };
             var full = Path.GetFullPath(path);
             Directory.CreateDirectory(Path.GetDirectoryName(full)!);
             var written = progress.Timed($"save {full}", () =>
             {
                 try
                 {
-                    return CacheFile.Save(full, header, memory, token);
+                    return classifier.Save(full, metadata, token);
                 }
                 catch (Exception ex) when (ex is (IOException or UnauthorizedAccessException) and not CacheFileException)
                 {
@@ -128,24 +133,6 @@ internal sealed class BuildCommand : IScacheCommand
     }
 
     public Command Definition { get; }
-
-    /// <summary>How the keys are normalised, for the file header.</summary>
-    public static string DescribeNormalization(InputNormalization input)
-    {
-        ArgumentNullException.ThrowIfNull(input);
-        static string List(IEnumerable<float> values) => string.Join(", ", values.Select(v => v.ToString("R", CultureInfo.InvariantCulture)));
-        return $"input: (pixel/255 - mean) / std per channel, mean [{List(input.Mean)}], std [{List(input.Std)}]; " +
-            "keys: each layer's output flattened and L2-normalised, layers concatenated in order, then L2-normalised again";
-    }
-
-    private static async Task<string> Sha256Async(string path, CancellationToken cancellationToken)
-    {
-        var stream = File.OpenRead(path);
-        await using (stream.ConfigureAwait(false))
-        {
-            return Convert.ToHexStringLower(await SHA256.HashDataAsync(stream, cancellationToken).ConfigureAwait(false));
-        }
-    }
 
     private static void Render(IAnsiConsole console, BuildResult r)
     {

@@ -54,18 +54,29 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
         var test = ExperimentSession.Limit(session.LoadTest(data), maxTest, seed);
         var train = ExperimentSession.Limit(session.LoadTrain(data, flips: false), maxTrain, seed);
         var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
+        var fitter = session.Fitter(model, o =>
+        {
+            o.Layers = layers;
+            o.Grid = grid;
+            o.MaxLayers = maxLayers;
+        }, exactFactory);
         var classCount = model.Model.ClassCount;
-        var candidates = layers ?? LayerChoice.DefaultCandidates(model);
-        using var trainKeys = session.ExtractPerLayer(model, train, candidates, "train", cancellationToken);
-        using var testKeys = session.ExtractPerLayer(model, test, candidates, "test", cancellationToken);
-        layers ??= Table1Experiment.SearchLayers(session, trainKeys, testKeys, split.First, candidates, grid, maxLayers, classCount).Layers;
+        var candidates = fitter.Candidates();
+        using var trainKeys = fitter.ExtractLayers(train, candidates, "train", cancellationToken);
+        using var testKeys = fitter.ExtractLayers(test, candidates, "test", cancellationToken);
+        if (layers is null)
+        {
+            using var validationKeys = testKeys.Rows(split.First);
+            layers = fitter.SearchLayers(trainKeys, validationKeys).Layers;
+        }
+
         using var trainTable = trainKeys.Compose(layers);
         using var validation = testKeys.Compose(layers, split.First);
         using var report = testKeys.Compose(layers, split.Second);
 
         var residentBefore = Resident();
         var buildWatch = Stopwatch.StartNew();
-        using var exact = CacheEvaluation.Build(exactFactory, trainTable, classCount);
+        using var exact = fitter.BuildMemory(trainTable, classCount);
         var exactBuild = buildWatch.Elapsed.TotalSeconds;
         var exactResident = Resident() - residentBefore;
         var chosen = CacheGridSearch.Search(exact, validation.Keys, validation.Probabilities, validation.Labels, grid, session.BatchSize);

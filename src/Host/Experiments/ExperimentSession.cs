@@ -2,7 +2,6 @@ using Microsoft.Extensions.Options;
 using ScalableCache.Core;
 using ScalableCache.Core.Data;
 using ScalableCache.Core.Evaluation;
-using ScalableCache.Core.Features;
 using ScalableCache.Core.Models;
 using ScalableCache.Host.Assets;
 using ScalableCache.Host.Cli;
@@ -70,22 +69,25 @@ internal sealed class ExperimentSession(
         return flips ? train.WithHorizontalFlips() : train;
     }
 
-    /// <summary>Keys, probabilities and labels of <paramref name="data"/> for <paramref name="layers"/>.</summary>
-    public FeatureTable Extract(LoadedModel model, ImageDataset data, IReadOnlyList<string> layers, string label, CancellationToken cancellationToken)
+    /// <summary>
+    /// The library's fitter for <paramref name="model"/>: the configured provider (or <paramref name="store"/>), the model's input
+    /// normalisation and size, the configured batch size and device, progress on stderr; <paramref name="configure"/> sets the rest.
+    /// </summary>
+    public CacheFitter Fitter(LoadedModel model, Action<CacheFitOptions>? configure = null, ICacheMemoryFactory? store = null)
     {
-        var step = progress.Step($"{label} [{string.Join(",", layers)}]", data.Count);
-        var source = new FeatureSource(model, BatchSize);
-        return source.Extract(data, layers, new ExtractionProgressAdapter(step), cancellationToken);
-    }
-
-    /// <summary>Per-layer keys (float32, or float16 to halve memory) of <paramref name="data"/> for a layer search.</summary>
-    public PerLayerKeys ExtractPerLayer(
-        LoadedModel model, ImageDataset data, IReadOnlyList<string> layers, string label, CancellationToken cancellationToken,
-        TorchSharp.torch.ScalarType storage = TorchSharp.torch.ScalarType.Float32)
-    {
-        var step = progress.Step($"{label} [{layers.Count} layers]", data.Count);
-        var source = new FeatureSource(model, BatchSize);
-        return source.ExtractPerLayer(data, layers, new ExtractionProgressAdapter(step), cancellationToken, storage: storage);
+        ArgumentNullException.ThrowIfNull(model);
+        var options = new CacheFitOptions
+        {
+            Store = store ?? providers.Selected,
+            Input = model.Spec.Normalization,
+            InputShape = model.Spec.Input,
+            BatchSize = BatchSize,
+            Device = model.Device,
+            Model = model.Id,
+            Progress = progress,
+        };
+        configure?.Invoke(options);
+        return new CacheFitter(model.Model, options);
     }
 
     /// <summary>A seeded class-balanced subset of at most <paramref name="max"/> images (for quick runs), or the set itself.</summary>
@@ -104,15 +106,22 @@ internal sealed class ExperimentSession(
         return data.ClassBalancedSubset(max.Value / data.ClassCount, seed);
     }
 
-    /// <summary>Loads a cache file with the provider recorded in it (which must be registered).</summary>
-    public ScalableCache.Core.Persistence.LoadedCacheFile LoadCacheFile(string path, CancellationToken cancellationToken) =>
-        ScalableCache.Core.Persistence.CacheFile.Load(path, providers, cancellationToken);
+    /// <summary>
+    /// Loads a cache file as a classifier over <paramref name="model"/>, with the provider recorded in the file (which must be
+    /// registered); the file must have been built for this model's checkpoint (SHA-256), class count and layer shapes.
+    /// </summary>
+    public CacheClassifier LoadClassifier(string path, LoadedModel model, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return CacheClassifier.Load(path, model.Model, new CacheLoadOptions
+        {
+            Providers = providers.Factories,
+            Model = model.Id,
+            BatchSize = BatchSize,
+            Device = model.Device,
+        }, cancellationToken);
+    }
 
     /// <summary>The validation and report halves of the test set.</summary>
     public static DatasetSplit Split(ImageDataset test, int seed, double validationFraction) => test.SeededSplit(seed, validationFraction);
-
-    private sealed class ExtractionProgressAdapter(IProgress<long> inner) : IProgress<ExtractionProgress>
-    {
-        public void Report(ExtractionProgress value) => inner.Report(value.Processed);
-    }
 }

@@ -56,7 +56,8 @@ internal sealed class LayerSweepExperiment(ExperimentSession session)
         var test = session.LoadTest(data);
         var train = session.LoadTrain(data, flips: false);
         var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
-        var layers = LayerChoice.SweepLayers(model);
+        var layers = CandidateLayers.Sweep(model.Model, model.Spec.Input);
+        var fitter = session.Fitter(model, o => o.CandidateStorage = ScalarType.Float16);
         var classCount = model.Model.ClassCount;
         var points = new List<LayerSweepPoint>();
         double baseline = double.NaN;
@@ -83,8 +84,8 @@ internal sealed class LayerSweepExperiment(ExperimentSession session)
         foreach (var group in groups)
         {
             var names = group.Select(l => l.Name).ToList();
-            using var trainKeys = session.ExtractPerLayer(model, train, names, "train", cancellationToken, ScalarType.Float16);
-            using var testKeys = session.ExtractPerLayer(model, test, names, "test", cancellationToken, ScalarType.Float16);
+            using var trainKeys = fitter.ExtractLayers(train, names, "train", cancellationToken);
+            using var testKeys = fitter.ExtractLayers(test, names, "test", cancellationToken);
             foreach (var layer in group)
             {
                 cancellationToken.ThrowIfCancellationRequested();
@@ -93,7 +94,7 @@ internal sealed class LayerSweepExperiment(ExperimentSession session)
                 using var trainTable = Keys(trainKeys, layer, projected, maxDimension, null);
                 using var validation = Keys(testKeys, layer, projected, maxDimension, split.First);
                 using var report = Keys(testKeys, layer, projected, maxDimension, split.Second);
-                using var memory = CacheEvaluation.Build(provider, trainTable, classCount);
+                using var memory = fitter.BuildMemory(trainTable, classCount);
                 var searched = CacheEvaluation.Evaluate(memory, validation, report, searchGrid, session.BatchSize);
                 var fixedReport = CacheGridSearch.Search(memory, report.Keys, report.Probabilities, report.Labels,
                     new GridSearchOptions { Thetas = [fixedTheta], Lambdas = [fixedLambda] }, session.BatchSize);
@@ -123,7 +124,7 @@ internal sealed class LayerSweepExperiment(ExperimentSession session)
         {
             using var scope = NewDisposeScope();
             using var projection = RandomProjectionMatrix.Create(RandomProjectionKind.Gaussian, 20181203, (int)layer.FeatureCount, width);
-            var projectedKeys = nn.functional.normalize(projection.Apply(table.Keys), 2, 1, LayerTapExtractor.NormEpsilon);
+            var projectedKeys = nn.functional.normalize(projection.Apply(table.Keys), 2, 1, KeyRecipe.NormEpsilon);
             var result = new FeatureTable(projectedKeys, table.Probabilities, table.Labels, table.Layers);
             result.Keys.DetachFromDisposeScope();
             result.Probabilities.DetachFromDisposeScope();

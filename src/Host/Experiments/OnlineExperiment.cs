@@ -32,29 +32,33 @@ internal sealed class OnlineExperiment(ExperimentSession session)
         var train = session.LoadTrain(data, flips: false);
         var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
         var classCount = model.Model.ClassCount;
-        var candidates = layers ?? LayerChoice.DefaultCandidates(model);
-        using var trainKeys = session.ExtractPerLayer(model, train, candidates, "train", cancellationToken);
-        using var testKeys = session.ExtractPerLayer(model, test, candidates, "test", cancellationToken);
-        if (layers is null)
+        var fitter = session.Fitter(model, o =>
         {
-            layers = Table1Experiment.SearchLayers(session, trainKeys, testKeys, split.First, candidates, grid, maxLayers, classCount).Layers;
-        }
+            o.Layers = layers;
+            o.Grid = grid;
+            o.MaxLayers = maxLayers;
+            var both = theta is not null && lambda is not null;
+            o.Theta = both ? theta : null;
+            o.Lambda = both ? lambda : null;
+        });
+        var candidates = fitter.Candidates();
+        using var trainKeys = fitter.ExtractLayers(train, candidates, "train", cancellationToken);
+        using var testKeys = fitter.ExtractLayers(test, candidates, "test", cancellationToken);
+        using var validationKeys = testKeys.Rows(split.First);
 
-        using var trainTable = trainKeys.Compose(layers);
-        using var validation = testKeys.Compose(layers, split.First);
-        using var staticMemory = CacheEvaluation.Build(provider, trainTable, classCount);
-        if (theta is null || lambda is null)
-        {
-            var chosen = CacheGridSearch.Search(staticMemory, validation.Keys, validation.Probabilities, validation.Labels, grid, session.BatchSize);
-            (theta, lambda) = (chosen.Theta, chosen.Lambda);
-            session.Progress.Status($"θ = {theta}, λ = {lambda} from the validation half");
-        }
+        // The static cache: the training keys, θ and λ from the validation half (unless given).
+        using var fit = fitter.Fit(trainKeys, validationKeys, cancellationToken: cancellationToken);
+        layers = fit.Report.Layers;
+        var staticMemory = fit.Classifier.Memory;
+        (theta, lambda) = (fit.Report.Tuning.Theta, fit.Report.Tuning.Lambda);
+        session.Progress.Status($"θ = {theta}, λ = {lambda}{(fit.Report.Tuning.Searched ? " from the validation half" : string.Empty)}");
 
         // The stream: the report half in a seeded random order.
         var order = split.Second.ToArray();
         new Random(seed).Shuffle(order);
         using var stream = testKeys.Compose(layers, order);
-        using var growing = startEmpty ? provider.Create((int)trainTable.KeyDimension, classCount) : CacheEvaluation.Build(provider, trainTable, classCount);
+        using var trainTable = startEmpty ? null : trainKeys.Compose(layers);
+        using var growing = trainTable is null ? provider.Create(staticMemory.Dimension, classCount) : fitter.BuildMemory(trainTable, classCount);
 
         var steps = new List<OnlineStep>();
         long netWrong = 0, staticWrong = 0, growingWrong = 0;

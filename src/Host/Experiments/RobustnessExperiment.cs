@@ -104,48 +104,43 @@ internal sealed class RobustnessExperiment(ExperimentSession session)
             var test = ExperimentSession.Limit(session.LoadTest(request.Data), request.MaxTest, request.Seed);
             var train = ExperimentSession.Limit(session.LoadTrain(request.Data, flips: false), request.MaxTrain, request.Seed);
             var split = ExperimentSession.Split(test, request.Seed, Table1Experiment.ValidationFraction);
-            var classCount = model.Model.ClassCount;
             var layers = request.Layers;
+            var fitter = session.Fitter(model, o =>
+            {
+                o.Layers = layers;
+                o.Candidates = request.Candidates;
+                o.MaxLayers = request.MaxLayers;
+                o.Grid = request.Grid;
+                o.Theta = request.Theta;
+                o.Lambda = request.Lambda;
+                o.CandidateStorage = ScalarType.Float16;
+            });
             CacheEvaluationResult? evaluation = null;
             FeatureTable trainTable;
             if (layers is not null && request.Theta.HasValue && request.Lambda.HasValue && request.CacheOnlyTheta.HasValue)
             {
                 // Everything given: only the training keys are needed.
-                trainTable = progress.Timed($"{request.Model}: training keys", () => session.Extract(model, train, layers, "train", cancellationToken), out var t);
+                trainTable = progress.Timed($"{request.Model}: training keys", () => fitter.Extract(train, layers, "train", cancellationToken), out var t);
                 seconds["extractTrain"] = t.TotalSeconds;
             }
             else
             {
-                var candidates = layers ?? request.Candidates ?? LayerChoice.DefaultCandidates(model);
-                using var trainKeys = progress.Timed($"{request.Model}: training keys", () => session.ExtractPerLayer(
-                    model, train, candidates, "train", cancellationToken, ScalarType.Float16), out var t1);
+                var candidates = fitter.Candidates();
+                using var trainKeys = progress.Timed($"{request.Model}: training keys", () => fitter.ExtractLayers(train, candidates, "train", cancellationToken), out var t1);
                 seconds["extractTrain"] = t1.TotalSeconds;
-                using var testKeys = progress.Timed($"{request.Model}: test keys", () => session.ExtractPerLayer(
-                    model, test, candidates, "test", cancellationToken, ScalarType.Float16), out var t2);
+                using var testKeys = progress.Timed($"{request.Model}: test keys", () => fitter.ExtractLayers(test, candidates, "test", cancellationToken), out var t2);
                 seconds["extractTest"] = t2.TotalSeconds;
-                if (layers is null)
+                using var validationKeys = testKeys.Rows(split.First);
+                using var fit = progress.Timed($"{request.Model}: fit", () => fitter.Fit(trainKeys, validationKeys, cancellationToken: cancellationToken), out var t3);
+                foreach (var (stage, time) in fit.Report.Seconds)
                 {
-                    var search = progress.Timed($"{request.Model}: layer-combination search", () => Table1Experiment.SearchLayers(
-                        session, trainKeys, testKeys, split.First, candidates, request.Grid, request.MaxLayers, classCount), out var ts);
-                    seconds["layerSearch"] = ts.TotalSeconds;
-                    layers = search.Layers;
+                    seconds[stage] = time;
                 }
 
+                layers = fit.Report.Layers;
+                using var report = testKeys.Compose(layers, split.Second);
+                evaluation = CacheEvaluation.Report(fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize));
                 trainTable = trainKeys.Compose(layers);
-                try
-                {
-                    using var validation = testKeys.Compose(layers, split.First);
-                    using var report = testKeys.Compose(layers, split.Second);
-                    using var memory = CacheEvaluation.Build(session.Provider, trainTable, classCount);
-                    evaluation = progress.Timed($"{request.Model}: θ/λ search", () => CacheEvaluation.Evaluate(
-                        memory, validation, report, request.Grid, Math.Max(1, session.BatchSize), request.Theta, request.Lambda), out var t3);
-                    seconds["thetaLambda"] = t3.TotalSeconds;
-                }
-                catch
-                {
-                    trainTable.Dispose();
-                    throw;
-                }
             }
 
             using (trainTable)

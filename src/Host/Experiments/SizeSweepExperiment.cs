@@ -33,19 +33,32 @@ internal sealed class SizeSweepExperiment(ExperimentSession session)
         var test = ExperimentSession.Limit(session.LoadTest(data), maxTest, seed);
         var train = ExperimentSession.Limit(session.LoadTrain(data, flips: false), maxTrain, seed);
         var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
-        var classCount = model.Model.ClassCount;
-        var candidates = layers ?? LayerChoice.DefaultCandidates(model);
-        using var trainKeys = session.ExtractPerLayer(model, train, candidates, "train", cancellationToken);
-        using var testKeys = session.ExtractPerLayer(model, test, candidates, "test", cancellationToken);
+        var fitter = session.Fitter(model, o =>
+        {
+            o.Layers = layers;
+            o.Grid = grid;
+            o.MaxLayers = maxLayers;
+        });
+        var candidates = fitter.Candidates();
+        using var trainKeys = fitter.ExtractLayers(train, candidates, "train", cancellationToken);
+        using var testKeys = fitter.ExtractLayers(test, candidates, "test", cancellationToken);
+        using var validationKeys = testKeys.Rows(split.First);
         LayerCombinationResult? search = null;
         if (layers is null)
         {
-            search = Table1Experiment.SearchLayers(session, trainKeys, testKeys, split.First, candidates, grid, maxLayers, classCount);
+            search = fitter.SearchLayers(trainKeys, validationKeys);
             layers = search.Layers;
             session.Progress.Status($"{modelName}: cache keyed on [{string.Join(", ", layers)}]");
         }
 
-        using var validation = testKeys.Compose(layers, split.First);
+        // Every subset's cache is fitted with the chosen layers: memory of the subset's keys, θ and λ searched again.
+        var chosen = layers;
+        var subsetFitter = session.Fitter(model, o =>
+        {
+            o.Layers = chosen;
+            o.Grid = grid;
+            o.Progress = null;
+        });
         using var report = testKeys.Compose(layers, split.Second);
         var points = new List<SizeSweepPoint>();
         foreach (var fraction in fractions)
@@ -64,9 +77,10 @@ internal sealed class SizeSweepExperiment(ExperimentSession session)
                 }
 
                 var indices = train.ClassBalancedIndices(perClass, subsetSeed);
-                using var subset = trainKeys.Compose(layers, indices);
-                using var memory = CacheEvaluation.Build(provider, subset, classCount);
-                var result = CacheEvaluation.Evaluate(memory, validation, report, grid, session.BatchSize);
+                using var subset = trainKeys.Rows(indices, layers);
+                using var fit = subsetFitter.Fit(subset, validationKeys, cancellationToken: cancellationToken);
+                var memory = fit.Classifier.Memory;
+                var result = CacheEvaluation.Report(memory, fit.Report.Tuning, report, session.BatchSize);
                 points.Add(new SizeSweepPoint(
                     fraction, perClass, memory.Count, subsetSeed, result.BaselineError, result.CacheError, result.BaselineError - result.CacheError,
                     result.Theta, result.Lambda, result.CacheOnlyError, pointWatch.Elapsed.TotalSeconds));

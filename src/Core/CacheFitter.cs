@@ -1,0 +1,386 @@
+using System.Diagnostics;
+using ScalableCache.Core.Data;
+using ScalableCache.Core.Evaluation;
+using ScalableCache.Core.Features;
+using ScalableCache.Core.Models;
+using ScalableCache.Core.Persistence;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Core;
+
+/// <summary>Progress of a fit: status lines and per-stage counters (images extracted).</summary>
+public interface ICacheFitProgress
+{
+    /// <summary>One line for people.</summary>
+    void Status(string message);
+
+    /// <summary>A counter for a stage of <paramref name="total"/> items, or <see langword="null"/> for none.</summary>
+    IProgress<long>? Step(string label, long total);
+}
+
+/// <summary>Settings of a fit (<see cref="CacheFitter"/>).</summary>
+public sealed class CacheFitOptions
+{
+    /// <summary>Creates the memory (e.g. <c>new ExactCacheMemoryFactory(new())</c>). Required.</summary>
+    public ICacheMemoryFactory? Store { get; set; }
+
+    /// <summary>The input normalisation the backbone was trained with. Required.</summary>
+    public InputNormalization? Input { get; set; }
+
+    /// <summary>Shape of one input image.</summary>
+    public InputShape InputShape { get; set; } = InputShape.Cifar;
+
+    /// <summary>How several layers' activations become one key.</summary>
+    public KeyNormalization KeyNormalization { get; set; } = KeyNormalization.PerLayer;
+
+    /// <summary>Fixed key layers (in order); when <see langword="null"/>, the layers are chosen by greedy search over <see cref="Candidates"/>.</summary>
+    public IReadOnlyList<string>? Layers { get; set; }
+
+    /// <summary>Candidate layers of the search; when <see langword="null"/>, <see cref="CandidateLayers.Default"/>.</summary>
+    public IReadOnlyList<string>? Candidates { get; set; }
+
+    /// <summary>Largest layer set the search builds (at least 1).</summary>
+    public int MaxLayers { get; set; } = 3;
+
+    /// <summary>The θ × λ grid searched on the validation images.</summary>
+    public GridSearchOptions Grid { get; set; } = new();
+
+    /// <summary>Fixed θ (with <see cref="Lambda"/>); both <see langword="null"/> to search them.</summary>
+    public double? Theta { get; set; }
+
+    /// <summary>Fixed λ in <c>[0, 1]</c> (with <see cref="Theta"/>).</summary>
+    public double? Lambda { get; set; }
+
+    /// <summary>Whether horizontally flipped training images join the memory (the paper's C-10+ cache).</summary>
+    public bool Flip { get; set; }
+
+    /// <summary>Images per forward pass and per memory query.</summary>
+    public int BatchSize { get; set; } = 256;
+
+    /// <summary>Device the images go to; the backbone's when <see langword="null"/>.</summary>
+    public Device? Device { get; set; }
+
+    /// <summary>Element type of the per-layer candidate keys held during the search: float32, or float16 to halve memory.</summary>
+    public ScalarType CandidateStorage { get; set; } = ScalarType.Float32;
+
+    /// <summary>The network and checkpoint, recorded in the fitted classifier (and its cache files).</summary>
+    public CacheModelId? Model { get; set; }
+
+    /// <summary>Progress; none when <see langword="null"/>.</summary>
+    public ICacheFitProgress? Progress { get; set; }
+
+    /// <summary>Every problem with these settings, as messages naming the setting; empty when they are valid.</summary>
+    public IReadOnlyList<string> Validate()
+    {
+        var errors = new List<string>();
+        if (Store is null)
+        {
+            errors.Add("Store: a cache memory factory is required.");
+        }
+
+        if (Input is null)
+        {
+            errors.Add("Input: the backbone's input normalisation is required.");
+        }
+
+        if (MaxLayers < 1)
+        {
+            errors.Add($"MaxLayers must be at least 1 (got {MaxLayers}).");
+        }
+
+        if (BatchSize < 1)
+        {
+            errors.Add($"BatchSize must be positive (got {BatchSize}).");
+        }
+
+        if (Theta.HasValue != Lambda.HasValue)
+        {
+            errors.Add("Theta and Lambda are given together, or neither (to search both).");
+        }
+
+        if (Theta is { } theta && !(theta > 0 && double.IsFinite(theta)))
+        {
+            errors.Add($"Theta must be finite and greater than 0 (got {theta}).");
+        }
+
+        if (Lambda is { } lambda && !(lambda >= 0 && lambda <= 1))
+        {
+            errors.Add($"Lambda must lie in [0, 1] (got {lambda}).");
+        }
+
+        if (Layers is { Count: 0 } || Candidates is { Count: 0 })
+        {
+            errors.Add("Layers and Candidates, when given, name at least one layer.");
+        }
+
+        if (CandidateStorage is not (ScalarType.Float32 or ScalarType.Float16))
+        {
+            errors.Add($"CandidateStorage must be Float32 or Float16 (got {CandidateStorage}).");
+        }
+
+        errors.AddRange(Grid?.Validate() ?? ["Grid is required."]);
+        return errors;
+    }
+}
+
+/// <summary>How a classifier was fitted.</summary>
+/// <param name="Layers">The key layers (chosen or given).</param>
+/// <param name="KeyDimension">Key dimension D.</param>
+/// <param name="CacheSize">Keys in the memory.</param>
+/// <param name="Flip">Whether flipped training images are in the memory.</param>
+/// <param name="LayerSearch">The greedy search's rounds and scored sets, when the layers were searched.</param>
+/// <param name="Tuning">θ and λ (and the cache-only θ) chosen on the validation images, with the error grid and grid-edge warnings.</param>
+/// <param name="Seconds">Wall time per stage (<c>extractTrain</c>, <c>extractValidation</c>, <c>layerSearch</c>, <c>extractFlipped</c>, <c>buildCache</c>, <c>tune</c>).</param>
+public sealed record CacheFitReport(
+    IReadOnlyList<string> Layers,
+    long KeyDimension,
+    long CacheSize,
+    bool Flip,
+    LayerCombinationResult? LayerSearch,
+    CacheTuning Tuning,
+    IReadOnlyDictionary<string, double> Seconds);
+
+/// <summary>A fitted classifier with its fit report. Disposing it disposes the classifier.</summary>
+/// <param name="Classifier">The fitted classifier (owned by this object until taken: see <see cref="Detach"/>).</param>
+/// <param name="Report">How it was fitted.</param>
+public sealed record CacheFit(CacheClassifier Classifier, CacheFitReport Report) : IDisposable
+{
+    private bool _detached;
+
+    /// <summary>Hands the classifier to the caller: disposing this fit no longer disposes it.</summary>
+    public CacheClassifier Detach()
+    {
+        _detached = true;
+        return Classifier;
+    }
+
+    /// <summary>Disposes the classifier unless it was detached.</summary>
+    public void Dispose()
+    {
+        if (!_detached)
+        {
+            Classifier.Dispose();
+        }
+    }
+}
+
+/// <summary>
+/// The procedure that turns a trained network into a cache model (Orhan 2018): per-layer keys of the training and validation
+/// images from one forward pass each, a greedy layer-combination search on the validation images (unless the layers are fixed),
+/// the memory of the chosen layers' training keys, and the θ × λ search. Each stage is public, so experiments that reuse keys
+/// (a report set extracted with the validation set, sub-sampled caches) run the same code.
+/// </summary>
+public sealed class CacheFitter
+{
+    private readonly CacheFitOptions _options;
+    private readonly InputNormalization _input;
+    private readonly ICacheMemoryFactory _store;
+
+    /// <summary>Creates the fitter; invalid options fail here, naming the setting.</summary>
+    public CacheFitter(nn.Module<Tensor, Tensor> backbone, CacheFitOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(backbone);
+        ArgumentNullException.ThrowIfNull(options);
+        var problems = options.Validate();
+        if (problems.Count > 0)
+        {
+            throw new ArgumentException("Invalid fit options: " + string.Join(" ", problems), nameof(options));
+        }
+
+        Backbone = backbone;
+        _options = options;
+        _input = options.Input!;
+        _store = options.Store!;
+        backbone.eval();
+    }
+
+    /// <summary>The network.</summary>
+    public nn.Module<Tensor, Tensor> Backbone { get; }
+
+    /// <summary>The settings.</summary>
+    public CacheFitOptions Options => _options;
+
+    /// <summary>The layers a fit extracts: the fixed layers, else the candidates, else the default candidates.</summary>
+    public IReadOnlyList<string> Candidates() =>
+        _options.Layers ?? _options.Candidates ?? CandidateLayers.Default(Backbone, _options.InputShape);
+
+    /// <summary>A recipe over <paramref name="layers"/> with the fit's input and key normalisation.</summary>
+    public KeyRecipe Recipe(IReadOnlyList<string> layers) => new(layers, _input, _options.InputShape, _options.KeyNormalization);
+
+    /// <summary>Per-layer unit keys (and norms), network probabilities and labels of <paramref name="data"/> for <paramref name="layers"/>.</summary>
+    public PerLayerKeys ExtractLayers(ImageDataset data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(layers);
+        CheckShape(data);
+        using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
+        var step = _options.Progress?.Step($"{label} [{layers.Count} layer{(layers.Count == 1 ? "" : "s")}]", data.Count);
+        return DatasetFeatureExtractor.ExtractPerLayer(
+            extractor, data.Pixels, data.Labels, _options.InputShape, _input, ExtractionOptions(), _options.CandidateStorage,
+            Adapt(step), cancellationToken);
+    }
+
+    /// <summary>Keys of <paramref name="layers"/> composed by the recipe, probabilities and labels of <paramref name="data"/>.</summary>
+    public FeatureTable Extract(ImageDataset data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(layers);
+        CheckShape(data);
+        using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
+        var step = _options.Progress?.Step($"{label} [{string.Join(",", layers)}]", data.Count);
+        using var features = DatasetFeatureExtractor.Extract(
+            extractor, data.Pixels, data.Labels, _options.InputShape, _input, ExtractionOptions(), Adapt(step), cancellationToken);
+        return new FeatureTable(features.Keys, features.Probabilities, features.Labels!, features.Layers);
+    }
+
+    /// <summary>Greedy layer-combination search over the candidate layers both key sets hold, scored on the validation keys.</summary>
+    public LayerCombinationResult SearchLayers(PerLayerKeys train, PerLayerKeys validation, IReadOnlyList<string>? candidates = null)
+    {
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(validation);
+        if (_options.KeyNormalization != KeyNormalization.PerLayer)
+        {
+            throw new NotSupportedException("The layer-combination search scores per-layer-normalised keys; fix the layers for other key recipes.");
+        }
+
+        candidates ??= Candidates();
+        var list = candidates.Select(c => new LayerCandidate(c, train.Layer(c), validation.Layer(c))).ToList();
+        var reporter = _options.Progress is { } p ? new StatusProgress(p) : null;
+        var grid = _options.Grid;
+        return LayerCombinationSearch.Run(
+            list, train.Labels, validation.Probabilities, validation.Labels, train.ClassCount,
+            grid.Thetas, grid.IncludeCacheOnly ? grid.EffectiveLambdas : grid.Lambdas, _options.MaxLayers, reporter);
+    }
+
+    /// <summary>A new memory from the store factory holding <paramref name="train"/>'s keys (added in chunks).</summary>
+    public ICacheMemory BuildMemory(FeatureTable train, int classCount)
+    {
+        ArgumentNullException.ThrowIfNull(train);
+        return CacheEvaluation.Build(_store, train, classCount);
+    }
+
+    /// <summary>Extracts the training and validation images' candidate keys, then fits from them (<see cref="Fit(PerLayerKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/>).</summary>
+    public CacheFit Fit(ImageDataset train, ImageDataset validation, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(validation);
+        var candidates = Candidates();
+        var watch = Stopwatch.StartNew();
+        using var trainKeys = ExtractLayers(train, candidates, "train", cancellationToken);
+        var extractTrain = watch.Elapsed.TotalSeconds;
+        watch.Restart();
+        using var validationKeys = ExtractLayers(validation, candidates, "validation", cancellationToken);
+        var extractValidation = watch.Elapsed.TotalSeconds;
+        var fit = Fit(trainKeys, validationKeys, train, cancellationToken);
+        var seconds = new Dictionary<string, double>(fit.Report.Seconds) { ["extractTrain"] = extractTrain, ["extractValidation"] = extractValidation };
+        return fit with { Report = fit.Report with { Seconds = seconds } };
+    }
+
+    /// <summary>
+    /// Fits from extracted keys: chooses the layers (unless fixed) on <paramref name="validationKeys"/>, builds the memory of the
+    /// training keys of those layers (plus flipped training images when <see cref="CacheFitOptions.Flip"/> is set, which needs
+    /// <paramref name="train"/>), and chooses θ and λ on the validation keys (unless fixed).
+    /// </summary>
+    public CacheFit Fit(PerLayerKeys trainKeys, PerLayerKeys validationKeys, ImageDataset? train = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(trainKeys);
+        ArgumentNullException.ThrowIfNull(validationKeys);
+        if (_options.Flip && train is null)
+        {
+            throw new ArgumentException("A cache with flipped training images needs the training images.", nameof(train));
+        }
+
+        var seconds = new Dictionary<string, double>();
+        var watch = Stopwatch.StartNew();
+        LayerCombinationResult? search = null;
+        var layers = _options.Layers;
+        if (layers is null)
+        {
+            search = SearchLayers(trainKeys, validationKeys);
+            layers = search.Layers;
+            seconds["layerSearch"] = watch.Elapsed.TotalSeconds;
+            _options.Progress?.Status($"chose [{string.Join(", ", layers)}] (validation error {search.Score.Error:P2})");
+        }
+
+        cancellationToken.ThrowIfCancellationRequested();
+        var classCount = trainKeys.ClassCount;
+        ICacheMemory memory;
+        using (var trainTable = ComposeTraining(trainKeys, layers, train, seconds, cancellationToken))
+        {
+            watch.Restart();
+            memory = BuildMemory(trainTable, classCount);
+            seconds["buildCache"] = watch.Elapsed.TotalSeconds;
+        }
+
+        try
+        {
+            watch.Restart();
+            using var validation = validationKeys.Compose(layers, null, _options.KeyNormalization);
+            var tuning = CacheEvaluation.Tune(memory, validation, _options.Grid, _options.BatchSize, _options.Theta, _options.Lambda);
+            seconds["tune"] = watch.Elapsed.TotalSeconds;
+            foreach (var warning in tuning.Warnings)
+            {
+                _options.Progress?.Status(warning);
+            }
+
+            var classifier = new CacheClassifier(Backbone, Recipe(layers), memory, tuning.Theta, tuning.Lambda, new CacheClassifierOptions
+            {
+                BatchSize = _options.BatchSize,
+                Device = _options.Device,
+                Model = _options.Model,
+                Flip = _options.Flip,
+            });
+            var report = new CacheFitReport(layers, memory.Dimension, memory.Count, _options.Flip, search, tuning, seconds);
+            return new CacheFit(classifier, report);
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
+    }
+
+    private FeatureTable ComposeTraining(
+        PerLayerKeys trainKeys, IReadOnlyList<string> layers, ImageDataset? train, Dictionary<string, double> seconds, CancellationToken cancellationToken)
+    {
+        var unflipped = trainKeys.Compose(layers, null, _options.KeyNormalization);
+        if (!_options.Flip)
+        {
+            return unflipped;
+        }
+
+        using (unflipped)
+        {
+            var watch = Stopwatch.StartNew();
+            var flippedImages = train!.WithHorizontalFlips().Slice(train.Count, train.Count);
+            using var flipped = Extract(flippedImages, layers, "train (flipped)", cancellationToken);
+            seconds["extractFlipped"] = watch.Elapsed.TotalSeconds;
+            return FeatureTable.Concat(unflipped, flipped);
+        }
+    }
+
+    private void CheckShape(ImageDataset data)
+    {
+        var shape = _options.InputShape;
+        if (data.Channels != shape.Channels || data.Height != shape.Height || data.Width != shape.Width)
+        {
+            throw new ArgumentException(
+                $"The images are {data.Channels}×{data.Height}×{data.Width} but the fit expects {shape} (CacheFitOptions.InputShape).", nameof(data));
+        }
+    }
+
+    private FeatureExtractionOptions ExtractionOptions() => new() { BatchSize = _options.BatchSize, Device = _options.Device };
+
+    private static ExtractionProgressAdapter? Adapt(IProgress<long>? inner) => inner is null ? null : new ExtractionProgressAdapter(inner);
+
+    private sealed class ExtractionProgressAdapter(IProgress<long> inner) : IProgress<ExtractionProgress>
+    {
+        public void Report(ExtractionProgress value) => inner.Report(value.Processed);
+    }
+
+    private sealed class StatusProgress(ICacheFitProgress inner) : IProgress<string>
+    {
+        public void Report(string value) => inner.Status(value);
+    }
+}
