@@ -331,9 +331,9 @@ public sealed class CacheClassifier : IDisposable
         {
             (classCount, dimension) = recipe.Probe(backbone);
         }
-        catch (ArgumentException e)
+        catch (Exception e) when (e is not OperationCanceledException)
         {
-            throw Mismatch($"the backbone cannot make the file's keys: {e.Message}");
+            throw Mismatch($"the backbone cannot make the file's keys from a {recipe.InputShape} image: {e.Message}");
         }
 
         if (classCount != header.ClassCount)

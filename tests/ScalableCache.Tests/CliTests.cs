@@ -236,6 +236,15 @@ public sealed class CliTests
             var (code, stdout, _) = await Run(null, [.. evaluate, "--cache", corrupt]);
             Assert.Equal(ExitCodes.InvalidCacheFile, code);
             Assert.Contains("corrupt.scache", SingleJsonObject(stdout).GetProperty("error").GetString());
+
+            // Another ResNet-20 checkpoint file than the one the cache was built with: rejected before any query, naming both digests.
+            string[] otherWeights = [.. evaluate.Select(a => a == Path.Combine(SharedData.Models, "resnet20.safetensors") ? ModelTestSupport.ResNet20Legacy : a)];
+            var (mismatch, mismatchOut, mismatchErr) = await Run(null, [.. otherWeights, "--cache", file]);
+            Assert.Equal(ExitCodes.InvalidCacheFile, mismatch);
+            var error = SingleJsonObject(mismatchOut).GetProperty("error").GetString();
+            Assert.Contains("76ec453ddbe1e52e8866a41683890c7743e0fde6250db8df0669f4b2778e4cfc", error, StringComparison.Ordinal); // resnet20.safetensors
+            Assert.Contains("12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8", error, StringComparison.Ordinal); // resnet20-12fca82f.th
+            Assert.DoesNotContain("   at ", mismatchErr, StringComparison.Ordinal);
         }
         finally
         {

@@ -1,0 +1,170 @@
+using ScalableCache.Core;
+using ScalableCache.Core.Data;
+using ScalableCache.Core.Models;
+using ScalableCache.Core.Persistence;
+using ScalableCache.Exact;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Tests;
+
+/// <summary>The library object: fit on any TorchSharp module by module names, predict, grow, save, load with checks.</summary>
+public sealed class CacheClassifierTests : IDisposable
+{
+    private readonly PersistenceTempFolder _folder = new();
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static ImageDataset TrainSlice => Cifar10.LoadTrain(SharedData.Cifar10).ClassBalancedSubset(30, seed: 1);
+
+    private static ImageDataset ValidationSlice => ModelTestSupport.Cifar10Test.ClassBalancedSubset(10, seed: 2);
+
+    private static CacheFitOptions Options(IReadOnlyList<string>? candidates = null, IReadOnlyList<string>? layers = null) => new()
+    {
+        Store = new ExactCacheMemoryFactory(new ExactCacheOptions()),
+        Input = InputNormalization.ImageNet,
+        InputShape = InputShape.Cifar,
+        Candidates = candidates,
+        Layers = layers,
+        MaxLayers = 2,
+        Grid = new GridSearchOptions { Thetas = [10, 40], Lambdas = [0.3, 0.7] },
+        BatchSize = 64,
+    };
+
+    [Fact]
+    public void ATorchVisionResNetFitsByModuleNamesPredictsGrowsAndRoundTrips()
+    {
+        torch.manual_seed(7);
+        using var backbone = torchvision.models.resnet18(num_classes: 10);
+        var train = TrainSlice;
+        var validation = ValidationSlice;
+
+        using var fit = CacheClassifier.Fit(backbone, train, validation, Options(candidates: ["layer4", "avgpool"]), Ct);
+        var classifier = fit.Classifier;
+        Assert.NotEmpty(fit.Report.Layers);
+        Assert.All(fit.Report.Layers, l => Assert.Contains(l, new[] { "layer4", "avgpool" }));
+        Assert.NotNull(fit.Report.LayerSearch);
+        Assert.Equal(512 * fit.Report.Layers.Count, classifier.Dimension); // layer4 of a 32×32 input is 512×1×1, avgpool 512
+        Assert.Equal(train.Count, classifier.Count);
+        Assert.Contains(fit.Report.Tuning.Theta, new[] { 10.0, 40.0 });
+        Assert.Equal(classifier.Theta, fit.Report.Tuning.Theta);
+
+        using var scope = NewDisposeScope();
+        var images = validation.Slice(0, 20).ToTensor(0, 20);
+        var p = classifier.Probabilities(images);
+        Assert.Equal([20L, 10L], p.shape);
+        Assert.True(p.sum(1).allclose(ones(20), rtol: 0, atol: 1e-5));
+        using (var outputs = classifier.Classify(images))
+        {
+            // The mixture is (1 − λ) p_net + λ p_mem of the same pass.
+            var lambda = classifier.Lambda!.Value;
+            Assert.True(outputs.Probabilities.allclose((outputs.Network * (1 - lambda)) + (outputs.Memory * lambda), rtol: 1e-5, atol: 1e-6));
+            Assert.True(classifier.Predict(images).eq(outputs.Predictions()).all().item<bool>());
+        }
+
+        // Online growth: the validation images join the memory; each then finds itself at similarity 1.
+        classifier.Add(images, validation.Slice(0, 20).LabelsToTensor(0, 20));
+        Assert.Equal(train.Count + 20, classifier.Count);
+        var grown = classifier.Probabilities(images);
+
+        var path = _folder.File("resnet18.scache");
+        var header = classifier.Save(path, cancellationToken: Ct);
+        Assert.Equal(classifier.Recipe, header.Recipe);
+        Assert.Equal(train.Count + 20, header.Count);
+
+        using var loaded = CacheClassifier.Load(path, backbone, new CacheLoadOptions { Providers = [new ExactCacheMemoryFactory(new ExactCacheOptions())] }, Ct);
+        Assert.Equal(classifier.Recipe, loaded.Recipe);
+        Assert.Equal(classifier.Theta, loaded.Theta);
+        Assert.Equal(classifier.Lambda, loaded.Lambda);
+        Assert.True(loaded.Probabilities(images).eq(grown).all().item<bool>(), "identical probabilities after save and load");
+    }
+
+    [Fact]
+    public void LoadChecksCheckpointClassCountAndKeyWidthBeforeAnyQuery()
+    {
+        using var net = TinyTapNet.Create(3, ScalarType.Float32);
+        var recipe = new KeyRecipe(["conv", "act"], TinyTapNet.Normalization, new InputShape(2, 4, 4));
+        var (classes, dimension) = recipe.Probe(net);
+        Assert.Equal((3, 2 * 3 * 16), (classes, dimension));
+        var factory = new ExactCacheMemoryFactory(new ExactCacheOptions());
+        var memory = factory.Create(dimension, classes);
+        using var scope = NewDisposeScope();
+        var images = rand(6, 2, 4, 4);
+        var built = new CacheModelId("tiny", new string('a', 64), "tiny-a.safetensors");
+        string path;
+        using (var classifier = new CacheClassifier(net, recipe, memory, 20, 0.5, new CacheClassifierOptions { Model = built }))
+        {
+            classifier.Add(images, tensor(new long[] { 0, 1, 2, 0, 1, 2 }));
+            path = _folder.File("tiny.scache");
+            classifier.Save(path, cancellationToken: Ct);
+        }
+
+        CacheLoadOptions Options(CacheModelId? model, bool allow = false) => new() { Providers = [factory], Model = model, AllowCheckpointMismatch = allow };
+
+        // Another checkpoint of the same architecture: named with both digests.
+        var other = built with { CheckpointSha256 = new string('b', 64), CheckpointFile = "tiny-b.safetensors" };
+        var e = Assert.Throws<CacheFileException>(() => CacheClassifier.Load(path, net, Options(other), Ct));
+        Assert.Equal(CacheFileProblem.Mismatch, e.Problem);
+        Assert.Contains(new string('a', 64), e.Message, StringComparison.Ordinal);
+        Assert.Contains(new string('b', 64), e.Message, StringComparison.Ordinal);
+        Assert.Contains("tiny-b.safetensors", e.Message, StringComparison.Ordinal);
+
+        // A checkpoint digest is required once the file records one, unless reuse is deliberate.
+        Assert.Equal(CacheFileProblem.Mismatch, Assert.Throws<CacheFileException>(() => CacheClassifier.Load(path, net, Options(new CacheModelId("tiny")), Ct)).Problem);
+        using (var reused = CacheClassifier.Load(path, net, Options(other, allow: true), Ct))
+        {
+            Assert.Equal(6, reused.Count);
+        }
+
+        // Another model name, another class count, another key width.
+        Assert.Contains("'tiny'", Assert.Throws<CacheFileException>(() => CacheClassifier.Load(path, net, Options(new CacheModelId("resnet20")), Ct)).Message, StringComparison.Ordinal);
+        using var fourClasses = new TinyTapNet(classes: 4);
+        var classMismatch = Assert.Throws<CacheFileException>(() => CacheClassifier.Load(path, fourClasses, Options(built), Ct));
+        Assert.Contains("3 classes but the backbone outputs 4", classMismatch.Message, StringComparison.Ordinal);
+        using var wider = new TinyTapNet(side: 5); // its classifier expects 5×5 images: it cannot make the file's 4×4 keys
+        var inputMismatch = Assert.Throws<CacheFileException>(() => CacheClassifier.Load(path, wider, Options(built), Ct));
+        Assert.Equal(CacheFileProblem.Mismatch, inputMismatch.Problem);
+        Assert.Contains("2×4×4", inputMismatch.Message, StringComparison.Ordinal);
+        using (var wrongWidth = factory.Create(dimension + 1, classes))
+        {
+            var widthMismatch = Assert.Throws<ArgumentException>(() => new CacheClassifier(net, recipe, wrongWidth, 20, 0.5));
+            Assert.Contains($"dimension {dimension + 1}", widthMismatch.Message, StringComparison.Ordinal);
+            Assert.Contains($"make {dimension}", widthMismatch.Message, StringComparison.Ordinal);
+        }
+
+        // The right checkpoint loads and answers as saved.
+        using var loaded = CacheClassifier.Load(path, net, Options(built), Ct);
+        Assert.Equal(recipe, loaded.Recipe);
+        Assert.Equal(20, loaded.Theta);
+    }
+
+    [Fact]
+    public void TheKeyRecipesComposeFromActivationsAndFromStoredUnitParts()
+    {
+        using var scope = NewDisposeScope();
+        var a = randn(5, 3, 2, 2, dtype: ScalarType.Float64);
+        var b = randn(5, 7, dtype: ScalarType.Float64) * 10;
+        var flatA = a.reshape(5, -1);
+        foreach (var mode in new[] { KeyNormalization.PerLayer, KeyNormalization.Concatenated })
+        {
+            var keys = KeyRecipe.Compose([a, b], mode);
+            var expected = mode == KeyNormalization.PerLayer
+                ? cat([flatA / flatA.norm(1).unsqueeze(1), b / b.norm(1).unsqueeze(1)], 1)
+                : cat([flatA, b], 1);
+            expected /= expected.norm(1).unsqueeze(1);
+            Assert.True(keys.allclose(expected, rtol: 1e-12, atol: 1e-12), mode.ToString());
+
+            // What PerLayerKeys stores: unit parts and norms.
+            var parts = new[] { flatA / flatA.norm(1).unsqueeze(1), b / b.norm(1).unsqueeze(1) };
+            var composed = KeyRecipe.ComposeUnitParts(parts, [flatA.norm(1), b.norm(1)], mode);
+            Assert.True(composed.allclose(expected.to_type(ScalarType.Float32), rtol: 1e-5, atol: 1e-6), mode.ToString());
+        }
+
+        Assert.Throws<ArgumentException>(() => new KeyRecipe(["x", "x"], InputNormalization.ImageNet, InputShape.Cifar));
+        Assert.Throws<ArgumentException>(() => new KeyRecipe([], InputNormalization.ImageNet, InputShape.Cifar));
+        Assert.Throws<ArgumentException>(() => new KeyRecipe(["x"], InputNormalization.ImageNet, new InputShape(1, 32, 32)));
+    }
+
+    public void Dispose() => _folder.Dispose();
+}
