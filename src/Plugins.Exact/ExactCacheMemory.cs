@@ -5,7 +5,10 @@ using static TorchSharp.torch;
 namespace ScalableCache.Exact;
 
 /// <summary>
-/// Exact key store: every query is compared with every key, on the configured device, in blocks.
+/// Exact key store: every query is compared with every key, on the configured device, in blocks. Create one with
+/// <c>new ExactCacheMemory(dimension, classCount, options)</c>, or through dependency injection with
+/// <see cref="Microsoft.Extensions.DependencyInjection.ExactServiceCollectionExtensions.AddExactCache(Microsoft.Extensions.DependencyInjection.IServiceCollection, System.Action{ExactCacheOptions}?)"/>.
+/// Thread-safety and tensor ownership are those of <see cref="ICacheMemory"/>.
 /// </summary>
 /// <remarks>
 /// <para><b>Storage.</b> Keys live in chunks: tensors <c>[capacity, d]</c> (float32 or float16) with labels
@@ -29,7 +32,7 @@ namespace ScalableCache.Exact;
 /// gradients are enabled and the queries require them, the tensor operations run out of place (the shift is a constant),
 /// so callers can differentiate the log-mass with respect to the queries.</para>
 /// </remarks>
-internal sealed partial class ExactCacheMemory : ICacheMemory
+public sealed partial class ExactCacheMemory : ICacheMemory
 {
     /// <summary>Provider name registered by this backend.</summary>
     public const string ProviderName = "Exact";
@@ -62,15 +65,26 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
     private volatile Snapshot _snapshot;
     private volatile bool _disposed;
 
-    public ExactCacheMemory(int dimension, int classCount, Device device, ExactCacheOptions options)
+    /// <summary>
+    /// Creates an empty memory for keys of <paramref name="dimension"/> components with labels in
+    /// <c>[0, <paramref name="classCount"/>)</c>. The options (default: <c>new ExactCacheOptions()</c>) are validated and
+    /// copied; their <see cref="ExactCacheOptions.Device"/> holds the keys (<see langword="null"/>: the CPU).
+    /// </summary>
+    /// <exception cref="ArgumentException">The options are invalid; the message names every setting at fault.</exception>
+    public ExactCacheMemory(int dimension, int classCount, ExactCacheOptions? options = null)
+        : this(dimension, classCount, null, (options ?? new ExactCacheOptions()).ValidatedClone(nameof(options)))
+    {
+    }
+
+    /// <summary>Creates an empty memory with options already validated; a <see langword="null"/> device is the options' one.</summary>
+    internal ExactCacheMemory(int dimension, int classCount, Device? device, ExactCacheOptions options)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(dimension, 1);
         ArgumentOutOfRangeException.ThrowIfLessThan(classCount, 1);
-        ArgumentNullException.ThrowIfNull(device);
         ArgumentNullException.ThrowIfNull(options);
         Dimension = dimension;
         ClassCount = classCount;
-        _device = device;
+        _device = device ?? TorchDevices.Resolve(options.Device);
         _storageType = options.StorageType == ExactStorageType.Float16 ? ScalarType.Float16 : ScalarType.Float32;
         _keyBlockSize = options.KeyBlockSize;
         _queryBlockSize = options.QueryBlockSize;
@@ -79,12 +93,16 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
         _snapshot = new Snapshot([], 0, new long[classCount], 0);
     }
 
+    /// <inheritdoc />
     public string Provider => ProviderName;
 
+    /// <inheritdoc />
     public int Dimension { get; }
 
+    /// <inheritdoc />
     public int ClassCount { get; }
 
+    /// <inheritdoc />
     public long Count => _snapshot.Count;
 
     /// <summary>The device that holds the keys.</summary>
@@ -111,6 +129,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
         }
     }
 
+    /// <inheritdoc />
     public void Add(Tensor keys, Tensor labels)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -219,6 +238,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
         }
     }
 
+    /// <inheritdoc />
     public Tensor ClassLogMass(Tensor queries, ReadOnlySpan<double> thetas)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -273,6 +293,7 @@ internal sealed partial class ExactCacheMemory : ICacheMemory
         return result.MoveToOuterDisposeScope();
     }
 
+    /// <inheritdoc />
     public void Dispose()
     {
         lock (_writeGate)

@@ -21,13 +21,7 @@ internal sealed partial class ExactCacheMemoryFactory : ICacheMemoryFactory
     public ExactCacheMemoryFactory(ExactCacheOptions options, TorchOptions? torchOptions = null)
     {
         ArgumentNullException.ThrowIfNull(options);
-        var errors = options.Validate();
-        if (errors.Count > 0)
-        {
-            throw new ArgumentException("Invalid exact cache options: " + string.Join(" ", errors), nameof(options));
-        }
-
-        _options = options.Clone();
+        _options = options.ValidatedClone(nameof(options));
         _device = TorchDevices.Resolve(_options.Device ?? torchOptions?.Device);
     }
 

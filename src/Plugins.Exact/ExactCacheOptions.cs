@@ -39,6 +39,15 @@ public sealed class ExactCacheOptions
     /// <summary>A copy, so a memory is not affected by later changes to the options object it was created from.</summary>
     public ExactCacheOptions Clone() => (ExactCacheOptions)MemberwiseClone();
 
+    /// <summary>A copy of settings that <see cref="Validate"/> accepts; otherwise an <see cref="ArgumentException"/> listing every problem.</summary>
+    internal ExactCacheOptions ValidatedClone(string paramName)
+    {
+        var errors = Validate();
+        return errors.Count == 0
+            ? Clone()
+            : throw new ArgumentException("Invalid exact cache options: " + string.Join(" ", errors), paramName);
+    }
+
     /// <summary>
     /// Every problem with these settings, as messages naming the setting; empty when they are valid. A <see cref="Device"/>
     /// that is malformed, or names CUDA where this build or machine has none, is a problem.

@@ -19,7 +19,7 @@ namespace ScalableCache.Exact;
 /// the same block sizes and storage type computes bit-identical log-masses. Keys stream in from the blob one slice at a time
 /// straight into the storage chunks. Device, block sizes and storage type come from the restoring factory's options.</para>
 /// </remarks>
-internal sealed partial class ExactCacheMemory : IPersistentCacheMemory
+public sealed partial class ExactCacheMemory : IPersistentCacheMemory
 {
     private const string ViewsProperty = "views";
     private const string MaxKeyNormProperty = "maxKeyNorm";

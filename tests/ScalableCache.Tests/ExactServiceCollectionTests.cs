@@ -107,4 +107,23 @@ public sealed class ExactServiceCollectionTests
         var e = Assert.Throws<ArgumentException>(() => new ExactCacheMemoryFactory(new ExactCacheOptions { KeyBlockSize = 0 }));
         Assert.Contains("KeyBlockSize", e.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void TheStoreCanBeCreatedWithoutDependencyInjection()
+    {
+        var options = new ExactCacheOptions { StorageType = ExactStorageType.Float16 };
+        using var memory = new ExactCacheMemory(4, 2, options);
+        options.StorageType = ExactStorageType.Float32; // the memory keeps a copy
+        Assert.Equal((4, 2, 0L), (memory.Dimension, memory.ClassCount, memory.Count));
+        Assert.Equal(torch.ScalarType.Float16, memory.StorageType);
+        Assert.Equal(DeviceType.CPU, memory.Device.type);
+        using (var defaults = new ExactCacheMemory(4, 2))
+        {
+            Assert.Equal(torch.ScalarType.Float32, defaults.StorageType);
+        }
+
+        var e = Assert.Throws<ArgumentException>(() => new ExactCacheMemory(4, 2, new ExactCacheOptions { QueryBlockSize = 0 }));
+        Assert.Contains("QueryBlockSize", e.Message, StringComparison.Ordinal);
+        Assert.Equal("options", e.ParamName);
+    }
 }

@@ -42,8 +42,8 @@ public sealed class GridSearchTests
             Assert.Equal(30, result.Theta);
             Assert.Equal(0.2, result.Lambda);
             Assert.Equal(0, result.Error);
-            Assert.Equal(0.2, result.BaselineError, 12);
-            Assert.Equal(0.2, result.Improvement, 12);
+            Assert.Equal(0.2, result.BaselineError, tolerance: 1e-12);
+            Assert.Equal(0.2, result.Improvement, tolerance: 1e-12);
             Assert.False(result.ThetaAtGridEdge);
             Assert.Equal(50, result.SampleCount);
             Assert.Equal(9, result.Thetas.Count);
@@ -60,7 +60,7 @@ public sealed class GridSearchTests
                     var theta = result.Thetas[t];
                     var lambda = result.Lambdas[l];
                     var expected = theta == 30 ? (lambda < 0.2 - 1e-9 ? 0.2 : 0) : (lambda < 0.7 - 1e-9 ? 0.2 : 1.0);
-                    Assert.Equal(expected, result.ErrorAt(t, l), 12);
+                    Assert.Equal(expected, result.ErrorAt(t, l), tolerance: 1e-12);
                 }
             }
         }
@@ -113,7 +113,7 @@ public sealed class GridSearchTests
                 for (var l = 0; l < result.Lambdas.Count; l += 3)
                 {
                     var error = CacheGridSearch.Evaluate(memory, queries, net, labels, result.Thetas[t], result.Lambdas[l], batchSize: 7);
-                    Assert.Equal(result.ErrorAt(t, l), error, 12);
+                    Assert.Equal(result.ErrorAt(t, l), error, tolerance: 1e-12);
                 }
             }
 

@@ -35,16 +35,16 @@ public sealed class JacobianTests
         for (var i = 0; i < 5; i++)
         {
             var expected = (diag(p[i]) - p[i].outer(p[i])).mm(weights);
-            Assert.Equal(expected.norm().item<double>(), stats[i].FrobeniusNorm, 10);
+            Assert.Equal(expected.norm().item<double>(), stats[i].FrobeniusNorm, tolerance: 1e-10);
             Assert.Equal(classes, stats[i].SingularValues.Count);
             Assert.True(stats[i].SingularValues.Zip(stats[i].SingularValues.Skip(1), (a, b) => a >= b).All(x => x), "descending");
-            Assert.Equal(stats[i].FrobeniusNorm * stats[i].FrobeniusNorm, stats[i].SingularValues.Sum(s => s * s), 10);
+            Assert.Equal(stats[i].FrobeniusNorm * stats[i].FrobeniusNorm, stats[i].SingularValues.Sum(s => s * s), tolerance: 1e-10);
 
             // Rows of diag(p) − ppᵀ sum to zero, so J has rank ≤ C − 1: its smallest singular value vanishes.
             Assert.True(stats[i].SingularValues[^1] < 1e-10);
             var predicted = (int)p[i].argmax().item<long>();
             Assert.Equal(predicted, stats[i].PredictedClass);
-            Assert.Equal(expected[predicted].norm().item<double>(), stats[i].PredictedClassGradientNorm, 10);
+            Assert.Equal(expected[predicted].norm().item<double>(), stats[i].PredictedClassGradientNorm, tolerance: 1e-10);
         }
     }
 }

@@ -63,10 +63,11 @@ public sealed class SimilarityLogMassTests
         var s = tensor(new float[] { 1f, -1f, 0.99f, -0.5f }, 1, 4);
         var y = tensor(new long[] { 0, 1, 0, 1 });
         var result = SimilarityLogMass.Compute(s, y, 2, [200.0]);
-        Assert.Equal(200 + Math.Log(1 + Math.Exp(-2)), result[0, 0, 0].item<float>(), 3);
-        Assert.Equal(-100 + Math.Log(1 + Math.Exp(-400)), result[0, 0, 1].item<float>(), 3);
+        // float32 values near 200 are 1.5e-5 apart: allow two steps.
+        Assert.Equal(200 + Math.Log(1 + Math.Exp(-2)), result[0, 0, 0].item<float>(), tolerance: 3e-5);
+        Assert.Equal(-100 + Math.Log(1 + Math.Exp(-400)), result[0, 0, 1].item<float>(), tolerance: 3e-5);
         var p = LogMass.ToProbabilities(result[0]);
-        Assert.Equal(1.0, p[0, 0].item<float>(), 5);
+        Assert.Equal(1.0, p[0, 0].item<float>(), tolerance: 1e-6); // the other class has e⁻³⁰⁰
     }
 
     [Fact]
@@ -89,7 +90,8 @@ public sealed class SimilarityLogMassTests
             minus.view(-1)[k] -= h;
             var fp = SimilarityLogMass.Compute(plus.to_type(ScalarType.Float32), y, 3, [20.0]).softmax(-1)[0, 0, 1].item<float>();
             var fm = SimilarityLogMass.Compute(minus.to_type(ScalarType.Float32), y, 3, [20.0]).softmax(-1)[0, 0, 1].item<float>();
-            Assert.Equal((fp - fm) / (2 * h), grad[k], 2);
+            // Central difference of float32 values: truncation O(h²) plus rounding ~ε/h, measured ≤ 2e-4 against gradients up to 4.4.
+            Assert.Equal((fp - fm) / (2 * h), grad[k], tolerance: 1e-3);
         }
     }
 
