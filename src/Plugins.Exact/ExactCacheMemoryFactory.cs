@@ -4,7 +4,7 @@ using ScalableCache.Core;
 namespace ScalableCache.Exact;
 
 /// <summary>Creates exact memories (provider <c>Exact</c>) with the configured <see cref="ExactCacheOptions"/>.</summary>
-internal sealed partial class ExactCacheMemoryFactory : ICacheMemoryFactory
+public sealed partial class ExactCacheMemoryFactory : ICacheMemoryFactory
 {
     private readonly ExactCacheOptions _options;
     private readonly TorchSharp.torch.Device _device;

@@ -238,7 +238,7 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
 }
 
 /// <summary>Restores exact memories saved with <see cref="ExactCacheMemory.ExportState"/>.</summary>
-internal sealed partial class ExactCacheMemoryFactory : IPersistentCacheMemoryFactory
+public sealed partial class ExactCacheMemoryFactory : IPersistentCacheMemoryFactory
 {
     /// <inheritdoc />
     public ICacheMemory Restore(CacheState state, CacheRestoreContext context)
