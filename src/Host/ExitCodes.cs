@@ -9,13 +9,22 @@ public static class ExitCodes
     /// <summary>An unexpected failure (a bug, or an error not classified below).</summary>
     public const int Failure = 1;
 
-    /// <summary>The command line could not be parsed (unknown command or option, missing or malformed value).</summary>
+    /// <summary>
+    /// The command line could not be parsed (unknown command or option, missing or malformed value), or a value is out of range:
+    /// NaN, ±∞ or a number outside the option's range, an empty list or an empty list entry. Checked before any work.
+    /// </summary>
     public const int Usage = 2;
 
-    /// <summary>Configuration is invalid: unknown cache provider, failed options validation, bad device name.</summary>
+    /// <summary>
+    /// Configuration is invalid: unknown cache provider, failed options validation, bad device name, a <c>--config</c> file that is
+    /// not JSON, or a value (file, environment, <c>--set</c>) that does not convert to its key's type.
+    /// </summary>
     public const int Configuration = 3;
 
-    /// <summary>A data set, checkpoint or cache file was not found (and could not be downloaded).</summary>
+    /// <summary>
+    /// A data set, checkpoint, configuration or cache file was not found (and could not be downloaded): the path leads to no
+    /// regular file — it is missing, a dangling symbolic link, a link loop, a directory or a special file such as a named pipe.
+    /// </summary>
     public const int NotFound = 4;
 
     /// <summary>A data set file is malformed (wrong length, truncated, label out of range).</summary>
@@ -30,7 +39,10 @@ public static class ExitCodes
     /// <summary>The requested device (e.g. CUDA) is not available in this build or on this machine.</summary>
     public const int DeviceUnavailable = 8;
 
-    /// <summary>Writing an output failed (the previous file, if any, is left intact).</summary>
+    /// <summary>
+    /// Writing an output failed, or an output (<c>--out</c>, <c>--output</c>) cannot be written, which is checked before any work;
+    /// the previous file, if any, is left intact.
+    /// </summary>
     public const int OutputFailed = 9;
 
     /// <summary>The run was cancelled (Ctrl+C).</summary>

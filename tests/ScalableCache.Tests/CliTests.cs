@@ -3,29 +3,12 @@ using System.Text.Json;
 using ScalableCache.Host;
 using ScalableCache.Host.Cli;
 using Xunit;
+using static ScalableCache.Tests.CliTestSupport;
 
 namespace ScalableCache.Tests;
 
 public sealed class CliTests
 {
-    private static async Task<(int Code, string Stdout, string Stderr)> Run(IReadOnlyDictionary<string, string?>? configuration, params string[] args)
-    {
-        using var stdout = new StringWriter();
-        using var stderr = new StringWriter();
-        var code = await ScacheApplication.RunAsync(args, stdout, stderr, configuration);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
-
-    private static JsonElement SingleJsonObject(string stdout)
-    {
-        // Exactly one JSON value on stdout, and it is an object.
-        var reader = new Utf8JsonReader(System.Text.Encoding.UTF8.GetBytes(stdout));
-        using var doc = JsonDocument.ParseValue(ref reader);
-        Assert.False(reader.Read(), "stdout holds more than one JSON value");
-        Assert.Equal(JsonValueKind.Object, doc.RootElement.ValueKind);
-        return doc.RootElement.Clone();
-    }
-
     [Fact]
     public async Task ProvidersListsEveryBackendAndTheConfiguredOne()
     {

@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using ScalableCache.Core.Data;
 
 namespace ScalableCache.Core.Checkpoints;
 
@@ -14,15 +15,12 @@ public static class CheckpointFormats
     /// <see cref="CheckpointFormat.TorchLegacy"/>; an 8-byte header length that fits the file followed by <c>{</c> is
     /// <see cref="CheckpointFormat.Safetensors"/>. The extension is ignored.
     /// </summary>
-    /// <exception cref="FileNotFoundException">The file does not exist.</exception>
+    /// <exception cref="FileNotFoundException">No regular file is there (missing, a dangling link, a directory, a named pipe).</exception>
     /// <exception cref="CheckpointException">The content matches no supported format.</exception>
     public static CheckpointFormat Detect(string filePath)
     {
         ArgumentException.ThrowIfNullOrEmpty(filePath);
-        if (!File.Exists(filePath))
-        {
-            throw new FileNotFoundException($"Checkpoint file not found: {filePath}", filePath);
-        }
+        InputFile.Resolve(filePath, "Checkpoint file");
 
         Span<byte> head = stackalloc byte[9];
         long length;

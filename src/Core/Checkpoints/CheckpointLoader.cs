@@ -38,7 +38,8 @@ public static class CheckpointLoader
     /// <summary>
     /// Loads <paramref name="checkpoint"/> into <paramref name="model"/>: every parameter and buffer of the model must be present
     /// with the same shape (BatchNorm <c>num_batches_tracked</c> may be absent), and the checkpoint may hold nothing else.
-    /// All problems are reported together in one <see cref="CheckpointMismatchException"/> and then nothing is copied.
+    /// All problems are reported together in one <see cref="CheckpointMismatchException"/> and then nothing is copied; a
+    /// floating-point tensor holding a NaN or ±∞ fails with a <see cref="CheckpointException"/> naming it, and nothing is copied.
     /// Values are copied (converted to the model's dtype and device); the checkpoint keeps its tensors.
     /// </summary>
     public static CheckpointLoadResult Load(nn.Module model, Checkpoint checkpoint)
@@ -81,6 +82,16 @@ public static class CheckpointLoader
             throw new CheckpointMismatchException(checkpoint.FilePath, model.GetName(), missing, unexpected, mismatched);
         }
 
+        var nonFinite = NonFinite(source, target.Keys);
+        if (nonFinite.Count > 0)
+        {
+            throw new CheckpointException(
+                checkpoint.FilePath,
+                $"{(nonFinite.Count == 1 ? "tensor" : "tensors")} {string.Join(", ", nonFinite.Select(n => $"'{n}'"))} " +
+                $"{(nonFinite.Count == 1 ? "holds" : "hold")} a non-finite value (NaN or ±∞); the file is corrupt or was saved from a diverged run. " +
+                "Nothing was loaded.");
+        }
+
         using (no_grad())
         {
             foreach (var (name, tensor) in target)
@@ -93,5 +104,12 @@ public static class CheckpointLoader
         }
 
         return new CheckpointLoadResult(checkpoint.FilePath, checkpoint.Format, target.Count - defaulted.Count, defaulted, checkpoint.Metadata);
+    }
+
+    /// <summary>The names among <paramref name="names"/> whose floating-point tensor in <paramref name="source"/> holds a NaN or ±∞.</summary>
+    private static List<string> NonFinite(IReadOnlyDictionary<string, Tensor> source, IEnumerable<string> names)
+    {
+        using var scope = NewDisposeScope();
+        return [.. names.Where(name => source.TryGetValue(name, out var value) && value.is_floating_point() && !isfinite(value).all().item<bool>())];
     }
 }

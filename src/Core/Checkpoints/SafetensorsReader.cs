@@ -143,9 +143,14 @@ internal static class SafetensorsReader
             }
 
             var value = property.Value;
-            var dtype = value.GetProperty("dtype").GetString() ?? throw new FormatException($"tensor '{property.Name}' has a null dtype.");
-            var shape = value.GetProperty("shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
-            var offsets = value.GetProperty("data_offsets").EnumerateArray().Select(e => e.GetInt64()).ToArray();
+            if (value.ValueKind != JsonValueKind.Object)
+            {
+                throw new FormatException($"tensor '{property.Name}' is a JSON {value.ValueKind}, not an object with dtype, shape and data_offsets.");
+            }
+
+            var dtype = Field(value, property.Name, "dtype").GetString() ?? throw new FormatException($"tensor '{property.Name}' has a null dtype.");
+            var shape = Field(value, property.Name, "shape").EnumerateArray().Select(e => e.GetInt64()).ToArray();
+            var offsets = Field(value, property.Name, "data_offsets").EnumerateArray().Select(e => e.GetInt64()).ToArray();
             if (offsets.Length != 2)
             {
                 throw new FormatException($"tensor '{property.Name}' has {offsets.Length} data_offsets, expected 2.");
@@ -156,6 +161,9 @@ internal static class SafetensorsReader
 
         return (entries, metadata);
     }
+
+    private static JsonElement Field(JsonElement entry, string tensor, string name) =>
+        entry.TryGetProperty(name, out var value) ? value : throw new FormatException($"tensor '{tensor}' has no \"{name}\" field.");
 
     private static (ScalarType, long) DType(string filePath, Entry entry) => entry.DType switch
     {

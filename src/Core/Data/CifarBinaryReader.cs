@@ -28,12 +28,9 @@ internal static class CifarBinaryReader
         for (var f = 0; f < files.Count; f++)
         {
             var file = files[f];
-            if (!File.Exists(file))
-            {
-                throw DatasetLocator.MissingFile(file);
-            }
 
-            var length = new FileInfo(file).Length;
+            // The length of the file a symbolic link leads to, not of the link.
+            var length = InputFile.Resolve(file, "Data file", DatasetLocator.Hint).Length;
             rowsPerFile[f] = CheckLength(file, length, rowSize, expectedRowsPerFile);
             total += rowsPerFile[f];
         }
@@ -82,6 +79,7 @@ internal static class CifarBinaryReader
     /// <summary>Class names from a text file, one per non-blank line (trimmed); exactly <paramref name="classCount"/> are required.</summary>
     public static string[] ReadNames(string file, int classCount)
     {
+        InputFile.Resolve(file, "Class-name file", DatasetLocator.Hint);
         var names = File.ReadAllLines(file).Select(l => l.Trim()).Where(l => l.Length > 0).ToArray();
         if (names.Length != classCount)
         {

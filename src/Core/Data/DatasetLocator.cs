@@ -49,10 +49,6 @@ public static class DatasetLocator
         return [.. requiredFiles.Where(f => !File.Exists(Path.Combine(folder, f)))];
     }
 
-    /// <summary>The exception for a data file that does not exist: names the path and says how to point at a local copy.</summary>
-    internal static FileNotFoundException MissingFile(string file) =>
-        new($"Data file '{Path.GetFullPath(file)}' does not exist. {Hint}", Path.GetFullPath(file));
-
     private static string Resolve(
         string name, string? path, string folderName, string shortName, IReadOnlyList<string> required, IReadOnlyList<string> known)
     {

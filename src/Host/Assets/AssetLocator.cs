@@ -40,9 +40,8 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
         ArgumentNullException.ThrowIfNull(model);
         if (flag is not null)
         {
-            return File.Exists(flag)
-                ? Path.GetFullPath(flag)
-                : throw new FileNotFoundException($"Checkpoint '{Path.GetFullPath(flag)}' (from --weights) does not exist.", flag);
+            InputFile.Resolve(flag, "Checkpoint (from --weights)");
+            return Path.GetFullPath(flag);
         }
 
         var folder = Environment.GetEnvironmentVariable(ModelsEnvironmentVariable) ?? options.Value.Models;

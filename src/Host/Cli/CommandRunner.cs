@@ -55,6 +55,7 @@ internal sealed class CommandRunner(IServiceProvider services, CommandOutput out
         UsageException => ExitCodes.Usage,
         DeviceUnavailableException => ExitCodes.DeviceUnavailable,
         UnknownProviderException or OptionsValidationException => ExitCodes.Configuration,
+        _ when FromConfiguration(ex) => ExitCodes.Configuration,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.NotFound,
         OutputException => ExitCodes.OutputFailed,
         _ when ex.GetType().Name.Contains("Checkpoint", StringComparison.Ordinal) => ExitCodes.InvalidCheckpoint,
@@ -66,12 +67,29 @@ internal sealed class CommandRunner(IServiceProvider services, CommandOutput out
         _ => ExitCodes.Failure,
     };
 
-    private static string Describe(Exception ex) => ex switch
+    /// <summary>The message shown for a failure: the exception's own, with the detail a configuration error hides in its inner exceptions.</summary>
+    public static string Describe(Exception ex) => ex switch
     {
         OptionsValidationException o => "invalid configuration: " + string.Join("; ", o.Failures),
         AggregateException { InnerExceptions.Count: 1 } a => Describe(a.InnerExceptions[0]),
+        _ when FromConfiguration(ex) => "invalid configuration: " + WithCause(ex),
         _ => ex.Message,
     };
+
+    /// <summary>The message and, when it differs, that of the innermost exception, which says what was wrong (the JSON error, the value).</summary>
+    public static string WithCause(Exception ex)
+    {
+        ArgumentNullException.ThrowIfNull(ex);
+        var cause = ex.GetBaseException();
+        return ReferenceEquals(cause, ex) ? ex.Message : $"{ex.Message} {cause.Message}";
+    }
+
+    /// <summary>
+    /// Whether <paramref name="ex"/> comes from binding configuration: a value the binder cannot convert (<c>Failed to convert configuration value 'abc' at 'Torch:BatchSize' to type 'System.Int32'</c>).
+    /// </summary>
+    private static bool FromConfiguration(Exception ex) =>
+        ex is InvalidOperationException &&
+        ex.TargetSite?.DeclaringType?.Namespace?.StartsWith("Microsoft.Extensions.Configuration", StringComparison.Ordinal) == true;
 
     private sealed record ErrorResult(
         string Command,
@@ -82,4 +100,4 @@ internal sealed class CommandRunner(IServiceProvider services, CommandOutput out
 }
 
 /// <summary>Writing a command's output failed; whatever was there before is left intact.</summary>
-internal sealed class OutputException(string message, Exception inner) : IOException(message, inner);
+internal sealed class OutputException(string message, Exception? inner = null) : IOException(message, inner);

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using ScalableCache.Core.Data;
 
 namespace ScalableCache.Host.Cli;
 
@@ -48,9 +49,17 @@ public static class ScacheApplication
         }
 
         var configFile = preParse.GetValue(globals.Config);
-        if (configFile is { Exists: false })
+        try
         {
-            return Fail(json, stdout, stderr, $"configuration file '{configFile.FullName}' does not exist.", ExitCodes.NotFound);
+            // Before anything opens it: a directory, a dangling link or a named pipe (whose open would block) is not a file.
+            if (configFile is not null)
+            {
+                InputFile.Resolve(configFile.FullName, "Configuration file (from --config)");
+            }
+        }
+        catch (FileNotFoundException ex)
+        {
+            return Fail(json, stdout, stderr, ex.Message, ExitCodes.NotFound);
         }
 
         var interactive = ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected;
@@ -60,10 +69,18 @@ public static class ScacheApplication
             ApplicationName = "scache",
             ContentRootPath = AppContext.BaseDirectory,
         });
-        builder.Configuration.AddJsonFile(Path.Combine(AppContext.BaseDirectory, "appsettings.json"), optional: true);
-        if (configFile is not null)
+        try
         {
-            builder.Configuration.AddJsonFile(configFile.FullName, optional: false);
+            // Each file is read as it is added, so a malformed one fails here.
+            builder.Configuration.AddJsonFile(Path.Combine(AppContext.BaseDirectory, "appsettings.json"), optional: true);
+            if (configFile is not null)
+            {
+                builder.Configuration.AddJsonFile(configFile.FullName, optional: false);
+            }
+        }
+        catch (InvalidDataException ex)
+        {
+            return Fail(json, stdout, stderr, "invalid configuration: " + CommandRunner.WithCause(ex), ExitCodes.Configuration);
         }
 
         builder.Configuration.AddEnvironmentVariables();

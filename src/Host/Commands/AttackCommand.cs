@@ -17,7 +17,7 @@ internal sealed class AttackCommand : IScacheCommand
             Description = "fgsm (gradient sign, ε up to 0.5), ifgsm (10 gradient-sign steps per ε), pixel (single pixel set to 0 or 1) or blur (Gaussian blur); " +
                 "a comma-separated list (or all) runs several over one setup of the caches.",
             Required = true,
-        };
+        }.NameList();
         var source = new Option<string>("--source")
         {
             Description = "Model the adversarial images are made on (white box on its baseline, cache and cache-only models).",
@@ -27,12 +27,12 @@ internal sealed class AttackCommand : IScacheCommand
         {
             Description = "Comma-separated models the source network's adversarial images are transferred to (the source is always included, as the gray-box row).",
             DefaultValueFactory = _ => "resnet20",
-        };
-        var images = new Option<int>("--images", "-n") { Description = "Seeded random images of the report half of the test set.", DefaultValueFactory = _ => 250 };
+        }.NameList();
+        var images = new Option<int>("--images", "-n") { Description = "Seeded random images of the report half of the test set.", DefaultValueFactory = _ => 250 }.AtLeast(1);
         var grid = new Option<int?>("--grid")
         {
             Description = "Grid size of the attack: ε values (fgsm 1000, ifgsm 100), σ values (blur 1000) or pixels tried (pixel 1000).",
-        };
+        }.AtLeast(1);
         var shared = new RobustnessOptions();
 
         Definition = new Command("attack", "Tables 2–4: adversarial attacks (Foolbox 1 semantics) on the baseline, cache and cache-only models: white-box ρ_adv and accuracy on transferred adversarial images.")
@@ -43,11 +43,6 @@ internal sealed class AttackCommand : IScacheCommand
         Definition.SetAction((parse, ct) => runner.RunAsync("attack", async token =>
         {
             var names = ParseAttacks(parse.GetValue(attack)!);
-
-            if (parse.GetValue(grid) is < 1)
-            {
-                throw new UsageException("--grid must be at least 1.");
-            }
 
             var session = services.GetRequiredService<ExperimentSession>();
             var backbone = shared.Request(parse, session, parse.GetValue(source)!);

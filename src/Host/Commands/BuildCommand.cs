@@ -6,6 +6,7 @@ using ScalableCache.Core;
 using ScalableCache.Core.Persistence;
 using ScalableCache.Host.Cli;
 using ScalableCache.Host.Experiments;
+using ScalableCache.Host.Reports;
 using Spectre.Console;
 
 namespace ScalableCache.Host.Commands;
@@ -27,13 +28,13 @@ internal sealed class BuildCommand : IScacheCommand
         var layers = new Option<string?>("--layers", "-l")
         {
             Description = "Comma-separated layer names to key the cache on (required; `scache layers` lists them, `scache evaluate` searches for good ones).",
-        };
+        }.NameList();
         var output = new Option<string?>("--output")
         {
             Description = $"The cache file to write (required), e.g. resnet20{CacheFile.Extension}. An existing file is replaced atomically.",
         };
-        var theta = new Option<double?>("--theta") { Description = "θ to record in the file for later evaluation (with --lambda)." };
-        var lambda = new Option<double?>("--lambda") { Description = "λ in [0, 1] to record in the file (with --theta)." };
+        var theta = CommonOptions.Theta("θ to record in the file for later evaluation (with --lambda).");
+        var lambda = CommonOptions.Lambda("λ in [0, 1] to record in the file (with --theta).");
 
         Definition = new Command("build", "Build a cache from a model's training keys at the given layers with the configured provider (Cache:Provider) and save it to a file.")
         {
@@ -50,16 +51,13 @@ internal sealed class BuildCommand : IScacheCommand
                 throw new UsageException($"--output is required: the cache file to write, e.g. --output resnet20{CacheFile.Extension}.");
             }
 
+            OutputLocation.CheckFile(path, "--output"); // before the extraction, not after it
+
             var fixedTheta = parse.GetValue(theta);
             var fixedLambda = parse.GetValue(lambda);
             if (fixedTheta.HasValue != fixedLambda.HasValue)
             {
                 throw new UsageException("Give --theta and --lambda together, or neither.");
-            }
-
-            if (fixedLambda is < 0 or > 1 || fixedTheta is <= 0 || (fixedTheta is { } t && !double.IsFinite(t)))
-            {
-                throw new UsageException("--lambda must lie in [0, 1] and --theta must be finite and positive.");
             }
 
             var session = services.GetRequiredService<ExperimentSession>();
@@ -109,11 +107,11 @@ internal sealed class BuildCommand : IScacheCommand
             }
 
             var full = Path.GetFullPath(path);
-            Directory.CreateDirectory(Path.GetDirectoryName(full)!);
             var written = progress.Timed($"save {full}", () =>
             {
                 try
                 {
+                    Directory.CreateDirectory(Path.GetDirectoryName(full)!);
                     return classifier.Save(full, metadata, token);
                 }
                 catch (Exception ex) when (ex is (IOException or UnauthorizedAccessException) and not CacheFileException)

@@ -29,11 +29,11 @@ internal sealed class CompareCommand : IScacheCommand
         {
             Description = "Approximate providers to compare with Exact (their options come from Cache:<Provider>).",
             DefaultValueFactory = _ => "RandomProjection,Hnsw",
-        };
+        }.NameList();
         var hnswSearch = new Option<string?>("--hnsw-search")
         {
             Description = "Extra HNSW search settings measured on the same graph, as comma-separated TOPK:EFSEARCH pairs (e.g. 100:256,200:512).",
-        };
+        }.NameList();
         Definition = new Command("compare", "Approximation report: error difference, top-1 agreement, p_mem total variation and recall@k of approximate stores against the exact store.")
         {
             model, weights, data, output, seed, layers, providersOption, thetas, lambdas, maxLayers, hnswSearch, maxTrain, maxTest,

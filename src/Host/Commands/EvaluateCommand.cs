@@ -1,5 +1,6 @@
 using Microsoft.Extensions.DependencyInjection;
 using System.CommandLine;
+using ScalableCache.Core.Data;
 using ScalableCache.Host.Cli;
 using ScalableCache.Host.Experiments;
 using ScalableCache.Host.Reports;
@@ -27,8 +28,8 @@ internal sealed class EvaluateCommand : IScacheCommand
         var maxTrain = CommonOptions.MaxTrain();
         var maxTest = CommonOptions.MaxTest();
         var cache = new Option<string?>("--cache") { Description = "A cache file from `scache build`: its keys, layers and provider are used instead of extracting the training set." };
-        var theta = new Option<double?>("--theta") { Description = "Fixed θ (with --lambda); omit both to search the grid." };
-        var lambda = new Option<double?>("--lambda") { Description = "Fixed λ in [0, 1] (with --theta); λ = 1 is cache-only." };
+        var theta = CommonOptions.Theta("Fixed θ (with --lambda); omit both to search the grid.");
+        var lambda = CommonOptions.Lambda("Fixed λ in [0, 1] (with --theta); λ = 1 is cache-only.");
         var search = new Option<bool>("--search") { Description = "Search θ and λ on the validation half (the default when neither is given)." };
 
         Definition = new Command("evaluate", "Baseline, cache model and cache-only model for one model (a Table 1 row), with θ, λ searched on a seeded half of the test set.")
@@ -37,6 +38,11 @@ internal sealed class EvaluateCommand : IScacheCommand
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("evaluate", async token =>
         {
+            if (parse.GetValue(cache) is { } cacheFile)
+            {
+                InputFile.Resolve(cacheFile, "Cache file (from --cache)"); // before anything opens it: a named pipe would block
+            }
+
             var fixedTheta = parse.GetValue(theta);
             var fixedLambda = parse.GetValue(lambda);
             if (parse.GetValue(search) && (fixedTheta.HasValue || fixedLambda.HasValue))
@@ -47,11 +53,6 @@ internal sealed class EvaluateCommand : IScacheCommand
             if (fixedTheta.HasValue != fixedLambda.HasValue)
             {
                 throw new UsageException("Give --theta and --lambda together, or neither to search them.");
-            }
-
-            if (fixedLambda is < 0 or > 1 || fixedTheta is <= 0)
-            {
-                throw new UsageException("--lambda must lie in [0, 1] and --theta must be positive.");
             }
 
             var session = services.GetRequiredService<ExperimentSession>();

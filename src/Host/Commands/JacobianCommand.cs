@@ -13,8 +13,8 @@ internal sealed class JacobianCommand : IScacheCommand
     public JacobianCommand(CommandRunner runner, IServiceProvider services)
     {
         var model = CommonOptions.Model();
-        var images = new Option<int>("--images", "-n") { Description = "Seeded random images of the report half of the test set.", DefaultValueFactory = _ => 100 };
-        var batch = new Option<int>("--batch") { Description = "Images per Jacobian pass (C backward passes each).", DefaultValueFactory = _ => 16 };
+        var images = new Option<int>("--images", "-n") { Description = "Seeded random images of the report half of the test set.", DefaultValueFactory = _ => 100 }.AtLeast(1);
+        var batch = new Option<int>("--batch") { Description = "Images per Jacobian pass (C backward passes each).", DefaultValueFactory = _ => 16 }.AtLeast(1);
         var shared = new RobustnessOptions();
 
         Definition = new Command("jacobian", "Figure 4: ‖∂p(·|x)/∂x‖_F and the singular values of the input Jacobian for the baseline, cache and cache-only models.")
@@ -24,11 +24,6 @@ internal sealed class JacobianCommand : IScacheCommand
         shared.AddTo(Definition);
         Definition.SetAction((parse, ct) => runner.RunAsync("jacobian", async token =>
         {
-            if (parse.GetValue(batch) < 1)
-            {
-                throw new UsageException("--batch must be at least 1.");
-            }
-
             var session = services.GetRequiredService<ExperimentSession>();
             var backbone = shared.Request(parse, session, parse.GetValue(model)!);
             var folder = ReportFolder.Create(parse.GetValue(shared.Output), "jacobian");

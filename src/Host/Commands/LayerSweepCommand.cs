@@ -22,13 +22,13 @@ internal sealed class LayerSweepCommand : IScacheCommand
         var thetas = CommonOptions.Thetas();
         var lambdas = CommonOptions.Lambdas();
         var includeCacheOnly = CommonOptions.IncludeCacheOnly();
-        var theta = new Option<double>("--theta") { Description = "θ of the fixed setting (paper: 50).", DefaultValueFactory = _ => 50 };
-        var lambda = new Option<double>("--lambda") { Description = "λ of the fixed setting (paper: 0.5).", DefaultValueFactory = _ => 0.5 };
+        var theta = new Option<double>("--theta") { Description = "θ of the fixed setting (paper: 50).", DefaultValueFactory = _ => 50 }.Within(NumberRange.Positive);
+        var lambda = new Option<double>("--lambda") { Description = "λ of the fixed setting (paper: 0.5).", DefaultValueFactory = _ => 0.5 }.Within(NumberRange.UnitInterval);
         var maxDim = new Option<int>("--max-dim")
         {
             Description = "Layers wider than this are projected to this width (seeded Gaussian JL projection) to bound memory and time.",
             DefaultValueFactory = _ => 2048,
-        };
+        }.AtLeast(1);
         Definition = new Command("layer-sweep", "Figure 2: error of the cache keyed on each single layer (stem, every block, pooled features, logits) against depth.")
         {
             model, weights, data, output, seed, theta, lambda, maxDim, thetas, lambdas, includeCacheOnly,
@@ -37,11 +37,6 @@ internal sealed class LayerSweepCommand : IScacheCommand
         {
             var session = services.GetRequiredService<ExperimentSession>();
             var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
-            if (parse.GetValue(maxDim) < 1 || parse.GetValue(theta) <= 0 || parse.GetValue(lambda) is < 0 or > 1)
-            {
-                throw new UsageException("--max-dim must be positive, --theta positive and --lambda in [0, 1].");
-            }
-
             var folder = ReportFolder.Create(parse.GetValue(output), "layer-sweep");
             var result = await services.GetRequiredService<LayerSweepExperiment>().RunAsync(
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), parse.GetValue(seed), grid, parse.GetValue(theta),

@@ -23,19 +23,19 @@ internal sealed class OnlineCommand : IScacheCommand
         var thetas = CommonOptions.Thetas();
         var lambdas = CommonOptions.Lambdas();
         var maxLayers = CommonOptions.MaxLayers();
-        var batch = new Option<int>("--batch") { Description = "Images per streamed batch.", DefaultValueFactory = _ => 100 };
+        var batch = new Option<int>("--batch") { Description = "Images per streamed batch.", DefaultValueFactory = _ => 100 }.AtLeast(1);
         var startEmpty = new Option<bool>("--start-empty") { Description = "The growing cache starts empty instead of from the training keys." };
-        var theta = new Option<double?>("--theta") { Description = "Fixed θ (with --lambda); default: searched on the validation half." };
-        var lambda = new Option<double?>("--lambda") { Description = "Fixed λ (with --theta)." };
+        var theta = CommonOptions.Theta("Fixed θ (with --lambda); default: searched on the validation half.");
+        var lambda = CommonOptions.Lambda("Fixed λ (with --theta).");
         Definition = new Command("online", "Stream the report half of the test set in batches: predict with the current cache, then add the batch with its true labels.")
         {
             model, weights, data, output, seed, layers, batch, startEmpty, theta, lambda, thetas, lambdas, maxLayers,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("online", async token =>
         {
-            if (parse.GetValue(batch) < 1 || parse.GetValue(theta).HasValue != parse.GetValue(lambda).HasValue)
+            if (parse.GetValue(theta).HasValue != parse.GetValue(lambda).HasValue)
             {
-                throw new UsageException("--batch must be positive; give --theta and --lambda together or neither.");
+                throw new UsageException("Give --theta and --lambda together, or neither.");
             }
 
             var session = services.GetRequiredService<ExperimentSession>();

@@ -15,7 +15,7 @@ internal sealed class ReproduceCommand : IScacheCommand
         {
             Description = "Comma-separated models (default resnet20,resnet32,resnet56).",
             DefaultValueFactory = _ => "resnet20,resnet32,resnet56",
-        };
+        }.NameList();
         var quick = new Option<bool>("--quick") { Description = "ResNet-20 only." };
         var data = CommonOptions.Data();
         var output = CommonOptions.Out();
@@ -35,10 +35,6 @@ internal sealed class ReproduceCommand : IScacheCommand
             var experiment = services.GetRequiredService<Table1Experiment>();
             var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
             var names = parse.GetValue(quick) ? ["resnet20"] : CommonOptions.Names(parse.GetValue(models)) ?? [];
-            if (names.Count == 0)
-            {
-                throw new UsageException("--models names no model.");
-            }
 
             var folder = ReportFolder.Create(parse.GetValue(output), "reproduce");
             var rows = new List<Table1Row>();

@@ -27,11 +27,11 @@ internal sealed class RobustnessOptions
 
     public Option<string?> Lambdas { get; } = CommonOptions.Lambdas();
 
-    public Option<double?> Theta { get; } = new("--theta") { Description = "Fixed θ of the cache model (with --lambda); omit both to search them on the validation half." };
+    public Option<double?> Theta { get; } = CommonOptions.Theta("Fixed θ of the cache model (with --lambda); omit both to search them on the validation half.");
 
-    public Option<double?> Lambda { get; } = new("--lambda") { Description = "Fixed λ of the cache model (with --theta)." };
+    public Option<double?> Lambda { get; } = CommonOptions.Lambda("Fixed λ of the cache model (with --theta).");
 
-    public Option<double?> CacheOnlyTheta { get; } = new("--cache-only-theta") { Description = "Fixed θ of the cache-only model; omitted: searched on the validation half." };
+    public Option<double?> CacheOnlyTheta { get; } = CommonOptions.Theta("Fixed θ of the cache-only model; omitted: searched on the validation half.", "--cache-only-theta");
 
     public Option<int?> MaxTrain { get; } = CommonOptions.MaxTrain();
 
@@ -49,7 +49,7 @@ internal sealed class RobustnessOptions
     }
 
     /// <summary>How <paramref name="model"/>'s cache is set up, from the parsed flags.</summary>
-    /// <exception cref="UsageException">Only one of --theta and --lambda, or a value out of range.</exception>
+    /// <exception cref="UsageException">Only one of --theta and --lambda.</exception>
     public RobustnessRequest Request(ParseResult parse, ExperimentSession session, string model)
     {
         ArgumentNullException.ThrowIfNull(parse);
@@ -60,11 +60,6 @@ internal sealed class RobustnessOptions
         if (fixedTheta.HasValue != fixedLambda.HasValue)
         {
             throw new UsageException("Give --theta and --lambda together, or neither to search them.");
-        }
-
-        if (fixedLambda is < 0 or > 1 || fixedTheta is <= 0 || fixedCacheOnly is <= 0)
-        {
-            throw new UsageException("--lambda must lie in [0, 1]; --theta and --cache-only-theta must be positive.");
         }
 
         var grid = session.Grid(parse, Thetas, Lambdas);

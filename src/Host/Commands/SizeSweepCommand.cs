@@ -27,10 +27,10 @@ internal sealed class SizeSweepCommand : IScacheCommand
         var fractions = new Option<string?>("--fractions")
         {
             Description = "Cache sizes as fractions of the training set (default 0,0.01,0.02,0.05,0.1,0.2,0.5,1).",
-        };
+        }.NumberList(NumberRange.UnitInterval);
         var maxTrain = CommonOptions.MaxTrain();
         var maxTest = CommonOptions.MaxTest();
-        var subsetSeeds = new Option<int>("--subset-seeds") { Description = "Random subsets per size (seeds 0…n−1).", DefaultValueFactory = _ => 2 };
+        var subsetSeeds = new Option<int>("--subset-seeds") { Description = "Random subsets per size (seeds 0…n−1).", DefaultValueFactory = _ => 2 }.AtLeast(1);
         Definition = new Command("size-sweep", "Figure 3: gain of the cache model over the network against cache size (class-balanced random subsets).")
         {
             model, weights, data, output, seed, layers, fractions, subsetSeeds, thetas, lambdas, includeCacheOnly, maxLayers, maxTrain, maxTest,
@@ -40,11 +40,6 @@ internal sealed class SizeSweepCommand : IScacheCommand
             var session = services.GetRequiredService<ExperimentSession>();
             var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
             var sizes = CommonOptions.Numbers(parse.GetValue(fractions), "--fractions") ?? SizeSweepExperiment.DefaultFractions;
-            if (sizes.Any(f => f is < 0 or > 1) || parse.GetValue(subsetSeeds) < 1)
-            {
-                throw new UsageException("--fractions must lie in [0, 1] and --subset-seeds must be at least 1.");
-            }
-
             var folder = ReportFolder.Create(parse.GetValue(output), "size-sweep");
             var result = await services.GetRequiredService<SizeSweepExperiment>().RunAsync(
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)), sizes,
