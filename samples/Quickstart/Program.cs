@@ -34,10 +34,12 @@ Console.WriteLine($"error: network {Error(network.Network.argmax(1)):P2}, cache 
 
 // Grow the memory with labelled images, save it, load it back: the same probabilities.
 cache.Add(images, labels);
-cache.Save("quickstart.scache");
-using var loaded = CacheClassifier.Load("quickstart.scache", net.Model, new CacheLoadOptions { Providers = [store], Model = id });
+var file = Path.Combine(Path.GetTempPath(), "quickstart.scache");
+cache.Save(file);
+using var loaded = CacheClassifier.Load(file, net.Model, new CacheLoadOptions { Providers = [store], Model = id });
 using var before = cache.Probabilities(images);
 using var after = loaded.Probabilities(images);
 var same = before.eq(after).all().item<bool>();
 Console.WriteLine($"after growing to {loaded.Count} keys and a save/load round trip: error {Error(loaded.Predict(images)):P2}, probabilities {(same ? "identical" : "DIFFERENT")}");
+File.Delete(file);
 return same ? 0 : 1;
