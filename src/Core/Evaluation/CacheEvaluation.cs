@@ -4,34 +4,43 @@ using static TorchSharp.torch;
 
 namespace ScalableCache.Core.Evaluation;
 
-/// <summary>One Table 1 row: the network, the cache model and the cache-only model on the report half.</summary>
+/// <summary>One Table 1 row: the network, the cache model and the cache-only model on the report half, at the tuning's settings.</summary>
 /// <param name="BaselineError">Network alone (λ = 0) on the report half.</param>
-/// <param name="CacheError">Cache model at (<paramref name="Theta"/>, <paramref name="Lambda"/>) on the report half.</param>
-/// <param name="CacheOnlyError">Cache-only model (λ = 1) at <paramref name="CacheOnlyTheta"/> on the report half.</param>
-/// <param name="Theta">θ chosen on the validation half (or given).</param>
-/// <param name="Lambda">λ chosen on the validation half (or given).</param>
-/// <param name="CacheOnlyTheta">θ chosen for λ = 1 on the validation half.</param>
-/// <param name="ValidationBaselineError">Network alone on the validation half.</param>
-/// <param name="ValidationCacheError">Cache model on the validation half at the chosen (θ, λ).</param>
-/// <param name="ValidationCacheOnlyError">Cache-only model on the validation half at its θ.</param>
-/// <param name="ThetaAtGridEdge">The chosen θ is the smallest or largest of the grid: widen the grid.</param>
-/// <param name="CacheOnlyThetaAtGridEdge">Likewise for the cache-only θ.</param>
-/// <param name="Searched">Whether θ and λ were searched (false when given).</param>
-/// <param name="Grid">The validation error grid: θ rows × λ columns (λ = 1 is the last column).</param>
-public sealed record CacheEvaluationResult(
-    double BaselineError,
-    double CacheError,
-    double CacheOnlyError,
-    double Theta,
-    double Lambda,
-    double CacheOnlyTheta,
-    double ValidationBaselineError,
-    double ValidationCacheError,
-    double ValidationCacheOnlyError,
-    bool ThetaAtGridEdge,
-    bool CacheOnlyThetaAtGridEdge,
-    bool Searched,
-    GridSearchResult Grid);
+/// <param name="CacheError">Cache model at the tuning's (θ, λ) on the report half.</param>
+/// <param name="CacheOnlyError">Cache-only model (λ = 1) at the tuning's cache-only θ on the report half.</param>
+/// <param name="Tuning">θ, λ and the cache-only θ as chosen on the validation half, with the validation errors.</param>
+public sealed record CacheEvaluationResult(double BaselineError, double CacheError, double CacheOnlyError, CacheTuning Tuning)
+{
+    /// <summary>θ chosen on the validation half (or given).</summary>
+    public double Theta => Tuning.Theta;
+
+    /// <summary>λ chosen on the validation half (or given).</summary>
+    public double Lambda => Tuning.Lambda;
+
+    /// <summary>θ chosen for λ = 1 on the validation half.</summary>
+    public double CacheOnlyTheta => Tuning.CacheOnlyTheta;
+
+    /// <summary>Network alone on the validation half.</summary>
+    public double ValidationBaselineError => Tuning.ValidationBaselineError;
+
+    /// <summary>Cache model on the validation half at the chosen (θ, λ).</summary>
+    public double ValidationCacheError => Tuning.ValidationCacheError;
+
+    /// <summary>Cache-only model on the validation half at its θ.</summary>
+    public double ValidationCacheOnlyError => Tuning.ValidationCacheOnlyError;
+
+    /// <summary>The chosen θ is at the edge of the grid.</summary>
+    public bool ThetaAtGridEdge => Tuning.ThetaAtGridEdge;
+
+    /// <summary>The cache-only θ is at the edge of the grid.</summary>
+    public bool CacheOnlyThetaAtGridEdge => Tuning.CacheOnlyThetaAtGridEdge;
+
+    /// <summary>Whether θ and λ were searched.</summary>
+    public bool Searched => Tuning.Searched;
+
+    /// <summary>The validation error grid.</summary>
+    public GridSearchResult Grid => Tuning.Grid;
+}
 
 /// <summary>θ and λ chosen for a cache on validation queries (Orhan 2018, §2), with the cache-only model's θ.</summary>
 /// <param name="Theta">θ of the cache model, chosen (or given).</param>
@@ -168,16 +177,7 @@ public static class CacheEvaluation
             BaselineError: reported.BaselineError,
             CacheError: reported.ErrorAt(0, reported.Lambdas.ToList().IndexOf(tuning.Lambda)),
             CacheOnlyError: reported.ErrorAt(1, reportCacheOnlyColumn),
-            Theta: tuning.Theta,
-            Lambda: tuning.Lambda,
-            CacheOnlyTheta: tuning.CacheOnlyTheta,
-            ValidationBaselineError: tuning.ValidationBaselineError,
-            ValidationCacheError: tuning.ValidationCacheError,
-            ValidationCacheOnlyError: tuning.ValidationCacheOnlyError,
-            ThetaAtGridEdge: tuning.ThetaAtGridEdge,
-            CacheOnlyThetaAtGridEdge: tuning.CacheOnlyThetaAtGridEdge,
-            Searched: tuning.Searched,
-            Grid: tuning.Grid);
+            Tuning: tuning);
     }
 
     private static int IndexOfOne(IReadOnlyList<double> lambdas) => lambdas.ToList().IndexOf(1.0);

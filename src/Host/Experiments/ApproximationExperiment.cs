@@ -51,9 +51,7 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
         var exactFactory = providers.Find("Exact");
         var factories = compared.Select(providers.Find).ToList(); // unknown names fail before any work
         using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var test = ExperimentSession.Limit(session.LoadTest(data), maxTest, seed);
-        var train = ExperimentSession.Limit(session.LoadTrain(data, flips: false), maxTrain, seed);
-        var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
+        var (train, test, split) = session.LoadData(data, seed, maxTrain, maxTest);
         var fitter = session.Fitter(model, o =>
         {
             o.Layers = layers;

@@ -122,6 +122,17 @@ internal sealed class ExperimentSession(
         }, cancellationToken);
     }
 
-    /// <summary>The validation and report halves of the test set.</summary>
-    public static DatasetSplit Split(ImageDataset test, int seed, double validationFraction) => test.SeededSplit(seed, validationFraction);
+    /// <summary>
+    /// The experiments' data: the training set and the test set (each a seeded class-balanced subset when limited) and the seeded
+    /// split of the test set into the validation half (θ, λ, layers) and the report half.
+    /// </summary>
+    public (ImageDataset Train, ImageDataset Test, DatasetSplit Split) LoadData(string? data, int seed, int? maxTrain = null, int? maxTest = null)
+    {
+        var test = Limit(LoadTest(data), maxTest, seed);
+        var train = Limit(LoadTrain(data, flips: false), maxTrain, seed);
+        return (train, test, test.SeededSplit(seed, ValidationFraction));
+    }
+
+    /// <summary>The validation share of the test set.</summary>
+    public const double ValidationFraction = 0.5;
 }

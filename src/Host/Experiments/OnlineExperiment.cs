@@ -28,9 +28,7 @@ internal sealed class OnlineExperiment(ExperimentSession session)
         var watch = Stopwatch.StartNew();
         var provider = session.Provider;
         using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var test = session.LoadTest(data);
-        var train = session.LoadTrain(data, flips: false);
-        var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
+        var (train, test, split) = session.LoadData(data, seed);
         var classCount = model.Model.ClassCount;
         var fitter = session.Fitter(model, o =>
         {

@@ -101,9 +101,7 @@ internal sealed class RobustnessExperiment(ExperimentSession session)
         var model = await session.LoadModelAsync(request.Model, null, cancellationToken).ConfigureAwait(false);
         try
         {
-            var test = ExperimentSession.Limit(session.LoadTest(request.Data), request.MaxTest, request.Seed);
-            var train = ExperimentSession.Limit(session.LoadTrain(request.Data, flips: false), request.MaxTrain, request.Seed);
-            var split = ExperimentSession.Split(test, request.Seed, Table1Experiment.ValidationFraction);
+            var (train, test, split) = session.LoadData(request.Data, request.Seed, request.MaxTrain, request.MaxTest);
             var layers = request.Layers;
             var fitter = session.Fitter(model, o =>
             {

@@ -30,9 +30,7 @@ internal sealed class SizeSweepExperiment(ExperimentSession session)
         var watch = Stopwatch.StartNew();
         var provider = session.Provider;
         using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var test = ExperimentSession.Limit(session.LoadTest(data), maxTest, seed);
-        var train = ExperimentSession.Limit(session.LoadTrain(data, flips: false), maxTrain, seed);
-        var split = ExperimentSession.Split(test, seed, Table1Experiment.ValidationFraction);
+        var (train, test, split) = session.LoadData(data, seed, maxTrain, maxTest);
         var fitter = session.Fitter(model, o =>
         {
             o.Layers = layers;

@@ -57,9 +57,6 @@ internal sealed record Table1Row(
 /// </summary>
 internal sealed class Table1Experiment(ExperimentSession session)
 {
-    /// <summary>The validation share of the test set.</summary>
-    public const double ValidationFraction = 0.5;
-
     public async Task<Table1Row> RunAsync(Table1Request request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -72,9 +69,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
             return RunFromCacheFile(request, model, total, cancellationToken);
         }
 
-        var test = ExperimentSession.Limit(session.LoadTest(request.Data), request.MaxTest, request.Seed);
-        var train = ExperimentSession.Limit(session.LoadTrain(request.Data, flips: false), request.MaxTrain, request.Seed);
-        var split = ExperimentSession.Split(test, request.Seed, ValidationFraction);
+        var (train, test, split) = session.LoadData(request.Data, request.Seed, request.MaxTrain, request.MaxTest);
         var fitter = session.Fitter(model, o =>
         {
             o.Layers = request.Layers;
@@ -124,7 +119,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
         }
 
         var test = ExperimentSession.Limit(session.LoadTest(request.Data), request.MaxTest, request.Seed);
-        var split = ExperimentSession.Split(test, request.Seed, ValidationFraction);
+        var split = test.SeededSplit(request.Seed, ExperimentSession.ValidationFraction);
         var fitter = session.Fitter(model, o => o.KeyNormalization = recipe.Normalization);
         using var testKeys = progress.Timed($"{request.Model}: test keys", () => fitter.ExtractLayers(test, recipe.Layers, "test", cancellationToken), out var t2);
         using var validation = testKeys.Compose(recipe.Layers, split.First, recipe.Normalization);
