@@ -148,14 +148,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
 
-        var nonFinite = isfinite(keys.detach()).all(1).logical_not();
-        if (nonFinite.any().item<bool>())
-        {
-            var row = nonFinite.to_type(ScalarType.Int32).argmax().item<long>();
-            throw new ArgumentException(
-                $"Row {row} of keys has a non-finite value (NaN or ±∞); nothing was added.", nameof(keys));
-        }
-
+        CacheInputs.ThrowIfNonFinite(keys, nameof(keys), "; nothing was added");
         var y = CacheInputs.CheckedLabels(labels, ClassCount);
 
         // Copies on the device, in the storage type; the caller's tensors are never retained.
@@ -254,12 +247,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
 
         if (b > 0)
         {
-            var nonFinite = isfinite(queries.detach()).all(1).logical_not();
-            if (nonFinite.any().item<bool>())
-            {
-                var row = nonFinite.to_type(ScalarType.Int32).argmax().item<long>();
-                throw new ArgumentException($"Row {row} of queries has a non-finite value (NaN or ±∞).", nameof(queries));
-            }
+            CacheInputs.ThrowIfNonFinite(queries, nameof(queries));
         }
 
         if (b == 0 || snapshot.Count == 0)

@@ -131,17 +131,19 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
                 ObjectDisposedException.ThrowIf(_disposed, this);
                 var rows = Math.Min(step, view.Rows - offset);
                 yield return labels
-                    ? HostBytes(view.Chunk.Labels.narrow(0, offset, rows), ScalarType.Int32)
-                    : HostBytes(view.Chunk.Keys.narrow(0, offset, rows), ScalarType.Float32);
+                    ? HostBytes(view.Chunk.Labels, offset, rows, ScalarType.Int32)
+                    : HostBytes(view.Chunk.Keys, offset, rows, ScalarType.Float32);
             }
         }
     }
 
-    private static byte[] HostBytes(Tensor slice, ScalarType type)
+    /// <summary>Rows <c>[offset, offset + rows)</c> of <paramref name="storage"/> as host bytes of <paramref name="type"/>.</summary>
+    /// <remarks>The slice is taken inside the scope: a view made by the caller, outside any scope, would outlive the call.</remarks>
+    private static byte[] HostBytes(Tensor storage, int offset, int rows, ScalarType type)
     {
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
-        var host = slice.to(type, CPU).contiguous();
+        var host = storage.narrow(0, offset, rows).to(type, CPU).contiguous();
         return host.bytes.ToArray();
     }
 

@@ -254,16 +254,8 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 
         using var scope = NewDisposeScope();
         var rows = keys.detach().cpu().contiguous();
-        ThrowIfNonFinite(rows, "keys", "; nothing was added");
-        var labelValues = labels.detach().to(ScalarType.Int64, CPU).contiguous().data<long>().ToArray();
-        for (var row = 0; row < labelValues.Length; row++)
-        {
-            if ((ulong)labelValues[row] >= (ulong)ClassCount)
-            {
-                throw new ArgumentException(
-                    $"Row {row} has label {labelValues[row]}, outside [0, {ClassCount}); nothing was added.", nameof(labels));
-            }
-        }
+        CacheInputs.ThrowIfNonFinite(rows, nameof(keys), "; nothing was added");
+        var labelValues = CacheInputs.CheckedLabels(labels, ClassCount).contiguous().data<long>().ToArray();
 
         lock (_writeGate)
         {
@@ -296,7 +288,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         {
             using var scope = NewDisposeScope();
             var rows = queries.detach().cpu().contiguous();
-            ThrowIfNonFinite(rows, "queries", string.Empty);
+            CacheInputs.ThrowIfNonFinite(rows, nameof(queries));
             if (snapshot.Count > 0)
             {
                 fixed (byte* data = rows.bytes)
@@ -381,18 +373,6 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         _handle.Dispose();
         _slots.Dispose();
         _resize.Dispose();
-    }
-
-    /// <summary>Throws naming the first row of <paramref name="rows"/> (CPU, float32) that holds NaN or ±∞.</summary>
-    private static void ThrowIfNonFinite(Tensor rows, string name, string suffix)
-    {
-        using var nonFinite = isfinite(rows).all(1).logical_not();
-        using var any = nonFinite.any();
-        if (any.item<bool>())
-        {
-            using var first = nonFinite.to_type(ScalarType.Int32).argmax();
-            throw new ArgumentException($"Row {first.item<long>()} of {name} has a non-finite value (NaN or ±∞){suffix}.", name);
-        }
     }
 
     /// <summary>Native load errors (truncated or foreign bytes) are the caller's input problem.</summary>

@@ -10,8 +10,9 @@ namespace ScalableCache.RandomProjection;
 /// </summary>
 /// <remarks>
 /// <para><b>Validation.</b> <see cref="Add"/> and <see cref="ClassLogMass"/> check the caller's d-dimensional input
-/// against the contract (shape, element type, finiteness and label range, naming the offending row) before projecting,
-/// so errors speak of the caller's rows and dimension; the inner memory then checks the projected input again.</para>
+/// against the contract with <see cref="CacheInputs"/> (shape, element type, finiteness, label range and θ, naming the
+/// offending row) before projecting, so errors speak of the caller's rows and dimension; the inner memory then checks the
+/// projected input again.</para>
 /// <para><b>Projection.</b> Both sides go through the same matrix: <c>x ↦ R x</c>, then (with
 /// <see cref="Renormalize"/>) <c>R x · ‖x‖ / ‖R x‖</c>, so the inner memory scores <c>‖q‖‖μ‖ · cos(Rq, Rμ)</c>, which is
 /// the cosine of the projections for the contract's unit vectors (see <see cref="RandomProjectionCacheOptions.Renormalize"/>).</para>
@@ -78,8 +79,7 @@ internal sealed partial class RandomProjectionCacheMemory : IRandomProjectionCac
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var x = keys.detach();
-        ThrowIfNonFinite(x, "keys", "; nothing was added");
-
+        CacheInputs.ThrowIfNonFinite(x, nameof(keys), "; nothing was added");
         var y = CacheInputs.CheckedLabels(labels, ClassCount);
 
         _inner.Add(Project(x), y);
@@ -88,24 +88,13 @@ internal sealed partial class RandomProjectionCacheMemory : IRandomProjectionCac
     public Tensor ClassLogMass(Tensor queries, ReadOnlySpan<double> thetas)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        ArgumentNullException.ThrowIfNull(queries);
-        if (queries.dim() != 2 || queries.shape[1] != Dimension)
-        {
-            throw new ArgumentException(
-                $"queries has shape [{string.Join(", ", queries.shape)}]; expected [b, {Dimension}].", nameof(queries));
-        }
-
-        if (queries.dtype != ScalarType.Float32)
-        {
-            throw new ArgumentException($"queries has element type {queries.dtype}; expected Float32.", nameof(queries));
-        }
-
+        CacheInputs.CheckQuery(queries, Dimension, thetas);
         var track = is_grad_enabled() && queries.requires_grad;
         using var scope = NewDisposeScope();
         using var gradGuard = track ? null : no_grad();
         if (queries.shape[0] > 0)
         {
-            ThrowIfNonFinite(queries.detach(), "queries", string.Empty);
+            CacheInputs.ThrowIfNonFinite(queries, nameof(queries));
         }
 
         var projected = Project(track ? queries : queries.detach());
@@ -136,15 +125,5 @@ internal sealed partial class RandomProjectionCacheMemory : IRandomProjectionCac
         var inputNorm = x.norm(1, keepdim: true).to(projected.device);
         var outputNorm = projected.norm(1, keepdim: true).clamp_min(1e-30f);
         return projected * (inputNorm / outputNorm);
-    }
-
-    private static void ThrowIfNonFinite(Tensor x, string name, string suffix)
-    {
-        var nonFinite = isfinite(x).all(1).logical_not();
-        if (nonFinite.any().item<bool>())
-        {
-            var row = nonFinite.to_type(ScalarType.Int32).argmax().item<long>();
-            throw new ArgumentException($"Row {row} of {name} has a non-finite value (NaN or ±∞){suffix}.", name);
-        }
     }
 }

@@ -7,11 +7,12 @@ namespace ScalableCache.Tests;
 
 /// <summary>
 /// What every <see cref="ICacheMemory"/> provider must do. Each backend subclasses this once and implements
-/// <see cref="CreateMemory"/>; an approximate store turns <see cref="ExactScores"/> off, which keeps the structural checks
-/// (shapes, −∞ for classes without keys, validation, snapshots of whole adds, top-class agreement on well-separated data)
-/// and skips comparisons of log-mass values with the brute-force reference.
+/// <see cref="CreateMemory"/> and <see cref="RestoreFactories"/>; an approximate store turns <see cref="ExactScores"/> off,
+/// which keeps the structural checks (shapes, −∞ for classes without keys, validation, top-class agreement on
+/// well-separated data) and skips comparisons of log-mass values with the brute-force reference. The checks of queries and
+/// saves during adds are in <c>CacheMemoryConformanceTests.Concurrency.cs</c>.
 /// </summary>
-public abstract class CacheMemoryConformanceTests
+public abstract partial class CacheMemoryConformanceTests
 {
     /// <summary>Dimension used by most tests.</summary>
     protected const int Dim = 32;
@@ -32,7 +33,8 @@ public abstract class CacheMemoryConformanceTests
     protected virtual bool ExactScores => true;
 
     /// <summary>
-    /// Tolerance on log-masses when <see cref="ExactScores"/>: <c>|L − L_ref| ≤ ScoreTolerance · (1 + θ + |L_ref|)</c>.
+    /// Tolerance on log-masses when <see cref="ExactScores"/> (and in the snapshot checks):
+    /// <c>|L − L_ref| ≤ ScoreTolerance · (1 + θ + |L_ref|)</c>.
     /// The default 3e-7 covers float32 similarities of unit vectors (error ≲ 1e-7, scaled by θ) and the rounding of L itself
     /// (≈ 6e-8 · |L|), with a margin of about 3.
     /// </summary>

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using ScalableCache.Core;
 using ScalableCache.Exact;
 using TorchSharp;
@@ -10,22 +9,29 @@ namespace ScalableCache.Tests;
 /// <summary>The exact store against the provider contract, with small blocks so every query spans several blocks.</summary>
 public sealed class ExactConformanceTests : CacheMemoryConformanceTests
 {
+    private static readonly ExactCacheMemoryFactory Factory = new(new ExactCacheOptions { KeyBlockSize = 16, QueryBlockSize = 4 });
+
     protected override string ExpectedProvider => "Exact";
 
-    protected override ICacheMemory CreateMemory(int dimension, int classCount) =>
-        new ExactCacheMemory(dimension, classCount, CPU, new ExactCacheOptions { KeyBlockSize = 16, QueryBlockSize = 4 });
+    protected override IReadOnlyList<ICacheMemoryFactory> RestoreFactories => [Factory];
+
+    protected override ICacheMemory CreateMemory(int dimension, int classCount) => Factory.Create(dimension, classCount);
 }
 
-/// <summary>The exact store's tensor path (the one CUDA and autograd use) against the contract, on the CPU.</summary>
+/// <summary>
+/// The exact store's tensor path (the one CUDA and autograd use) against the contract, on the CPU. Saved files reload through
+/// the factory, whose memories use the fused kernel; the snapshot checks compare both with the same reference.
+/// </summary>
 public sealed class ExactTensorPathConformanceTests : CacheMemoryConformanceTests
 {
+    private static readonly ExactCacheOptions Options = new() { KeyBlockSize = 16, QueryBlockSize = 4 };
+
     protected override string ExpectedProvider => "Exact";
 
+    protected override IReadOnlyList<ICacheMemoryFactory> RestoreFactories => [new ExactCacheMemoryFactory(Options)];
+
     protected override ICacheMemory CreateMemory(int dimension, int classCount) =>
-        new ExactCacheMemory(dimension, classCount, CPU, new ExactCacheOptions { KeyBlockSize = 16, QueryBlockSize = 4 })
-        {
-            UseFusedKernel = false,
-        };
+        new ExactCacheMemory(dimension, classCount, CPU, Options) { UseFusedKernel = false };
 }
 
 /// <summary>
@@ -36,6 +42,8 @@ public sealed class ExactCudaConformanceTests : CacheMemoryConformanceTests
 {
     protected override string ExpectedProvider => "Exact";
 
+    protected override IReadOnlyList<ICacheMemoryFactory> RestoreFactories => [CudaFactory()];
+
     protected override ICacheMemory CreateMemory(int dimension, int classCount)
     {
         if (!cuda.is_available())
@@ -43,8 +51,11 @@ public sealed class ExactCudaConformanceTests : CacheMemoryConformanceTests
             Assert.Skip("No CUDA device in this build or on this machine.");
         }
 
-        return new ExactCacheMemory(dimension, classCount, CUDA, new ExactCacheOptions { KeyBlockSize = 16, QueryBlockSize = 4 });
+        return CudaFactory().Create(dimension, classCount);
     }
+
+    private static ExactCacheMemoryFactory CudaFactory() =>
+        new(new ExactCacheOptions { Device = "cuda", KeyBlockSize = 16, QueryBlockSize = 4 });
 }
 
 /// <summary>
@@ -54,12 +65,16 @@ public sealed class ExactCudaConformanceTests : CacheMemoryConformanceTests
 /// </summary>
 public sealed class ExactFloat16ConformanceTests : CacheMemoryConformanceTests
 {
+    private static readonly ExactCacheMemoryFactory Factory =
+        new(new ExactCacheOptions { KeyBlockSize = 16, StorageType = ExactStorageType.Float16 });
+
     protected override string ExpectedProvider => "Exact";
 
     protected override double ScoreTolerance => 5e-4;
 
-    protected override ICacheMemory CreateMemory(int dimension, int classCount) =>
-        new ExactCacheMemory(dimension, classCount, CPU, new ExactCacheOptions { KeyBlockSize = 16, StorageType = ExactStorageType.Float16 });
+    protected override IReadOnlyList<ICacheMemoryFactory> RestoreFactories => [Factory];
+
+    protected override ICacheMemory CreateMemory(int dimension, int classCount) => Factory.Create(dimension, classCount);
 }
 
 public sealed class ExactCacheMemoryTests
@@ -296,62 +311,20 @@ public sealed class ExactCacheMemoryTests
     }
 
     [Fact]
-    public async Task ConcurrentReadersSeeOnlyWholeAdds()
+    public void ManySmallAddsShareAFewGeometricallyGrowingChunks()
     {
-        // Every add puts n copies of e₁ under class 0 and n under class 1, so a query at e₁ sees
-        // L₀ = L₁ = θ + log(count/2): a snapshot is whole exactly when both classes agree and the count is a prefix sum.
         const int dim = 4, adds = 60;
         using var memory = Create(dim, 2, keyBlock: 16);
-        var sizes = Enumerable.Range(1, adds).Select(i => 2 * (1 + (i * 7 % 5))).ToArray();
-        var prefixes = new HashSet<long> { 0 };
         long total = 0;
-        foreach (var size in sizes)
+        for (var i = 1; i <= adds; i++)
         {
-            total += size;
-            prefixes.Add(total);
-        }
-
-        var failures = new ConcurrentQueue<string>();
-        using var done = new ManualResetEventSlim();
-        var readers = Enumerable.Range(0, 3).Select(_ => Task.Run(() =>
-        {
-            using var q = tensor(new float[] { 1, 0, 0, 0 }, [1, dim]);
-            while (!done.IsSet)
-            {
-                using var scope = NewDisposeScope();
-                var values = memory.ClassLogMass(q, [1.0]).data<float>().ToArray();
-                var count = memory.Count;
-                if (!prefixes.Contains(count))
-                {
-                    failures.Enqueue($"Count {count} is not a whole number of adds");
-                }
-
-                if (float.IsNegativeInfinity(values[0]) && float.IsNegativeInfinity(values[1]))
-                {
-                    continue;
-                }
-
-                var seen0 = Math.Round(Math.Exp(values[0] - 1));
-                var seen1 = Math.Round(Math.Exp(values[1] - 1));
-                if (seen0 != seen1 || !prefixes.Contains((long)(2 * seen0)))
-                {
-                    failures.Enqueue($"A query saw {seen0} + {seen1} keys");
-                }
-            }
-        }, TestContext.Current.CancellationToken)).ToArray();
-
-        foreach (var size in sizes)
-        {
-            using var scope = NewDisposeScope();
-            var keys = zeros(size, dim);
-            keys.select(1, 0).fill_(1f);
-            var labels = cat([zeros(size / 2, dtype: ScalarType.Int64), ones(size / 2, dtype: ScalarType.Int64)]);
+            var size = 2 * (1 + (i * 7 % 5));
+            using var keys = TestData.RandomUnit(size, dim, seed: i);
+            using var labels = full(size, (long)(i % 2), ScalarType.Int64);
             memory.Add(keys, labels);
+            total += size;
         }
 
-        done.Set();
-        await Task.WhenAll(readers);
-        Assert.Empty(failures);
         Assert.Equal(total, memory.Count);
         Assert.True(memory.ChunkCount < 12, $"{memory.ChunkCount} chunks for {adds} adds");
     }

@@ -230,42 +230,6 @@ public sealed class RandomProjectionCacheMemoryTests
         Assert.Equal(bytes, restored.Projection.ExportMatrix());
     }
 
-    [Fact]
-    public async Task QueriesDuringAddsSucceedAndSeeAGrowingMemory()
-    {
-        using var memory = NaiveFactory(o => o.OutputDimension = 8).CreateProjected(32, 4);
-        var data = TestData.Clustered(32, 4, keysPerClass: 50, queriesPerClass: 2, seed: 9);
-        using var stop = new CancellationTokenSource();
-        var reader = Task.Run(() =>
-        {
-            using var queries = data.QueryTensor();
-            long last = 0;
-            var calls = 0;
-            while (!stop.IsCancellationRequested || calls == 0)
-            {
-                var before = memory.Count;
-                using var logMass = memory.ClassLogMass(queries, Thetas);
-                Assert.True(before >= last);
-                Assert.Equal(new long[] { 2, data.QueryCount, 4 }, logMass.shape);
-                last = before;
-                calls++;
-            }
-        }, TestContext.Current.CancellationToken);
-
-        using (var keys = data.KeyTensor())
-        using (var labels = data.KeyLabelTensor())
-        {
-            for (var start = 0; start < data.KeyCount; start += 20)
-            {
-                memory.Add(keys.narrow(0, start, 20), labels.narrow(0, start, 20));
-            }
-        }
-
-        stop.Cancel();
-        await reader;
-        Assert.Equal(data.KeyCount, memory.Count);
-    }
-
     [Theory]
     [InlineData(4096, null, 0.125, 512)]
     [InlineData(100, null, 0.07, 7)]
