@@ -72,15 +72,20 @@ public static class CacheInputs
         return y.MoveToOuterDisposeScope();
     }
 
-    /// <summary>Checks a <see cref="ICacheMemory.ClassLogMass"/> call: queries <c>[b, dimension]</c> float32, θ finite and positive.</summary>
-    public static void CheckQuery(Tensor queries, int dimension, ReadOnlySpan<double> thetas)
+    /// <summary>Checks that queries are <c>[b, dimension]</c>.</summary>
+    public static void CheckQueryShape(Tensor queries, int dimension)
     {
         ArgumentNullException.ThrowIfNull(queries);
         if (queries.dim() != 2 || queries.shape[1] != dimension)
         {
             throw new ArgumentException($"queries has shape [{string.Join(", ", queries.shape)}]; expected [b, {dimension}].", nameof(queries));
         }
+    }
 
+    /// <summary>Checks a <see cref="ICacheMemory.ClassLogMass"/> call: queries <c>[b, dimension]</c> float32, θ finite and positive.</summary>
+    public static void CheckQuery(Tensor queries, int dimension, ReadOnlySpan<double> thetas)
+    {
+        CheckQueryShape(queries, dimension);
         if (queries.dtype != ScalarType.Float32)
         {
             throw new ArgumentException($"queries has element type {queries.dtype}; expected Float32.", nameof(queries));

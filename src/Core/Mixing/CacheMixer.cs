@@ -110,11 +110,7 @@ public static class CacheMixer
 
     internal static void CheckBatch(ICacheMemory memory, Tensor queries, Tensor netProbabilities, Tensor? labels)
     {
-        if (queries.dim() != 2 || queries.shape[1] != memory.Dimension)
-        {
-            throw new ArgumentException(
-                $"queries has shape [{string.Join(", ", queries.shape)}]; expected [n, {memory.Dimension}].", nameof(queries));
-        }
+        CacheInputs.CheckQueryShape(queries, memory.Dimension);
 
         var n = queries.shape[0];
         if (netProbabilities.dim() != 2 || netProbabilities.shape[0] != n || netProbabilities.shape[1] != memory.ClassCount)
