@@ -61,6 +61,12 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
             throw new ArgumentException($"The saved largest key norm {savedNorm} is not a finite non-negative number.", nameof(state));
         }
 
+        if (state.Properties.TryGetValue(StorageProperty, out var storage)
+            && storage is not (nameof(ExactStorageType.Float32) or nameof(ExactStorageType.Float16)))
+        {
+            throw new ArgumentException($"The saved storage type '{storage}' is neither Float32 nor Float16.", nameof(state));
+        }
+
         var labelsBlob = state.Blob(LabelsBlob);
         var keysBlob = state.Blob(KeysBlob);
         if (labelsBlob.Length != 4 * count || keysBlob.Length != 4L * dimension * count)

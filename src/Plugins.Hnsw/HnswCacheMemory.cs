@@ -149,9 +149,10 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     /// <summary>
     /// Restores a memory from <see cref="SaveGraph"/> output without rebuilding the graph. Dimension, metric and scalar
     /// kind come from the graph bytes (the stored scalar kind overrides <paramref name="options"/>); search settings and
-    /// threads come from <paramref name="options"/>.
+    /// threads come from <paramref name="options"/>. The bytes are checked whole (<see cref="USearchGraphLayout"/>) before
+    /// the native library sees them, for <c>labels.Length</c> keys and, when given, <paramref name="dimension"/>.
     /// </summary>
-    public static HnswCacheMemory Load(ReadOnlySpan<byte> graph, ReadOnlySpan<int> labels, int classCount, HnswCacheOptions options)
+    public static HnswCacheMemory Load(ReadOnlySpan<byte> graph, ReadOnlySpan<int> labels, int classCount, HnswCacheOptions options, int? dimension = null)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentOutOfRangeException.ThrowIfLessThan(classCount, 1);
@@ -170,30 +171,18 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             }
         }
 
-        var meta = default(USearchNative.InitOptions);
-        nint error = 0;
-        fixed (byte* bytes = graph)
-        {
-            USearchNative.MetadataBuffer(bytes, (nuint)graph.Length, ref meta, ref error);
-        }
-
-        ThrowIfNotAGraph(error, "metadata_buffer");
-        options.ScalarKind = FromNative(meta.Quantization);
+        var layout = USearchGraphLayout.Validate(graph, labels.Length, dimension);
+        options.ScalarKind = FromNative(layout.Scalar);
         var expectedMetric = MetricFor(options.ScalarKind);
-        if (meta.MetricKind != expectedMetric)
+        if (layout.Metric != expectedMetric)
         {
             throw new ArgumentException(
-                $"The graph uses metric {meta.MetricKind}; an HNSW cache memory with {options.ScalarKind} keys uses {expectedMetric}.",
+                $"The graph uses metric {layout.Metric}; an HNSW cache memory with {options.ScalarKind} keys uses {expectedMetric}.",
                 nameof(graph));
         }
 
-        if (meta.Dimensions is 0 or > int.MaxValue)
-        {
-            throw new ArgumentException($"The graph records an invalid dimension ({meta.Dimensions}).", nameof(graph));
-        }
-
-        var dimension = (int)meta.Dimensions;
-        var handle = USearchIndexHandle.Create(InitOptionsFor(dimension, options));
+        nint error = 0;
+        var handle = USearchIndexHandle.Create(InitOptionsFor(layout.Dimension, options));
         try
         {
             var index = handle.DangerousGetHandle();
@@ -211,22 +200,10 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
                     $"The graph holds {size} keys but {labels.Length} labels were given.", nameof(labels));
             }
 
-            if (size > 0)
-            {
-                var first = USearchNative.Contains(index, 0, ref error);
-                var last = USearchNative.Contains(index, (ulong)(size - 1), ref error);
-                USearchNative.Check(error, "contains");
-                if (!first || !last)
-                {
-                    throw new ArgumentException(
-                        $"The graph's keys are not the ids 0..{size - 1}: it was not written by an HNSW cache memory.", nameof(graph));
-                }
-            }
-
             USearchNative.ChangeExpansionSearch(index, (nuint)options.ExpansionSearch, ref error);
             USearchNative.Check(error, "change_expansion_search");
 
-            var memory = new HnswCacheMemory(handle, dimension, classCount, options, labels.ToArray(), size);
+            var memory = new HnswCacheMemory(handle, layout.Dimension, classCount, options, labels.ToArray(), size);
             lock (memory._writeGate)
             {
                 memory.EnsureCapacity(Math.Max(size, options.InitialCapacity));

@@ -46,7 +46,9 @@ public sealed partial class HnswCacheMemoryFactory : ICacheMemoryFactory
     /// Restores a memory from <see cref="IHnswCacheMemory.SaveGraph"/> output without rebuilding the graph: the native
     /// bytes are loaded as they are, the labels copied. Dimension and scalar kind come from the graph; search settings
     /// (TopK, ExpansionSearch, Threads) from this factory's options. Inconsistent input (label count ≠ key count, a
-    /// label outside <c>[0, classCount)</c>, which names its key, foreign bytes) is an <see cref="ArgumentException"/>.
+    /// label outside <c>[0, classCount)</c>, which names its key, foreign bytes, a graph whose levels, neighbour lists,
+    /// keys or vectors are not what an HNSW cache memory writes) is an <see cref="ArgumentException"/>; the bytes are
+    /// checked before the native library sees them.
     /// </summary>
     public IHnswCacheMemory Restore(ReadOnlySpan<byte> graph, ReadOnlySpan<int> labels, int classCount) =>
         HnswCacheMemory.Load(graph, labels, classCount, _options);

@@ -7,7 +7,9 @@ namespace ScalableCache.Hnsw;
 /// <remarks>
 /// State blobs, in this order: <c>labels</c> (int32 little-endian, one per key id) and <c>graph</c> (USearch's buffer
 /// format from <see cref="SaveGraph"/>: vectors, graph and its metadata). Property <c>scalarKind</c> records how vectors are
-/// stored (the graph records it too). Restoring loads the graph as it is: nothing is rebuilt.
+/// stored (the graph records it too, and a restore checks that they agree). Restoring loads the graph as it is — nothing
+/// is rebuilt — once <see cref="USearchGraphLayout"/> has checked its whole structure (a graph that fails is rejected, not
+/// repaired: a damaged graph means a damaged file).
 /// </remarks>
 internal sealed partial class HnswCacheMemory : IPersistentCacheMemory
 {
@@ -34,7 +36,8 @@ public sealed partial class HnswCacheMemoryFactory : IPersistentCacheMemoryFacto
     /// Restores the memory <paramref name="state"/> describes with <see cref="Restore(ReadOnlySpan{byte}, ReadOnlySpan{int}, int)"/>:
     /// the graph is loaded, not rebuilt; search settings come from this factory's options.
     /// </summary>
-    /// <exception cref="ArgumentException">The state is of another provider, or its parts disagree (counts, dimension, labels).</exception>
+    /// <exception cref="ArgumentException">The state is of another provider, or its parts disagree (counts, dimension, labels,
+    /// scalar kind), or its graph is not one an HNSW cache memory wrote (see <see cref="USearchGraphLayout"/>).</exception>
     public ICacheMemory Restore(CacheState state, CacheRestoreContext context)
     {
         ArgumentNullException.ThrowIfNull(state);
@@ -47,12 +50,12 @@ public sealed partial class HnswCacheMemoryFactory : IPersistentCacheMemoryFacto
         }
 
         var labelValues = labels.ReadInt32s(); // blobs in the order they were written: labels, then graph
-        var memory = Restore(state.Blob(HnswCacheMemory.GraphBlob).ReadAllBytes(), labelValues, context.ClassCount);
-        if (memory.Dimension != state.Dimension || memory.Count != state.Count)
+        var memory = HnswCacheMemory.Load(state.Blob(HnswCacheMemory.GraphBlob).ReadAllBytes(), labelValues, context.ClassCount, _options, state.Dimension);
+        if (state.Properties.TryGetValue(HnswCacheMemory.ScalarKindProperty, out var kind) && kind != memory.Options.ScalarKind.ToString())
         {
-            var found = $"{memory.Count} keys of dimension {memory.Dimension}";
+            var stored = memory.Options.ScalarKind;
             memory.Dispose();
-            throw new ArgumentException($"The state describes {state.Count} keys of dimension {state.Dimension}; its graph holds {found}.", nameof(state));
+            throw new ArgumentException($"The state's scalar kind '{kind}' is not its graph's ({stored}).", nameof(state));
         }
 
         return memory;

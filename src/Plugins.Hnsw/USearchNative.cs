@@ -85,10 +85,6 @@ internal static unsafe partial class USearchNative
     [LibraryImport(Library, EntryPoint = "usearch_memory_usage")]
     public static partial nuint MemoryUsage(nint index, ref nint error);
 
-    [LibraryImport(Library, EntryPoint = "usearch_contains")]
-    [return: MarshalAs(UnmanagedType.U1)]
-    public static partial bool Contains(nint index, ulong key, ref nint error);
-
     [LibraryImport(Library, EntryPoint = "usearch_add")]
     public static partial void Add(nint index, ulong key, void* vector, ScalarKind vectorKind, ref nint error);
 
@@ -118,9 +114,6 @@ internal static unsafe partial class USearchNative
 
     [LibraryImport(Library, EntryPoint = "usearch_load_buffer")]
     public static partial void LoadBuffer(nint index, void* buffer, nuint length, ref nint error);
-
-    [LibraryImport(Library, EntryPoint = "usearch_metadata_buffer")]
-    public static partial void MetadataBuffer(void* buffer, nuint length, ref InitOptions options, ref nint error);
 
     [LibraryImport(Library, EntryPoint = "usearch_version")]
     public static partial nint Version();

@@ -127,7 +127,9 @@ public sealed partial class RandomProjectionCacheMemoryFactory : IPersistentCach
                 (state.Children.Count == 0 ? "none." : "."), nameof(state));
         }
 
-        var projection = RandomProjectionMatrix.Import(definition, state.Blob(RandomProjectionCacheMemory.MatrixBlob).ReadAllBytes(), Device);
+        var matrix = state.Blob(RandomProjectionCacheMemory.MatrixBlob);
+        RandomProjectionMatrix.ThrowIfNotImportable(definition, matrix.Length); // before its bytes are read
+        var projection = RandomProjectionMatrix.Import(definition, matrix.ReadAllBytes(), Device);
         ICacheMemory inner;
         try
         {

@@ -89,17 +89,8 @@ public sealed class RandomProjectionMatrix : IDisposable
     /// <exception cref="ArgumentException">The definition is invalid, the length is not <c>4·k·d</c>, or an entry is not finite.</exception>
     public static RandomProjectionMatrix Import(RandomProjectionDefinition definition, ReadOnlySpan<byte> matrix, Device? device = null)
     {
-        ArgumentNullException.ThrowIfNull(definition);
-        ThrowIfInvalid(definition);
-        var expected = 4L * definition.InputDimension * definition.OutputDimension;
-        if (matrix.Length != expected)
-        {
-            throw new ArgumentException(
-                $"A {definition.OutputDimension} × {definition.InputDimension} float32 matrix is {expected} bytes; got {matrix.Length}.",
-                nameof(matrix));
-        }
-
-        var values = new float[expected / 4];
+        ThrowIfNotImportable(definition, matrix.Length);
+        var values = new float[matrix.Length / 4];
         for (var i = 0; i < values.Length; i++)
         {
             var value = BinaryPrimitives.ReadSingleLittleEndian(matrix.Slice(i * 4, 4));
@@ -205,6 +196,19 @@ public sealed class RandomProjectionMatrix : IDisposable
 
         var matrix = ProjectionGenerator.Generate(definition.Kind, definition.Seed, definition.InputDimension, definition.OutputDimension);
         return new RandomProjectionMatrix(definition, matrix, device ?? CPU, sparse);
+    }
+
+    /// <summary>Fails unless <paramref name="definition"/> is valid and <paramref name="length"/> is its matrix's <c>4·k·d</c> bytes.</summary>
+    internal static void ThrowIfNotImportable(RandomProjectionDefinition definition, long length)
+    {
+        ArgumentNullException.ThrowIfNull(definition);
+        ThrowIfInvalid(definition);
+        var expected = 4L * definition.InputDimension * definition.OutputDimension;
+        if (length != expected)
+        {
+            throw new ArgumentException(
+                $"A {definition.OutputDimension} × {definition.InputDimension} float32 matrix is {expected} bytes; got {length}.", "matrix");
+        }
     }
 
     private static void ThrowIfInvalid(RandomProjectionDefinition definition)

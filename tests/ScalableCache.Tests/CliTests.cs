@@ -189,7 +189,7 @@ public sealed class CliTests
     }
 
     [Fact]
-    public async Task EvaluateFromABuiltCacheFileMatchesEvaluatingFromImagesAndCorruptFilesFailNamed()
+    public async Task EvaluateFromABuiltCacheFileMatchesEvaluatingFromImagesAndCorruptOrForgedFilesFailNamed()
     {
         var folder = Path.Combine(Path.GetTempPath(), $"scache-cachefile-{Guid.NewGuid():N}");
         Directory.CreateDirectory(folder);
@@ -212,13 +212,36 @@ public sealed class CliTests
             Assert.Equal(b.GetProperty("cacheOnlyError").GetDouble(), a.GetProperty("cacheOnlyError").GetDouble());
 
             // A flipped byte in the payload: exit code InvalidCacheFile, and the message names the file.
-            var bytes = await File.ReadAllBytesAsync(file, TestContext.Current.CancellationToken);
+            var original = await File.ReadAllBytesAsync(file, TestContext.Current.CancellationToken);
+            var bytes = (byte[])original.Clone();
             bytes[^40] ^= 0xFF;
             var corrupt = Path.Combine(folder, "corrupt.scache");
             await File.WriteAllBytesAsync(corrupt, bytes, TestContext.Current.CancellationToken);
             var (code, stdout, _) = await Run(null, [.. evaluate, "--cache", corrupt]);
             Assert.Equal(ExitCodes.InvalidCacheFile, code);
             Assert.Contains("corrupt.scache", SingleJsonObject(stdout).GetProperty("error").GetString());
+
+            // Resealed forgeries (digests and checksum recomputed, see CacheFileFrames): refused before use, exit code
+            // InvalidCacheFile, one JSON object naming the file and the field, no stack trace.
+            (string Name, Action<CacheFileFrames> Forge, string Phrase)[] forgeries =
+            [
+                ("theta", f => f.ChangeHeader(h => h[13] = double.NaN), "θ must be finite and positive (got NaN)"),
+                ("classes", f => f.ChangeHeader(h => h[6] = int.MaxValue), "class count 2147483647"),
+                ("label", f => f.ChangeBlob(0, 0, 4, b => System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(b, 10)), "Label 10 of key 0"),
+                ("key", f => f.ChangeBlob(1, 0, 4, b => System.Buffers.Binary.BinaryPrimitives.WriteSingleLittleEndian(b, float.NaN)), "Key 0 has a non-finite value"),
+            ];
+            foreach (var (name, forge, phrase) in forgeries)
+            {
+                var forged = Path.Combine(folder, $"forged-{name}.scache");
+                await File.WriteAllBytesAsync(forged, CacheFileFrames.Forge(original, forge), TestContext.Current.CancellationToken);
+                var (forgedCode, forgedOut, forgedErr) = await Run(null, [.. evaluate, "--cache", forged]);
+                Assert.True(forgedCode == ExitCodes.InvalidCacheFile, $"{name}: exit {forgedCode}; {forgedErr}");
+                var json = SingleJsonObject(forgedOut);
+                Assert.Equal(nameof(ExitCodes.InvalidCacheFile), json.GetProperty("exitName").GetString());
+                Assert.Contains(forged, json.GetProperty("error").GetString(), StringComparison.Ordinal);
+                Assert.Contains(phrase, json.GetProperty("error").GetString(), StringComparison.Ordinal);
+                Assert.DoesNotContain("   at ", forgedErr, StringComparison.Ordinal);
+            }
 
             // Another ResNet-20 checkpoint file than the one the cache was built with: rejected before any query, naming both digests.
             string[] otherWeights = [.. evaluate.Select(a => a == Path.Combine(SharedData.Models, "resnet20.safetensors") ? ModelTestSupport.ResNet20Legacy : a)];

@@ -22,6 +22,13 @@ internal sealed class HnswTestData
     public int Count => Labels.Length;
 
     /// <summary>
+    /// Where the graph of a saved USearch index (<c>SaveGraph</c> bytes) starts: after the vector matrix (rows, columns,
+    /// rows × columns bytes) and the 64-byte head (layout: <c>USearchGraphLayout</c>).
+    /// </summary>
+    public static long GraphOffset(ReadOnlySpan<byte> index) =>
+        8 + ((long)System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(index) * System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(index[4..])) + 64;
+
+    /// <summary>
     /// <paramref name="n"/> keys around <paramref name="clusters"/> random unit centres (spread <paramref name="spread"/> per
     /// component, then re-normalised); a key's label is its cluster modulo <paramref name="classes"/>, so classes mix clusters.
     /// </summary>

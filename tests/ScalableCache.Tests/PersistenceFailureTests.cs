@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Security.Cryptography;
 using ScalableCache.Core;
+using ScalableCache.Core.Models;
 using ScalableCache.Core.Persistence;
 using ScalableCache.Exact;
 using ScalableCache.Hnsw;
@@ -9,13 +10,19 @@ using static ScalableCache.Tests.PersistenceTestSupport;
 
 namespace ScalableCache.Tests;
 
-/// <summary>Damaged, foreign and future files fail with a <see cref="CacheFileException"/> naming the problem; failed saves change nothing.</summary>
+/// <summary>
+/// Damaged, foreign, future and forged files fail with a <see cref="CacheFileException"/> naming the problem; failed saves
+/// change nothing, and the next save removes what a killed one left. Forged files have their digests and checksum
+/// recomputed after a change (what a buggy writer or a forger produces, see <see cref="CacheFileFrames"/>): they fail naming
+/// the field, before anything is allocated for it or handed to native code.
+/// </summary>
 public sealed class PersistenceFailureTests : IDisposable
 {
     private const int Dimension = 8;
     private const int Classes = 3;
     private readonly PersistenceTempFolder _folder = new();
     private readonly ExactCacheMemoryFactory _exact = new(new ExactCacheOptions());
+    private readonly HnswCacheMemoryFactory _hnsw = new(new HnswCacheOptions { Connectivity = 4, Threads = 1 });
     private readonly string _path;
     private readonly byte[] _bytes;
 
@@ -209,6 +216,54 @@ public sealed class PersistenceFailureTests : IDisposable
     }
 
     [Fact]
+    public void TemporaryFilesLeftByKilledSavesAreDeletedByTheNextSaveOfTheSameFile()
+    {
+        // What a save killed mid-write leaves (".NAME.RANDOM.tmp", RANDOM 12 lower-case hex digits), and look-alikes.
+        var old = DateTime.UtcNow.AddHours(-1);
+        string Temp(string name, DateTime? written = null)
+        {
+            var path = _folder.File(name);
+            File.WriteAllBytes(path, [1, 2, 3]);
+            File.SetLastWriteTimeUtc(path, written ?? old);
+            return path;
+        }
+
+        var stale = Temp(".good.scache.0123456789ab.tmp");
+        var staleToo = Temp(".good.scache.ffffffffffff.tmp");
+        var fresh = Temp(".good.scache.aaaaaaaaaaaa.tmp", DateTime.UtcNow); // a save may be writing it right now
+        var held = Temp(".good.scache.bbbbbbbbbbbb.tmp");
+        var lookAlikes = new[]
+        {
+            Temp(".other.scache.cccccccccccc.tmp"), Temp(".good.scache.0123456789AB.tmp"), Temp(".good.scache.0123456789a.tmp"),
+            Temp(".good.scache.0123456789abc.tmp"), Temp("good.scache.0123456789ab.tmp"), Temp(".good.scache.0123456789ab.tmp.keep"),
+            Temp(".good.scache.0123456789ab.tmpx"), Temp("..good.scache.0123456789ab.tmp"),
+        };
+        var target = Temp("elsewhere.bin");
+        var link = _folder.File(".good.scache.dddddddddddd.tmp");
+        File.CreateSymbolicLink(link, target);
+
+        using var memory = _exact.Create(Dimension, Classes);
+        using (new FileStream(held, FileMode.Open, FileAccess.ReadWrite, FileShare.None)) // a live writer holds its file
+        {
+            Save(_path, Header(), memory);
+        }
+
+        Assert.False(File.Exists(stale));
+        Assert.False(File.Exists(staleToo));
+        Assert.All(new[] { fresh, held, link, target }.Concat(lookAlikes), path => Assert.True(File.Exists(path), path));
+        using (var loaded = Load(_path, [_exact]).Memory)
+        {
+            Assert.Equal(0, loaded.Count);
+        }
+
+        // Saving another file leaves this file's temporary files alone.
+        var another = Temp(".good.scache.eeeeeeeeeeee.tmp");
+        Save(_folder.File("other.scache"), Header(), memory);
+        Assert.True(File.Exists(another));
+        Assert.False(File.Exists(lookAlikes[0]));
+    }
+
+    [Fact]
     public void AMemoryWithoutPersistenceCannotBeSaved()
     {
         using var memory = new RandomProjectionNaiveMemoryFactory().Create(4, 2);
@@ -216,20 +271,121 @@ public sealed class PersistenceFailureTests : IDisposable
         Assert.False(File.Exists(_folder.File("naive.scache")));
     }
 
-    /// <summary>Length of the last record (the trailer): 5 framing bytes + its content.</summary>
-    private static int TrailerLength(byte[] file)
+    [Fact]
+    public void ForgedHeaderFieldsAreRejectedNamingTheField()
     {
-        // Walk the records from the signature.
-        var position = 8;
-        var last = 0;
-        while (position < file.Length)
-        {
-            Assert.Equal(0xC6, file[position]);
-            last = 5 + (int)BinaryPrimitives.ReadUInt32BigEndian(file.AsSpan(position + 1, 4));
-            position += last;
-        }
+        var original = File.ReadAllBytes(WithRecipe(_exact.Create(Dimension, Classes)));
+        (string Field, Action<object?[]> Change, string Phrase)[] cases =
+        [
+            ("θ NaN", h => h[13] = double.NaN, "θ must be finite and positive (got NaN)"),
+            ("θ ∞", h => h[13] = double.PositiveInfinity, "θ must be finite and positive"),
+            ("θ 0", h => h[13] = 0.0, "θ must be finite and positive (got 0)"),
+            ("θ −2", h => h[13] = -2.0, "θ must be finite and positive (got -2)"),
+            ("λ 1.5", h => h[14] = 1.5, "λ must lie in [0, 1] (got 1.5)"),
+            ("λ NaN", h => h[14] = double.NaN, "λ must lie in [0, 1] (got NaN)"),
+            ("class count 2^31 − 1", h => h[6] = int.MaxValue, "class count 2147483647 is outside [1, 65536] (key 6)"),
+            ("class count 0", h => h[6] = 0, "class count 0 is outside [1, 65536]"),
+            ("dimension 2^31 − 1", h => h[4] = State(h)[1] = int.MaxValue, "dimension 2147483647 is outside [1, 1048576]"),
+            ("count 2^31 − 1", h => h[5] = State(h)[2] = int.MaxValue, "count 2147483647 is outside"),
+            ("header count only", h => h[5] = 1L, "describes 1 keys of dimension 8"),
+            ("non-hex digest", h => h[8] = new string('g', 64), "checkpoint SHA-256 (key 8) 'gggg"),
+            ("upper-case digest", h => h[8] = new string('A', 64), "not 64 lower-case hexadecimal digits"),
+            ("short digest", h => h[8] = "abc", "checkpoint SHA-256 'abc' is not 64 hexadecimal digits"),
+            ("checkpoint file with a folder", h => h[9] = "../../etc/passwd", "checkpoint file name '../../etc/passwd' is not a plain file name"),
+            ("empty model name", h => h[7] = "", "model name is empty"),
+            ("empty layer name", h => (h[10], h[19]) = (new object?[] { "layer3.2", "" }, null), "layer name is empty"),
+            ("minimum reader version 0", h => h[2] = 0, "minimum reader version (key 2) 0"),
+            ("metadata without a value", h => h[16] = new Dictionary<object, object?> { ["k"] = null }, "metadata (key 16) has no value for 'k'"),
+            ("payload larger than the file can hold", h => h[17] = 1L << 50, "payload bytes (key 17)"),
+            ("a blob longer than the payload", h => ((object?[])((object?[])State(h)[4]!)[1]!)[1] = 1L << 40, "invalid or repeated blob 'keys'"),
+            ("recipe input of 2^31 − 1 rows", h => h[19] = Recipe(height: int.MaxValue), "input shape"),
+            ("recipe layers not the header's", h => h[19] = Recipe(height: 32, layers: ["avgpool"]), "differ from its layers"),
+        ];
 
-        Assert.Equal(file.Length, position);
-        return last;
+        foreach (var (_, change, phrase) in cases)
+        {
+            var e = LoadFails(CacheFileFrames.Forge(original, f => f.ChangeHeader(change)), CacheFileProblem.Inconsistent, phrase);
+
+            // The header alone (what a classifier reads before it loads a model or the payload) is refused too.
+            Assert.Contains(phrase, Assert.Throws<CacheFileException>(() => CacheFile.ReadHeader(e.FilePath)).Message, StringComparison.Ordinal);
+        }
     }
+
+    [Fact]
+    public void ForgedExactPayloadIsRejectedNamingTheField()
+    {
+        var (keys, labels) = UnitKeys(seed: 21, n: 40, Dimension, Classes);
+        var memory = _exact.Create(Dimension, Classes);
+        Add(memory, keys, labels, 0, 40);
+        var original = File.ReadAllBytes(WithRecipe(memory));
+        LoadFails(CacheFileFrames.Forge(original, f => f.ChangeBlob(0, 4 * 7, 4, b => BinaryPrimitives.WriteInt32LittleEndian(b, Classes))),
+            CacheFileProblem.Inconsistent, "Label 3 of key 7 is outside [0, 3)");
+        LoadFails(CacheFileFrames.Forge(original, f => f.ChangeBlob(0, 4 * 9, 4, b => BinaryPrimitives.WriteInt32LittleEndian(b, -1))), CacheFileProblem.Inconsistent, "Label -1 of key 9");
+        LoadFails(CacheFileFrames.Forge(original, f => f.ChangeBlob(1, 4 * ((5 * Dimension) + 2), 4, b => BinaryPrimitives.WriteSingleLittleEndian(b, float.NaN))),
+            CacheFileProblem.Inconsistent, "Key 5 has a non-finite value");
+        LoadFails(CacheFileFrames.Forge(original, f => f.ChangeHeader(h => Properties(h)["storage"] = "Float64")), CacheFileProblem.Inconsistent, "storage type 'Float64'");
+    }
+
+    [Fact]
+    public void ForgedHnswGraphIsRejectedBeforeUSearchSeesIt()
+    {
+        var data = HnswTestData.Clustered(seed: 22, n: 60, Dimension, Classes, clusters: 4);
+        var memory = _hnsw.CreateHnsw(Dimension, Classes);
+        Add(memory, data.Keys, data.Labels, 0, data.Count);
+        var original = File.ReadAllBytes(WithRecipe(memory));
+        var graph = CacheFileFrames.Parse(original).Blob(1).Bytes;
+        var levels = HnswTestData.GraphOffset(graph) + 40; // after the graph header's five u64
+        var firstNode = levels + (2 * data.Count);
+        byte[] Graph(long offset, CacheFileFrames.BytesChange change) => CacheFileFrames.Forge(original, f => f.ChangeBlob(1, offset, 4, change));
+
+        // Node 0's first neighbour on level 0 (after its key u64, level i16 and neighbour count u32), one past the last slot:
+        // USearch would follow it outside the graph (this was a SIGSEGV).
+        LoadFails(Graph(firstNode + 14, b => BinaryPrimitives.WriteUInt32LittleEndian(b, (uint)data.Count)), CacheFileProblem.Inconsistent,
+            $"node 0's neighbour 0 on level 0 is slot {data.Count}, not below its {data.Count} nodes", [_hnsw]);
+        LoadFails(Graph(firstNode + 10, b => BinaryPrimitives.WriteUInt32LittleEndian(b, 1000)), CacheFileProblem.Inconsistent,
+            "node 0 lists 1000 neighbours on level 0", [_hnsw]);
+        LoadFails(Graph(levels, b => BinaryPrimitives.WriteInt16LittleEndian(b, 30)), CacheFileProblem.Inconsistent, "node 0 has level 30", [_hnsw]);
+        LoadFails(Graph(8, b => BinaryPrimitives.WriteSingleLittleEndian(b, float.PositiveInfinity)), CacheFileProblem.Inconsistent,
+            "the vector in slot 0 has a non-finite component", [_hnsw]);
+        LoadFails(CacheFileFrames.Forge(original, f => f.ChangeBlob(0, 4 * 3, 4, b => BinaryPrimitives.WriteInt32LittleEndian(b, 7))), CacheFileProblem.Inconsistent,
+            "Label 7 of key 3", [_hnsw]);
+        LoadFails(CacheFileFrames.Forge(original, f => f.ChangeHeader(h => Properties(h)["scalarKind"] = "Int8")), CacheFileProblem.Inconsistent,
+            "scalar kind 'Int8' is not its graph's (Float32)", [_hnsw]);
+    }
+
+    [Fact]
+    public void TheWriterKeepsTheReadersLimits()
+    {
+        var path = _folder.File("limits.scache");
+        var classes = new ScriptedPersistentMemory("Exact", 4, (1 << 16) + 1, () => new CacheState("Exact", 4, 0));
+        Assert.Contains("class count 65537", Assert.Throws<NotSupportedException>(() => Save(path, Header(), classes)).Message, StringComparison.Ordinal);
+        var wide = new ScriptedPersistentMemory("Wide", (1 << 20) + 1, 2, () => new CacheState("Wide", (1 << 20) + 1, 0));
+        Assert.Contains("dimension 1048577", Assert.Throws<NotSupportedException>(() => Save(path, Header(), wide)).Message, StringComparison.Ordinal);
+        var large = Header() with { Recipe = new KeyRecipe(Header().Layers, InputNormalization.ImageNet, new InputShape(3, 4096, 4096)) };
+        using var memory = _exact.Create(4, 2);
+        Assert.Contains("input shape", Assert.Throws<NotSupportedException>(() => Save(path, large, memory)).Message, StringComparison.Ordinal);
+        Assert.False(File.Exists(path));
+    }
+
+    private static object?[] State(object?[] header) => (object?[])header[18]!;
+
+    private static IDictionary<object, object?> Properties(object?[] header) => (IDictionary<object, object?>)State(header)[3]!;
+
+    /// <summary>A key recipe as header key 19 stores it, over the test header's layers unless given.</summary>
+    private static object?[] Recipe(int height, string[]? layers = null) =>
+        [layers ?? ["layer3.2", "avgpool"], 0, new object?[] { 0.5f, 0.5f, 0.5f }, new object?[] { 0.25f, 0.25f, 0.25f }, 3, height, 32];
+
+    /// <summary>Saves (and disposes) <paramref name="memory"/> with a key recipe in its header; returns the file.</summary>
+    private string WithRecipe(ICacheMemory memory)
+    {
+        using (memory)
+        {
+            var path = _folder.File($"{memory.Provider}-{Guid.NewGuid():N}.scache");
+            Save(path, Header() with { Recipe = new KeyRecipe(Header().Layers, InputNormalization.ImageNet, InputShape.Cifar) }, memory);
+            return path;
+        }
+    }
+
+    /// <summary>Length of the last record (the trailer): 5 framing bytes, its digest and its body.</summary>
+    private static int TrailerLength(byte[] file) => 5 + 32 + CacheFileFrames.Parse(file).TrailerBody.Length;
 }

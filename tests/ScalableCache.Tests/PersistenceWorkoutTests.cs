@@ -299,6 +299,34 @@ public sealed class PersistenceStreamingTests
     }
 
     [Fact]
+    public void APayloadAtLz4sBestRatioStillLoads()
+    {
+        // Zeros compress about 255-fold, LZ4's limit: the reader's bound (payload ≤ 256 × file length) must admit them.
+        using var folder = new PersistenceTempFolder();
+        var path = folder.File("zeros.scache");
+        var zeros = new byte[1 << 20];
+        var memory = new ScriptedPersistentMemory("Zeros", 3, 2, () =>
+        {
+            var state = new CacheState("Zeros", 3, 0);
+            state.Blobs.Add(CacheBlob.FromPieces("a", Large, () => Enumerable.Range(0, (Large / zeros.Length) + 1)
+                .Select(i => (ReadOnlyMemory<byte>)zeros.AsMemory(0, (int)Math.Min(zeros.Length, Large - ((long)i * zeros.Length))))));
+            return state;
+        });
+        Save(path, Header(), memory);
+        Assert.InRange((double)Large / new FileInfo(path).Length, 250, 256);
+        var factory = new ScriptedPersistentFactory("Zeros", (state, _) =>
+        {
+            var bytes = state.Blob("a").ReadAllBytes();
+            Assert.Equal(Large, bytes.Length);
+            Assert.False(bytes.AsSpan().ContainsAnyExcept((byte)0));
+            return new ScriptedPersistentMemory("Zeros", 3, 2, () => throw new NotSupportedException());
+        });
+        using (Load(path, [factory]).Memory)
+        {
+        }
+    }
+
+    [Fact]
     public void UnreadBlobsAreStillVerified()
     {
         using var folder = new PersistenceTempFolder();

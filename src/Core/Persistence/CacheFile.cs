@@ -11,7 +11,10 @@ namespace ScalableCache.Core.Persistence;
 /// <para><b>Loading</b> uses the provider recorded in the file (whatever <c>Cache:Provider</c> says); that provider must be
 /// registered. Every problem with the file is a <see cref="CacheFileException"/> naming the file and the problem: not a
 /// cache file, truncated, checksum mismatch, a version newer than this reader, an unregistered provider, or a header
-/// and payload that contradict each other.</para>
+/// and payload that contradict each other or exceed the format's limits. A file is untrusted input: its digests only
+/// catch accidental damage, so every field is checked before it is used (see the format description).</para>
+/// <para><b>Temporary files</b> of saves that were killed (<c>.NAME.RANDOM.tmp</c>) are deleted by the next save of the
+/// same NAME once they are 10 minutes old and no writer holds them.</para>
 /// </remarks>
 public static class CacheFile
 {
@@ -27,7 +30,8 @@ public static class CacheFile
     /// must agree with it); its creation time defaults to now. Returns the header as written.
     /// </summary>
     /// <exception cref="ArgumentException">The header is invalid or disagrees with the memory (nothing is written).</exception>
-    /// <exception cref="NotSupportedException">The memory's provider cannot save its state.</exception>
+    /// <exception cref="NotSupportedException">The memory's provider cannot save its state, or the memory exceeds the format's
+    /// limits (dimension 2^20, class count 2^16, a recipe's input image 2^24 values).</exception>
     public static CacheFileHeader Save(string path, CacheFileHeader header, ICacheMemory memory, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
@@ -52,6 +56,16 @@ public static class CacheFile
         if (errors.Count > 0)
         {
             throw new ArgumentException("Invalid cache file header: " + string.Join(" ", errors), nameof(header));
+        }
+
+        if (CacheFileSerializer.ClassCountProblem(memory.ClassCount) is { } classProblem)
+        {
+            throw new NotSupportedException($"A cache file cannot hold this '{memory.Provider}' memory: its {classProblem}.");
+        }
+
+        if (header.Recipe is { } recipe && CacheFileSerializer.InputShapeProblem(recipe.InputShape) is { } inputProblem)
+        {
+            throw new NotSupportedException($"A cache file cannot hold this key recipe: its {inputProblem}.");
         }
 
         if (memory is not IPersistentCacheMemory persistent)

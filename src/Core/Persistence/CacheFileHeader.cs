@@ -71,6 +71,12 @@ public sealed record CacheFileHeader
             errors.Add($"The checkpoint SHA-256 '{sha}' is not 64 hexadecimal digits.");
         }
 
+        if (Model?.CheckpointFile is { } file
+            && (string.IsNullOrWhiteSpace(file) || file is "." or ".." || file.IndexOfAny(['/', '\\']) >= 0 || file.Any(char.IsControl)))
+        {
+            errors.Add($"The checkpoint file name '{file}' is not a plain file name (no folder).");
+        }
+
         if (Layers is null || Layers.Any(string.IsNullOrWhiteSpace))
         {
             errors.Add("A layer name is empty.");

@@ -19,6 +19,7 @@ internal sealed class CacheFileReader : IDisposable
     private long _cursorOffset; // bytes of that blob already read from the file
     private int _sequence; // the next chunk's sequence number
     private byte[] _record = []; // the current record's bytes, reused
+    private long _payloadBytes; // the header's payload bytes, once checked against the file's length
 
     private CacheFileReader(string path, CancellationToken cancellationToken)
     {
@@ -32,7 +33,7 @@ internal sealed class CacheFileReader : IDisposable
     {
         using var reader = new CacheFileReader(path, CancellationToken.None);
         var (record, _) = CacheFileSerializer.ReadHeader(reader._file, path);
-        return reader.ToHeader(record, reader.ReadState(record));
+        return reader.ReadState(record).Header;
     }
 
     /// <summary>Loads the file, restoring its memory through the factories <paramref name="context"/> finds.</summary>
@@ -42,13 +43,7 @@ internal sealed class CacheFileReader : IDisposable
         using var reader = new CacheFileReader(path, cancellationToken);
         var (record, digest) = CacheFileSerializer.ReadHeader(reader._file, path);
         reader._chain.AppendData(digest);
-        var state = reader.ReadState(record);
-        var header = reader.ToHeader(record, state);
-        if (header.ClassCount < 1)
-        {
-            throw reader.Inconsistent($"the header's class count is {header.ClassCount}.");
-        }
-
+        var (state, header) = reader.ReadState(record);
         var restore = context(header.ClassCount);
         try
         {
@@ -88,7 +83,7 @@ internal sealed class CacheFileReader : IDisposable
         _file.Dispose();
     }
 
-    private CacheFileHeader ToHeader(HeaderRecord r, CacheState state) => new()
+    private CacheFileHeader ToHeader(HeaderRecord r) => new()
     {
         FormatVersion = r.FormatVersion,
         MinimumReaderVersion = r.MinimumReaderVersion,
@@ -121,12 +116,17 @@ internal sealed class CacheFileReader : IDisposable
         }
         catch (ArgumentException e)
         {
-            throw Inconsistent($"the header's key recipe is invalid: {e.Message}");
+            throw InvalidHeader($"its key recipe (key 19) is invalid: {e.Message}");
+        }
+
+        if (CacheFileSerializer.InputShapeProblem(recipe.InputShape) is { } problem)
+        {
+            throw InvalidHeader($"its key recipe's (key 19) {problem}.");
         }
 
         return recipe.Layers.SequenceEqual(r.Layers ?? [], StringComparer.Ordinal)
             ? recipe
-            : throw Inconsistent($"the key recipe's layers [{string.Join(", ", recipe.Layers)}] differ from the header's [{string.Join(", ", r.Layers ?? [])}].");
+            : throw InvalidHeader($"its key recipe's layers [{string.Join(", ", recipe.Layers)}] (key 19) differ from its layers [{string.Join(", ", r.Layers ?? [])}] (key 10).");
     }
 
     private ICacheMemory Restore(CacheRestoreContext context, CacheState state)
@@ -149,9 +149,51 @@ internal sealed class CacheFileReader : IDisposable
         }
     }
 
-    /// <summary>Builds the state tree from the header, checking it against the header's shape.</summary>
-    private CacheState ReadState(HeaderRecord record)
+    /// <summary>
+    /// Checks the header's fields and builds the state tree from it, checking each state against the header's shape, the
+    /// format's limits and the file's size, before anything is allocated for the payload.
+    /// </summary>
+    private (CacheState State, CacheFileHeader Header) ReadState(HeaderRecord record)
     {
+        if (record.MinimumReaderVersion < 1 || record.MinimumReaderVersion > record.FormatVersion)
+        {
+            throw InvalidHeader($"its minimum reader version (key 2) {record.MinimumReaderVersion} is outside [1, {record.FormatVersion}].");
+        }
+
+        if (CacheFileSerializer.ClassCountProblem(record.ClassCount) is { } classProblem)
+        {
+            throw InvalidHeader($"its {classProblem} (key 6).");
+        }
+
+        if (CacheFileSerializer.ShapeProblem(record.Dimension, record.Count) is { } shapeProblem)
+        {
+            throw InvalidHeader($"its {shapeProblem} (keys 4, 5).");
+        }
+
+        if (record.CheckpointSha256 is { } sha && sha.AsSpan().ContainsAnyExcept(CacheFileSerializer.LowerHexDigits))
+        {
+            throw InvalidHeader($"its checkpoint SHA-256 (key 8) '{sha}' is not 64 lower-case hexadecimal digits.");
+        }
+
+        if (record.Metadata?.FirstOrDefault(m => m.Value is null) is { Key: { } nullValue })
+        {
+            throw InvalidHeader($"its metadata (key 16) has no value for '{nullValue}'.");
+        }
+
+        if (record.PayloadBytes < 0 || record.PayloadBytes / CacheFileSerializer.MaxExpansion > _file.Length)
+        {
+            throw InvalidHeader(
+                $"it declares {record.PayloadBytes} payload bytes (key 17); a file of {_file.Length} bytes holds at most " +
+                $"{CacheFileSerializer.MaxExpansion} × as many (LZ4 expands at most 255-fold).");
+        }
+
+        var header = ToHeader(record);
+        var invalid = header.Validate();
+        if (invalid.Count > 0)
+        {
+            throw InvalidHeader(string.Join(" ", invalid));
+        }
+
         if (record.State is null)
         {
             throw Inconsistent("the header has no state.");
@@ -165,6 +207,7 @@ internal sealed class CacheFileReader : IDisposable
                 $"{record.State.Count} keys of dimension {record.State.Dimension} (provider {record.State.Provider}).");
         }
 
+        _payloadBytes = record.PayloadBytes;
         var state = Build(record.State, 1);
         var sum = _slots.Sum(s => s.Length);
         if (sum != record.PayloadBytes)
@@ -173,7 +216,7 @@ internal sealed class CacheFileReader : IDisposable
         }
 
         Advance();
-        return state;
+        return (state, header);
     }
 
     private CacheState Build(StateRecord record, int depth)
@@ -183,20 +226,35 @@ internal sealed class CacheFileReader : IDisposable
             throw Inconsistent($"its states are nested more than {CacheFileSerializer.MaxStateDepth} deep.");
         }
 
-        if (string.IsNullOrWhiteSpace(record.Provider) || record.Dimension < 1 || record.Count < 0)
+        if (string.IsNullOrWhiteSpace(record.Provider))
         {
-            throw Inconsistent($"a stored state has provider '{record.Provider}', dimension {record.Dimension} and count {record.Count}.");
+            throw Inconsistent($"a stored state has no provider (provider '{record.Provider}').");
+        }
+
+        if (CacheFileSerializer.ShapeProblem(record.Dimension, record.Count) is { } problem)
+        {
+            throw Inconsistent($"the stored '{record.Provider}' state's {problem}.");
         }
 
         var state = new CacheState(record.Provider, record.Dimension, record.Count);
         foreach (var (name, value) in record.Properties ?? [])
         {
+            if (value is null)
+            {
+                throw Inconsistent($"the stored '{record.Provider}' state's property '{name}' has no value.");
+            }
+
             state.Properties[name] = value;
         }
 
         foreach (var blob in record.Blobs ?? [])
         {
-            if (string.IsNullOrWhiteSpace(blob.Name) || blob.Length < 0 || state.Blobs.Any(b => b.Name == blob.Name))
+            if (blob is null)
+            {
+                throw Inconsistent($"the stored '{record.Provider}' state lists an empty blob entry.");
+            }
+
+            if (string.IsNullOrWhiteSpace(blob.Name) || blob.Length < 0 || blob.Length > _payloadBytes || state.Blobs.Any(b => b.Name == blob.Name))
             {
                 throw Inconsistent($"the '{record.Provider}' state has an invalid or repeated blob '{blob.Name}' of {blob.Length} bytes.");
             }
@@ -208,7 +266,7 @@ internal sealed class CacheFileReader : IDisposable
 
         foreach (var child in record.Children ?? [])
         {
-            state.Children.Add(Build(child, depth + 1));
+            state.Children.Add(Build(child ?? throw Inconsistent($"the stored '{record.Provider}' state lists an empty child state."), depth + 1));
         }
 
         return state;
@@ -333,6 +391,8 @@ internal sealed class CacheFileReader : IDisposable
 
     private CacheFileException Inconsistent(string detail, Exception? inner = null) =>
         new(_path, CacheFileProblem.Inconsistent, "header and payload are inconsistent: " + detail, inner);
+
+    private CacheFileException InvalidHeader(string detail) => new(_path, CacheFileProblem.Inconsistent, "invalid header: " + detail);
 
     private CacheFileException UnknownProvider(string provider, UnknownProviderException e) =>
         new(_path, CacheFileProblem.UnknownProvider,

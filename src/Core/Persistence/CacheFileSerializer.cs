@@ -37,16 +37,32 @@
 // version. A writer adds fields under new keys (older readers skip unknown trailing keys) and raises the minimum reader
 // version only for changes an older reader cannot ignore.
 //
-// Limits. The file, a blob and the key count are limited only by 64-bit lengths: keys of 1.28 M × 2048 float32 (10.5 GB)
-// are ~160 chunks; MessagePack's single byte[] (≤ 2 GB) only ever holds one chunk. Limits come from the stores: an HNSW
-// graph and a projection matrix are each one .NET array (< 2 GiB), labels one int[] (< 2^31 keys).
+// Limits. The file and a blob are limited only by 64-bit lengths: keys of 1.28 M × 2048 float32 (10.5 GB) are ~160
+// chunks; MessagePack's single byte[] (≤ 2 GB) only ever holds one chunk. A state's dimension is at most 2^20
+// (MaxDimension), its count at most Array.MaxLength (labels are one int[] in every store), the class count at most 2^16
+// (MaxClassCount), a key recipe's input image at most 2^24 values (MaxInputValues); the stores add theirs: an HNSW
+// graph and a projection matrix are each one .NET array (< 2 GiB). The writer refuses what the reader would reject.
+// Trust. A cache file may come from anywhere, and whoever changed it can recompute its digests, so the reader checks
+// every field before it allocates for it or hands bytes to native code: the header's fields as CacheFileHeader.Validate
+// checks them on save (model named, θ > 0 finite, λ ∈ [0, 1], the checkpoint digest 64 lower-case hex digits, the
+// checkpoint file a plain file name, layers named) and the key recipe as KeyRecipe does; versions; the limits above; the
+// payload against the file's size (LZ4 expands at most 255-fold, so payload bytes ≤ MaxExpansion × file length); each
+// state against the header, and blob lengths against the payload. Each provider then checks its state against its own
+// sizes before reading a blob: labels = N × 4 bytes, each label in [0, C); Exact keys = N × d × 4 bytes, finite, in the
+// storage chunks its views property lists; a projection matrix = k × d × 4 bytes, finite; an HNSW graph's whole
+// structure (vectors, head, levels, neighbour lists: USearchGraphLayout) before USearch sees it. Every problem is a
+// CacheFileException (Inconsistent) whose message names the field.
 // Memory. Saving holds one chunk (and its compressed copy) at a time. Loading streams: each chunk is verified and
 // handed to the restoring store, which fills its own storage (peak ≈ the restored memory + a few chunks), as long as the
 // store reads its blobs in the order it exported them (otherwise the skipped blobs are held in memory).
 // Integrity, not authenticity: the digests catch damaged or truncated files, not deliberate forgeries; loading uses
 // MessagePackSecurity.UntrustedData (LZ4 output capped at 257 MiB per chunk).
-// Atomic save: the file is written as ".NAME.RANDOM.tmp" in the target folder, flushed to disk and renamed over NAME;
-// a failed or cancelled save deletes the temporary file and leaves any previous NAME untouched.
+// Atomic save: the file is written as ".NAME.RANDOM.tmp" (RANDOM: 12 lower-case hex digits) in the target folder, held
+// with FileShare.None while written, flushed to disk and renamed over NAME; a failed or cancelled save deletes the
+// temporary file and leaves any previous NAME untouched. A killed writer leaves its temporary file behind, so each save of
+// NAME first deletes the temporary files of NAME that match that pattern exactly, are plain files (not links), were last
+// written at least StaleTemporaryAge (10 minutes) ago and can be opened exclusively (no live writer holds them); any
+// other file is left alone.
 
 using System.Buffers;
 using System.Buffers.Binary;
@@ -74,8 +90,27 @@ internal static class CacheFileSerializer
     /// <summary>Deepest nesting of states accepted.</summary>
     public const int MaxStateDepth = 8;
 
+    /// <summary>Largest key dimension of a state (a key of 2^20 float32 values is 4 MiB).</summary>
+    public const int MaxDimension = 1 << 20;
+
+    /// <summary>Largest class count of a header.</summary>
+    public const int MaxClassCount = 1 << 16;
+
+    /// <summary>Largest input image of a key recipe, in values (channels × height × width): 2^24, e.g. a 2048 × 2048 RGB image.</summary>
+    public const long MaxInputValues = 1L << 24;
+
+    /// <summary>Bound on payload bytes per file byte: LZ4 expands a block at most 255-fold.</summary>
+    public const int MaxExpansion = 256;
+
+    /// <summary>How long an unlocked temporary file of a save must have been left unwritten before a later save deletes it.</summary>
+    public static readonly TimeSpan StaleTemporaryAge = TimeSpan.FromMinutes(10);
+
+    /// <summary>The digits of lower-case hexadecimal (checkpoint digests, temporary file names).</summary>
+    public const string LowerHexDigits = "0123456789abcdef";
+
     private const byte Bin32 = 0xC6;
     private const int DigestBytes = 32;
+    private const int TemporaryRandomBytes = 6;
 
     /// <summary>
     /// Uncompressed MessagePack (header, trailer). Untrusted-data security, with LZ4 output allowed up to a chunk's size
@@ -97,9 +132,11 @@ internal static class CacheFileSerializer
         CacheBlob.ThrowIfBigEndian();
         var full = Path.GetFullPath(path);
         var folder = Path.GetDirectoryName(full) ?? throw new ArgumentException($"'{path}' has no folder.", nameof(path));
-        var temp = Path.Combine(folder, $".{Path.GetFileName(full)}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6))}.tmp");
+        var name = Path.GetFileName(full);
+        var temp = Path.Combine(folder, $".{name}.{Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(TemporaryRandomBytes))}.tmp");
         var blobs = Flatten(state);
         cancellationToken.ThrowIfCancellationRequested();
+        DeleteStaleTemporaries(folder, name, DateTime.UtcNow);
         try
         {
             using (var file = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
@@ -180,7 +217,77 @@ internal static class CacheFileSerializer
         }
     }
 
+    /// <summary>
+    /// Deletes the temporary files earlier saves of <paramref name="name"/> in <paramref name="folder"/> left behind: names
+    /// <c>.NAME.RANDOM.tmp</c> exactly, plain files last written at least <see cref="StaleTemporaryAge"/> before
+    /// <paramref name="nowUtc"/> that no writer holds open. Never fails: what cannot be deleted is left.
+    /// </summary>
+    public static void DeleteStaleTemporaries(string folder, string name, DateTime nowUtc)
+    {
+        var options = new EnumerationOptions { AttributesToSkip = 0, IgnoreInaccessible = true, MatchType = MatchType.Simple, RecurseSubdirectories = false };
+        List<string> candidates;
+        try
+        {
+            candidates = Directory.EnumerateFiles(folder, "*.tmp", options).Where(p => IsTemporaryOf(Path.GetFileName(p), name)).ToList();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return;
+        }
+
+        foreach (var candidate in candidates)
+        {
+            try
+            {
+                var info = new FileInfo(candidate);
+                if (info.LinkTarget is not null || nowUtc - info.LastWriteTimeUtc < StaleTemporaryAge)
+                {
+                    continue;
+                }
+
+                // Exclusive access fails while a writer (which holds its file with FileShare.None) is still at work.
+                using (new FileStream(candidate, FileMode.Open, FileAccess.ReadWrite, FileShare.None, 1, FileOptions.DeleteOnClose))
+                {
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // In use, gone already, or not ours to delete: leave it.
+            }
+        }
+    }
+
+    /// <summary>Whether <paramref name="fileName"/> is a temporary file name <see cref="Write"/> uses for <paramref name="name"/>.</summary>
+    public static bool IsTemporaryOf(string fileName, string name)
+    {
+        var prefix = $".{name}.";
+        const string suffix = ".tmp";
+        const int random = 2 * TemporaryRandomBytes;
+        return fileName.Length == prefix.Length + random + suffix.Length
+            && fileName.StartsWith(prefix, StringComparison.Ordinal)
+            && fileName.EndsWith(suffix, StringComparison.Ordinal)
+            && !fileName.AsSpan(prefix.Length, random).ContainsAnyExcept(LowerHexDigits);
+    }
+
+    /// <summary>What keeps a state of <paramref name="dimension"/> and <paramref name="count"/> out of this format, or null when it fits.</summary>
+    public static string? ShapeProblem(int dimension, long count) =>
+        dimension is < 1 or > MaxDimension ? $"dimension {dimension} is outside [1, {MaxDimension}]"
+        : count < 0 || count > Array.MaxLength ? $"count {count} is outside [0, {Array.MaxLength}]"
+        : null;
+
+    /// <summary>What keeps a key recipe's input shape out of this format, or null when it fits.</summary>
+    public static string? InputShapeProblem(Models.InputShape shape) =>
+        shape.Channels < 1 || shape.Height < 1 || shape.Width < 1 || (long)shape.Channels * shape.Height * shape.Width > MaxInputValues
+            ? $"input shape {shape} is not positive or holds more than {MaxInputValues} values"
+            : null;
+
+    /// <summary>What keeps <paramref name="classCount"/> out of this format, or null when it fits.</summary>
+    public static string? ClassCountProblem(int classCount) =>
+        classCount is < 1 or > MaxClassCount ? $"class count {classCount} is outside [1, {MaxClassCount}]" : null;
+
     /// <summary>The blobs of <paramref name="state"/> and its children, depth first.</summary>
+    /// <exception cref="InvalidOperationException">The states are nested too deep.</exception>
+    /// <exception cref="NotSupportedException">A state's shape exceeds the format's limits.</exception>
     public static List<CacheBlob> Flatten(CacheState state)
     {
         var result = new List<CacheBlob>();
@@ -189,6 +296,11 @@ internal static class CacheFileSerializer
             if (depth > MaxStateDepth)
             {
                 throw new InvalidOperationException($"States are nested more than {MaxStateDepth} deep.");
+            }
+
+            if (ShapeProblem(s.Dimension, s.Count) is { } problem)
+            {
+                throw new NotSupportedException($"The '{s.Provider}' state cannot be saved: its {problem}.");
             }
 
             result.AddRange(s.Blobs);
