@@ -140,6 +140,68 @@ public sealed class CacheClassifierTests : IDisposable
     }
 
     [Fact]
+    public async Task PredictionsRunWhileAnotherThreadAddsAndSeeWholeAdds()
+    {
+        using var net = TinyTapNet.Create(5, ScalarType.Float32);
+        var recipe = new KeyRecipe(["act"], TinyTapNet.Normalization, new InputShape(2, 4, 4));
+        var (classes, dimension) = recipe.Probe(net);
+        using var classifier = new CacheClassifier(
+            net, recipe, new ExactCacheMemoryFactory(new ExactCacheOptions()).Create(dimension, classes), 30, 1.0, new CacheClassifierOptions { BatchSize = 4 });
+        const int adds = 40;
+        const int perAdd = 3;
+        var batches = Enumerable.Range(0, adds).Select(i =>
+        {
+            var images = Images(perAdd, 100 + i);
+            return (Images: images, Labels: full(perAdd, i % classes, ScalarType.Int64));
+        }).ToList();
+        var queries = Images(8, 7);
+        var seen = new System.Collections.Concurrent.ConcurrentBag<long>();
+        using var done = new CancellationTokenSource();
+        var readers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        {
+            while (!done.IsCancellationRequested)
+            {
+                using var scope = NewDisposeScope();
+                var before = classifier.Count;
+                using var outputs = classifier.Classify(queries);
+                var after = classifier.Count;
+                // Cache-only (λ = 1): every row is a distribution over the classes seen so far, or all zeros before the first add.
+                var sums = outputs.Probabilities.sum(1);
+                Assert.True(before == 0 || sums.allclose(ones_like(sums), rtol: 0, atol: 1e-5), $"rows sum to {sums.min().item<float>()}…");
+                Assert.True(after % perAdd == 0 && before % perAdd == 0, "a count part-way through an add");
+                seen.Add(after);
+            }
+        }, Ct)).ToList();
+        foreach (var (images, labels) in batches)
+        {
+            classifier.Add(images, labels);
+
+            // Wait (bounded) until a reader has seen this state, so reads provably interleave with the adds.
+            var count = classifier.Count;
+            var wait = System.Diagnostics.Stopwatch.StartNew();
+            while (!seen.Contains(count) && wait.Elapsed < TimeSpan.FromSeconds(10))
+            {
+                await Task.Delay(1, Ct);
+            }
+        }
+
+        done.Cancel();
+        await Task.WhenAll(readers);
+        Assert.Equal(adds * perAdd, classifier.Count);
+        Assert.Equal(adds, seen.Where(c => c > 0).Distinct().Count()); // a prediction saw every intermediate state
+        foreach (var (images, labels) in batches)
+        {
+            images.Dispose();
+            labels.Dispose();
+        }
+
+        queries.Dispose();
+    }
+
+    private static Tensor Images(int count, int seed) =>
+        tensor(KnownClassifiers.Uniform(count * 2 * 4 * 4, seed, 0.05, 0.95).Select(v => (float)v).ToArray(), [count, 2, 4, 4]);
+
+    [Fact]
     public void TheKeyRecipesComposeFromActivationsAndFromStoredUnitParts()
     {
         using var scope = NewDisposeScope();
