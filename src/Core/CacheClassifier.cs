@@ -181,7 +181,7 @@ public sealed class CacheClassifier : IDisposable
 
     /// <summary>Fits a classifier: extraction, layer search (unless layers are fixed), the memory, θ/λ search; see <see cref="CacheFitter"/>.</summary>
     public static CacheFit Fit(
-        nn.Module<Tensor, Tensor> backbone, ImageDataset train, ImageDataset validation, CacheFitOptions options, CancellationToken cancellationToken = default) =>
+        nn.Module<Tensor, Tensor> backbone, IImageSource train, IImageSource validation, CacheFitOptions options, CancellationToken cancellationToken = default) =>
         new CacheFitter(backbone, options).Fit(train, validation, cancellationToken);
 
     /// <summary>Sets θ and λ (e.g. after tuning); queries in flight finish with the previous pair.</summary>

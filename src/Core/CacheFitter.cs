@@ -209,7 +209,8 @@ public sealed class CacheFitter
     public KeyRecipe Recipe(IReadOnlyList<string> layers) => new(layers, _input, _options.InputShape, _options.KeyNormalization);
 
     /// <summary>Per-layer unit keys (and norms), network probabilities and labels of <paramref name="data"/> for <paramref name="layers"/>.</summary>
-    public PerLayerKeys ExtractLayers(ImageDataset data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default)
+    /// <remarks>Any <see cref="IImageSource"/>: an in-memory <see cref="ImageDataset"/> or a streaming one such as ImageNet's files.</remarks>
+    public PerLayerKeys ExtractLayers(IImageSource data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(layers);
@@ -217,20 +218,18 @@ public sealed class CacheFitter
         using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
         var step = _options.Progress?.Step($"{label} [{layers.Count} layer{(layers.Count == 1 ? "" : "s")}]", data.Count);
         return DatasetFeatureExtractor.ExtractPerLayer(
-            extractor, data.Pixels, data.Labels, _options.InputShape, _input, ExtractionOptions(), _options.CandidateStorage,
-            Adapt(step), cancellationToken);
+            extractor, data, _input, ExtractionOptions(), _options.CandidateStorage, Adapt(step), cancellationToken);
     }
 
     /// <summary>Keys of <paramref name="layers"/> composed by the recipe, probabilities and labels of <paramref name="data"/>.</summary>
-    public FeatureTable Extract(ImageDataset data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default)
+    public FeatureTable Extract(IImageSource data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(layers);
         CheckShape(data);
         using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
         var step = _options.Progress?.Step($"{label} [{string.Join(",", layers)}]", data.Count);
-        using var features = DatasetFeatureExtractor.Extract(
-            extractor, data.Pixels, data.Labels, _options.InputShape, _input, ExtractionOptions(), Adapt(step), cancellationToken);
+        using var features = DatasetFeatureExtractor.Extract(extractor, data, _input, ExtractionOptions(), Adapt(step), cancellationToken);
         return new FeatureTable(features.Keys, features.Probabilities, features.Labels!, features.Layers);
     }
 
@@ -260,8 +259,11 @@ public sealed class CacheFitter
         return CacheEvaluation.Build(_store, train, classCount);
     }
 
-    /// <summary>Extracts the training and validation images' candidate keys, then fits from them (<see cref="Fit(PerLayerKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/>).</summary>
-    public CacheFit Fit(ImageDataset train, ImageDataset validation, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// Extracts the training and validation images' candidate keys, then fits from them (<see cref="Fit(PerLayerKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/>).
+    /// Either may stream (<see cref="IImageSource"/>); <see cref="CacheFitOptions.Flip"/> needs the training images as an <see cref="ImageDataset"/>.
+    /// </summary>
+    public CacheFit Fit(IImageSource train, IImageSource validation, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
@@ -272,7 +274,7 @@ public sealed class CacheFitter
         watch.Restart();
         using var validationKeys = ExtractLayers(validation, candidates, "validation", cancellationToken);
         var extractValidation = watch.Elapsed.TotalSeconds;
-        var fit = Fit(trainKeys, validationKeys, train, cancellationToken);
+        var fit = Fit(trainKeys, validationKeys, train as ImageDataset, cancellationToken);
         var seconds = new Dictionary<string, double>(fit.Report.Seconds) { ["extractTrain"] = extractTrain, ["extractValidation"] = extractValidation };
         return fit with { Report = fit.Report with { Seconds = seconds } };
     }
@@ -288,7 +290,7 @@ public sealed class CacheFitter
         ArgumentNullException.ThrowIfNull(validationKeys);
         if (_options.Flip && train is null)
         {
-            throw new ArgumentException("A cache with flipped training images needs the training images.", nameof(train));
+            throw new ArgumentException("A cache with flipped training images needs the training images in memory (an ImageDataset).", nameof(train));
         }
 
         var seconds = new Dictionary<string, double>();
@@ -360,13 +362,12 @@ public sealed class CacheFitter
         }
     }
 
-    private void CheckShape(ImageDataset data)
+    private void CheckShape(IImageSource data)
     {
-        var shape = _options.InputShape;
-        if (data.Channels != shape.Channels || data.Height != shape.Height || data.Width != shape.Width)
+        if (data.Shape != _options.InputShape)
         {
             throw new ArgumentException(
-                $"The images are {data.Channels}×{data.Height}×{data.Width} but the fit expects {shape} (CacheFitOptions.InputShape).", nameof(data));
+                $"The images are {data.Shape} but the fit expects {_options.InputShape} (CacheFitOptions.InputShape).", nameof(data));
         }
     }
 

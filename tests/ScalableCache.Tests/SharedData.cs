@@ -10,6 +10,12 @@ internal static class SharedData
 
     public static string Models => Path.Combine(Root, "models", "cifar10");
 
+    /// <summary>Golden outputs of torchvision models with closed-form weights (<c>fixtures/torchvision</c>).</summary>
+    public static string TorchVisionFixtures => Path.Combine(Root, "fixtures", "torchvision");
+
+    /// <summary>Real ImageNet JPEGs, torchvision's preprocessing of them and the ImageNet label files (<c>fixtures/imagenet</c>).</summary>
+    public static string ImageNetFixtures => Path.Combine(Root, "fixtures", "imagenet");
+
     private static string FindRoot()
     {
         var env = Environment.GetEnvironmentVariable("SCACHE_SHARED");

@@ -42,12 +42,18 @@ public static class CheckpointLoader
     /// floating-point tensor holding a NaN or ±∞ fails with a <see cref="CheckpointException"/> naming it, and nothing is copied.
     /// Values are copied (converted to the model's dtype and device); the checkpoint keeps its tensors.
     /// </summary>
-    public static CheckpointLoadResult Load(nn.Module model, Checkpoint checkpoint)
+    /// <param name="model">The model to fill.</param>
+    /// <param name="checkpoint">The tensors to copy.</param>
+    /// <param name="rename">
+    /// Maps each checkpoint name to the model's name first (see <see cref="Models.ModelSpec.CheckpointName"/>); names are used as they
+    /// are when <see langword="null"/>. Two checkpoint names that map to one name fail as a <see cref="CheckpointException"/>.
+    /// </param>
+    public static CheckpointLoadResult Load(nn.Module model, Checkpoint checkpoint, Func<string, string>? rename = null)
     {
         ArgumentNullException.ThrowIfNull(model);
         ArgumentNullException.ThrowIfNull(checkpoint);
         var target = model.state_dict();
-        var source = checkpoint.Tensors;
+        var source = Renamed(checkpoint, rename);
 
         var missing = new List<TensorShapeEntry>();
         var defaulted = new List<string>();
@@ -104,6 +110,26 @@ public static class CheckpointLoader
         }
 
         return new CheckpointLoadResult(checkpoint.FilePath, checkpoint.Format, target.Count - defaulted.Count, defaulted, checkpoint.Metadata);
+    }
+
+    private static IReadOnlyDictionary<string, Tensor> Renamed(Checkpoint checkpoint, Func<string, string>? rename)
+    {
+        if (rename is null)
+        {
+            return checkpoint.Tensors;
+        }
+
+        var result = new Dictionary<string, Tensor>(checkpoint.Tensors.Count, StringComparer.Ordinal);
+        foreach (var (name, tensor) in checkpoint.Tensors)
+        {
+            var mapped = rename(name);
+            if (!result.TryAdd(mapped, tensor))
+            {
+                throw new CheckpointException(checkpoint.FilePath, $"holds two tensors that both map to '{mapped}' (one is '{name}').");
+            }
+        }
+
+        return result;
     }
 
     /// <summary>The names among <paramref name="names"/> whose floating-point tensor in <paramref name="source"/> holds a NaN or ±∞.</summary>

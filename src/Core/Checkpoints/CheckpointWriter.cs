@@ -15,6 +15,19 @@ public static class CheckpointWriter
     public static void Save(torch.nn.Module model, string filePath, CheckpointFormat format)
     {
         ArgumentNullException.ThrowIfNull(model);
+        using var scope = torch.NewDisposeScope();
+        Save(model.state_dict(), filePath, format);
+    }
+
+    /// <summary>
+    /// Saves named tensors (a state dict, in its order) to <paramref name="filePath"/> as <see cref="CheckpointFormat.Safetensors"/> or
+    /// <see cref="CheckpointFormat.TorchZip"/> (what <c>torch.save(state_dict)</c> writes), through a temporary name and a rename.
+    /// The tensors are read, not disposed.
+    /// </summary>
+    /// <exception cref="NotSupportedException"><see cref="CheckpointFormat.TorchLegacy"/>: the legacy format is read-only here.</exception>
+    public static void Save(IReadOnlyDictionary<string, torch.Tensor> tensors, string filePath, CheckpointFormat format)
+    {
+        ArgumentNullException.ThrowIfNull(tensors);
         ArgumentException.ThrowIfNullOrEmpty(filePath);
         if (format == CheckpointFormat.TorchLegacy)
         {
@@ -27,13 +40,14 @@ public static class CheckpointWriter
         {
             using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write))
             {
+                var dict = tensors.ToDictionary(kv => kv.Key, kv => kv.Value, StringComparer.Ordinal);
                 if (format == CheckpointFormat.Safetensors)
                 {
-                    model.save_safetensors(stream, leaveOpen: true);
+                    Safetensors.SaveStateDict(stream, dict, leaveOpen: true);
                 }
                 else
                 {
-                    model.save_py(stream, leaveOpen: true);
+                    PyTorchPickler.PickleStateDict(stream, dict, leaveOpen: true);
                 }
             }
 

@@ -1,4 +1,5 @@
 using System.Globalization;
+using ScalableCache.Core.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -17,7 +18,7 @@ namespace ScalableCache.Core.Data;
 /// Fisher–Yates shuffle driven by SplitMix64 seeded with <c>(ulong)(long)seed</c> and Lemire's unbiased bounded integers
 /// (not <see cref="Random"/>), so they are identical across runs, machines and .NET versions.</para>
 /// </remarks>
-public sealed class ImageDataset
+public sealed class ImageDataset : IImageSource
 {
     private readonly byte[] _pixels;
     private readonly int[] _labels;
@@ -102,6 +103,21 @@ public sealed class ImageDataset
 
     /// <summary>All labels, one per image.</summary>
     public ReadOnlySpan<int> Labels => _labels;
+
+    /// <inheritdoc />
+    InputShape IImageSource.Shape => new(Channels, Height, Width);
+
+    /// <inheritdoc />
+    IReadOnlyList<int> IImageSource.Labels => _labels;
+
+    /// <inheritdoc />
+    public void Read(int start, int count, Span<byte> destination)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(start);
+        ArgumentOutOfRangeException.ThrowIfNegative(count);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(start + (long)count, Count, nameof(count));
+        _pixels.AsSpan(start * ImageSize, count * ImageSize).CopyTo(destination);
+    }
 
     /// <summary>The <c>ImageSize</c> pixel bytes of image <paramref name="index"/> (CHW).</summary>
     public ReadOnlySpan<byte> GetImage(int index)

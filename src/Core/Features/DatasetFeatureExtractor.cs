@@ -1,3 +1,4 @@
+using ScalableCache.Core.Data;
 using ScalableCache.Core.Evaluation;
 using ScalableCache.Core.Models;
 using TorchSharp;
@@ -149,11 +150,7 @@ public static class DatasetFeatureExtractor
         IProgress<ExtractionProgress>? progress = null,
         CancellationToken cancellationToken = default)
     {
-        if (storage is not (ScalarType.Float32 or ScalarType.Float16))
-        {
-            throw new ArgumentException($"Per-layer keys are stored as Float32 or Float16, not {storage}.", nameof(storage));
-        }
-
+        CheckStorage(storage);
         if (labels.IsEmpty)
         {
             throw new ArgumentException("Per-layer keys need one label per image.", nameof(labels));
@@ -162,6 +159,125 @@ public static class DatasetFeatureExtractor
         var sink = new LayerSink(extractor, storage);
         Run(extractor, pixels, labels, shape, normalization, options, sink, progress, cancellationToken);
         return sink.Finish();
+    }
+
+    /// <summary>
+    /// Extracts composed keys for every image of <paramref name="source"/>, reading batch i + 1 on a background task while the network
+    /// runs batch i (so a decoding source such as <see cref="ImageFileSource"/> keeps the network fed). Memory: two batches of pixels
+    /// plus the results.
+    /// </summary>
+    /// <param name="extractor">The tapped model.</param>
+    /// <param name="source">The images and their labels.</param>
+    /// <param name="normalization">The model's input normalisation.</param>
+    /// <param name="options">Batch size and device; defaults when <see langword="null"/>.</param>
+    /// <param name="progress">Told after every batch.</param>
+    /// <param name="cancellationToken">Checked before every batch.</param>
+    public static ExtractedFeatures Extract(
+        LayerTapExtractor extractor,
+        IImageSource source,
+        InputNormalization normalization,
+        FeatureExtractionOptions? options = null,
+        IProgress<ExtractionProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        var sink = new KeySink(extractor);
+        Run(extractor, source, normalization, options, sink, progress, cancellationToken);
+        return sink.Finish();
+    }
+
+    /// <summary>
+    /// Each tapped layer's unit keys and norms, the probabilities and labels of every image of <paramref name="source"/>, read as in
+    /// <see cref="Extract(LayerTapExtractor, IImageSource, InputNormalization, FeatureExtractionOptions?, IProgress{ExtractionProgress}?, CancellationToken)"/>.
+    /// </summary>
+    /// <param name="extractor">The tapped model (its layers are the candidates).</param>
+    /// <param name="source">The images and their labels.</param>
+    /// <param name="normalization">The model's input normalisation.</param>
+    /// <param name="options">Batch size and device; defaults when <see langword="null"/>.</param>
+    /// <param name="storage">Element type of the stored unit keys: float32 or float16.</param>
+    /// <param name="progress">Told after every batch.</param>
+    /// <param name="cancellationToken">Checked before every batch.</param>
+    public static PerLayerKeys ExtractPerLayer(
+        LayerTapExtractor extractor,
+        IImageSource source,
+        InputNormalization normalization,
+        FeatureExtractionOptions? options = null,
+        ScalarType storage = ScalarType.Float32,
+        IProgress<ExtractionProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        var sink = new LayerSink(extractor, CheckStorage(storage));
+        Run(extractor, source, normalization, options, sink, progress, cancellationToken);
+        return sink.Finish();
+    }
+
+    private static ScalarType CheckStorage(ScalarType storage) => storage is ScalarType.Float32 or ScalarType.Float16
+        ? storage
+        : throw new ArgumentException($"Per-layer keys are stored as Float32 or Float16, not {storage}.", nameof(storage));
+
+    private static Tensor LabelTensor(IReadOnlyList<int> labels)
+    {
+        var longs = new long[labels.Count];
+        for (var i = 0; i < longs.Length; i++)
+        {
+            longs[i] = labels[i];
+        }
+
+        return tensor(longs, [longs.Length]);
+    }
+
+    private static void Run(
+        LayerTapExtractor extractor, IImageSource source, InputNormalization normalization, FeatureExtractionOptions? options, Sink sink,
+        IProgress<ExtractionProgress>? progress, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(extractor);
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(normalization);
+        var shape = source.Shape;
+        var count = source.Count;
+        if (source.Labels.Count != count)
+        {
+            throw new ArgumentException($"{source.Labels.Count} labels for {count} images.", nameof(source));
+        }
+
+        var batchSize = sink.Start(normalization, shape.Channels, count, options);
+        using var noGrad = no_grad();
+        using var scope = NewDisposeScope();
+        sink.Labels = LabelTensor(source.Labels);
+        var capacity = Math.Min(batchSize, count);
+        byte[][] buffers = [new byte[(long)capacity * shape.Size], new byte[(long)capacity * shape.Size]];
+        Task ReadAsync(int start, byte[] buffer) =>
+            Task.Run(() => source.Read(start, Math.Min(batchSize, count - start), buffer), cancellationToken);
+
+        var pending = ReadAsync(0, buffers[0]);
+        try
+        {
+            for (int start = 0, i = 0; start < count; start += batchSize, i++)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                pending.GetAwaiter().GetResult();
+                var n = Math.Min(batchSize, count - start);
+                var current = buffers[i % 2];
+                var next = start + batchSize;
+                pending = next < count ? ReadAsync(next, buffers[(i + 1) % 2]) : Task.CompletedTask;
+                var batch = empty([n, shape.Channels, shape.Height, shape.Width], ScalarType.Byte);
+                batch.bytes = current.AsSpan(0, n * shape.Size);
+                sink.Add(batch, start, scope);
+                progress?.Report(new ExtractionProgress(start + n, count));
+            }
+        }
+        finally
+        {
+            // A read still in flight (after a failure or cancellation) must not outlive its buffer's owner unobserved.
+            try
+            {
+                pending.Wait(CancellationToken.None);
+            }
+            catch (AggregateException)
+            {
+            }
+        }
+
+        sink.Detach(scope);
     }
 
     private static void Run(

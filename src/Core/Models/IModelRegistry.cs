@@ -2,7 +2,8 @@ namespace ScalableCache.Core.Models;
 
 /// <summary>
 /// Architectures by name. Built-ins: <c>resnet20</c>, <c>resnet32</c>, <c>resnet44</c>, <c>resnet56</c>, <c>resnet110</c> and the
-/// family <c>cifar-resnet:N</c> (N blocks per stage, depth 6N+2). New architectures plug in with <see cref="Register"/> or
+/// family <c>cifar-resnet:N</c> (N blocks per stage, depth 6N+2); the torchvision ImageNet models <c>torchvision:resnet18/34/50/101/152</c>
+/// and <c>torchvision:densenet121/161/169/201</c>. New architectures plug in with <see cref="Register"/> or
 /// <see cref="RegisterFamily"/>.
 /// </summary>
 /// <remarks>Thread-safe: registration and lookup may happen concurrently.</remarks>

@@ -8,6 +8,20 @@ public sealed class ModelRegistry : IModelRegistry
     /// <summary>Prefix of the any-depth CIFAR ResNet family: <c>cifar-resnet:N</c> has N blocks per stage.</summary>
     public const string CifarResNetPrefix = "cifar-resnet:";
 
+    /// <summary>Prefix of the torchvision ImageNet architectures: <c>torchvision:resnet50</c>, <c>torchvision:densenet121</c>, ….</summary>
+    public const string TorchVisionPrefix = "torchvision:";
+
+    // torchvision.models: blocks per stage (ResNet) or dense layers per block with growth rate and initial features (DenseNet).
+    private static readonly (int Depth, int[] Blocks, bool Bottleneck)[] TorchVisionResNets =
+    [
+        (18, [2, 2, 2, 2], false), (34, [3, 4, 6, 3], false), (50, [3, 4, 6, 3], true), (101, [3, 4, 23, 3], true), (152, [3, 8, 36, 3], true),
+    ];
+
+    private static readonly (int Depth, int Growth, int[] Blocks, int Initial)[] TorchVisionDenseNets =
+    [
+        (121, 32, [6, 12, 24, 16], 64), (161, 48, [6, 12, 36, 24], 96), (169, 32, [6, 12, 32, 32], 64), (201, 32, [6, 12, 48, 32], 64),
+    ];
+
     private readonly Lock _gate = new();
     private readonly List<ModelSpec> _models = [];
     private readonly List<ModelFamily> _families = [];
@@ -34,6 +48,11 @@ public sealed class ModelRegistry : IModelRegistry
             CifarResNetPrefix,
             $"{CifarResNetPrefix}N — CIFAR ResNet (He et al. 2016, option-A shortcuts) with N blocks per stage, depth 6N+2",
             ResolveCifarResNet));
+
+        foreach (var spec in TorchVisionSpecs())
+        {
+            Register(spec);
+        }
     }
 
     /// <inheritdoc />
@@ -78,6 +97,46 @@ public sealed class ModelRegistry : IModelRegistry
         {
             ClassifierWeight = "linear.weight",
         };
+    }
+
+    /// <summary>
+    /// The torchvision ImageNet architectures (<c>torchvision:resnet18/34/50/101/152</c>, <c>torchvision:densenet121/161/169/201</c>):
+    /// 224×224 inputs, ImageNet normalisation, 1,000 classes by default, torchvision's state-dict names (DenseNet also reads the
+    /// pre-0.3 names, see <see cref="TorchVisionDenseNet.CheckpointName"/>).
+    /// </summary>
+    public static IReadOnlyList<ModelSpec> TorchVisionSpecs()
+    {
+        var specs = new List<ModelSpec>();
+        foreach (var (depth, blocks, bottleneck) in TorchVisionResNets)
+        {
+            specs.Add(new ModelSpec(
+                string.Create(CultureInfo.InvariantCulture, $"{TorchVisionPrefix}resnet{depth}"),
+                string.Create(CultureInfo.InvariantCulture, $"torchvision ResNet-{depth} (ImageNet, {(bottleneck ? "bottleneck" : "basic")} blocks [{string.Join(", ", blocks)}])"),
+                InputNormalization.ImageNet,
+                InputShape.ImageNet,
+                classCount => new TorchVisionResNet(blocks, bottleneck, classCount))
+            {
+                DefaultClassCount = 1000,
+                ClassifierWeight = "fc.weight",
+            });
+        }
+
+        foreach (var (depth, growth, blocks, initial) in TorchVisionDenseNets)
+        {
+            specs.Add(new ModelSpec(
+                string.Create(CultureInfo.InvariantCulture, $"{TorchVisionPrefix}densenet{depth}"),
+                string.Create(CultureInfo.InvariantCulture, $"torchvision DenseNet-{depth} (ImageNet, growth {growth}, blocks [{string.Join(", ", blocks)}])"),
+                InputNormalization.ImageNet,
+                InputShape.ImageNet,
+                classCount => new TorchVisionDenseNet(growth, blocks, initial, classCount))
+            {
+                DefaultClassCount = 1000,
+                ClassifierWeight = "classifier.weight",
+                CheckpointName = TorchVisionDenseNet.CheckpointName,
+            });
+        }
+
+        return specs;
     }
 
     /// <inheritdoc />

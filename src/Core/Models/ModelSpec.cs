@@ -6,6 +6,9 @@ public readonly record struct InputShape(int Channels, int Height, int Width)
     /// <summary>A 32×32 RGB image (CIFAR).</summary>
     public static InputShape Cifar { get; } = new(3, 32, 32);
 
+    /// <summary>A 224×224 RGB image (ImageNet, torchvision's evaluation crop).</summary>
+    public static InputShape ImageNet { get; } = new(3, 224, 224);
+
     /// <summary>Elements per image: <c>Channels · Height · Width</c>.</summary>
     public int Size => Channels * Height * Width;
 
@@ -37,6 +40,12 @@ public sealed record ModelSpec(
     /// (e.g. <c>linear.weight</c>); <see langword="null"/> when the architecture has none.
     /// </summary>
     public string? ClassifierWeight { get; init; }
+
+    /// <summary>
+    /// Maps a checkpoint tensor's name to the model's state-dict name before loading (e.g. DenseNet's pre-0.3 torchvision names
+    /// <c>norm.1</c> → <c>norm1</c>); <see langword="null"/> when names are used as they are.
+    /// </summary>
+    public Func<string, string>? CheckpointName { get; init; }
 }
 
 /// <summary>

@@ -43,7 +43,7 @@ public static class PretrainedModels
         var model = spec.Factory(classes);
         try
         {
-            var result = CheckpointLoader.Load(model, checkpoint);
+            var result = CheckpointLoader.Load(model, checkpoint, spec.CheckpointName);
             if (device is not null && device.type != DeviceType.CPU)
             {
                 model.to(device);

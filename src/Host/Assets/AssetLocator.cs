@@ -15,17 +15,29 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
     /// <summary>Environment variable naming the checkpoint folder.</summary>
     public const string ModelsEnvironmentVariable = "SCACHE_MODELS";
 
-    // The public CIFAR ResNets (Idelbayev, BSD-2-Clause). The file name carries the first 8 hex digits of the SHA-256.
-    private static readonly Dictionary<string, (string File, string? Sha256)> PublicCheckpoints = new(StringComparer.OrdinalIgnoreCase)
-    {
-        ["resnet20"] = ("resnet20-12fca82f.th", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),
-        ["resnet32"] = ("resnet32-d509ac18.th", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850"),
-        ["resnet44"] = ("resnet44-014dd654.th", null),
-        ["resnet56"] = ("resnet56-4bfd9763.th", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),
-        ["resnet110"] = ("resnet110-1d1ed7c2.th", null),
-    };
+    private const string CifarBaseUrl = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/";
+    private const string TorchVisionBaseUrl = "https://download.pytorch.org/models/";
 
-    private const string CheckpointBaseUrl = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/";
+    // Public checkpoints by registry name. Every file name carries the first 8 hex digits of its SHA-256 (checked on download; the
+    // whole digest too where it is recorded). The CIFAR ResNets are Idelbayev's (BSD-2-Clause); the torchvision ones are its
+    // IMAGENET1K_V1 weights (BSD-3-Clause), zip state dicts as torch.save writes them (DenseNet with its pre-0.3 names).
+    private static readonly Dictionary<string, (string File, string? Sha256, string BaseUrl)> PublicCheckpoints = new(StringComparer.OrdinalIgnoreCase)
+    {
+        ["resnet20"] = ("resnet20-12fca82f.th", "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8", CifarBaseUrl),
+        ["resnet32"] = ("resnet32-d509ac18.th", "d509ac1820d7f25398913559d7e81a13229b1e7adc5648e3bfa5e22dc137f850", CifarBaseUrl),
+        ["resnet44"] = ("resnet44-014dd654.th", null, CifarBaseUrl),
+        ["resnet56"] = ("resnet56-4bfd9763.th", "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367", CifarBaseUrl),
+        ["resnet110"] = ("resnet110-1d1ed7c2.th", null, CifarBaseUrl),
+        ["torchvision:resnet18"] = ("resnet18-f37072fd.pth", null, TorchVisionBaseUrl),
+        ["torchvision:resnet34"] = ("resnet34-b627a593.pth", null, TorchVisionBaseUrl),
+        ["torchvision:resnet50"] = ("resnet50-0676ba61.pth", null, TorchVisionBaseUrl),
+        ["torchvision:resnet101"] = ("resnet101-63fe2227.pth", null, TorchVisionBaseUrl),
+        ["torchvision:resnet152"] = ("resnet152-394f9c45.pth", null, TorchVisionBaseUrl),
+        ["torchvision:densenet121"] = ("densenet121-a639ec97.pth", null, TorchVisionBaseUrl),
+        ["torchvision:densenet161"] = ("densenet161-8d451a50.pth", null, TorchVisionBaseUrl),
+        ["torchvision:densenet169"] = ("densenet169-b2777c0a.pth", null, TorchVisionBaseUrl),
+        ["torchvision:densenet201"] = ("densenet201-c1103571.pth", null, TorchVisionBaseUrl),
+    };
 
     /// <summary>The CIFAR-10 <c>cifar-10-batches-bin</c> folder, validated for <paramref name="parts"/>.</summary>
     public string Cifar10(string? flag, DatasetParts parts = DatasetParts.All)
@@ -45,7 +57,8 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
         }
 
         var folder = Environment.GetEnvironmentVariable(ModelsEnvironmentVariable) ?? options.Value.Models;
-        var found = FindIn(folder, model) ?? FindIn(DownloadFolder, model);
+        var stem = FileStem(model);
+        var found = FindIn(folder, stem) ?? FindIn(DownloadFolder, stem);
         if (found is not null)
         {
             return found;
@@ -54,25 +67,34 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
         if (!PublicCheckpoints.TryGetValue(model, out var entry))
         {
             throw new FileNotFoundException(
-                $"No checkpoint for '{model}' in '{Path.GetFullPath(folder)}' (looked for {model}.safetensors, {model}.pt, {model}.pth, {model}-*.th, {model}.th) " +
+                $"No checkpoint for '{model}' in '{Path.GetFullPath(folder)}' (looked for {string.Join(", ", Patterns(stem))}) " +
                 $"and no public download is known for it. Pass --weights FILE or set {ModelsEnvironmentVariable} to a folder that holds one.");
         }
 
-        return await DownloadAsync(model, entry.File, entry.Sha256, folder, cancellationToken).ConfigureAwait(false);
+        return await DownloadAsync(model, entry.File, entry.Sha256, entry.BaseUrl + entry.File, folder, cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>
+    /// The file-name stem checkpoints of <paramref name="model"/> go by: the name after a family prefix such as <c>torchvision:</c>
+    /// (<c>torchvision:resnet50</c> → <c>resnet50</c>, as torchvision names its files), else the name itself.
+    /// </summary>
+    internal static string FileStem(string model) => model[(model.LastIndexOf(':') + 1)..];
+
+    private static string[] Patterns(string stem) =>
+        [$"{stem}.safetensors", $"{stem}.pt", $"{stem}.pth", $"{stem}-*.pth", $"{stem}-*.th", $"{stem}.th"];
 
     private string DownloadFolder => string.IsNullOrEmpty(options.Value.DownloadCache)
         ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "scalablecache", "models")
         : options.Value.DownloadCache;
 
-    private static string? FindIn(string folder, string model)
+    private static string? FindIn(string folder, string stem)
     {
         if (!Directory.Exists(folder))
         {
             return null;
         }
 
-        foreach (var pattern in new[] { $"{model}.safetensors", $"{model}.pt", $"{model}.pth", $"{model}-*.th", $"{model}.th" })
+        foreach (var pattern in Patterns(stem))
         {
             var match = Directory.EnumerateFiles(folder, pattern).Order(StringComparer.Ordinal).FirstOrDefault();
             if (match is not null)
@@ -84,10 +106,9 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
         return null;
     }
 
-    private async Task<string> DownloadAsync(string model, string file, string? sha256, string searched, CancellationToken cancellationToken)
+    private async Task<string> DownloadAsync(string model, string file, string? sha256, string url, string searched, CancellationToken cancellationToken)
     {
-        var url = CheckpointBaseUrl + file;
-        var hint = $"Pass --weights FILE or set {ModelsEnvironmentVariable} (or Assets:Models) to a folder holding {file} or {model}.safetensors.";
+        var hint = $"Pass --weights FILE or set {ModelsEnvironmentVariable} (or Assets:Models) to a folder holding {file} or {FileStem(model)}.safetensors.";
         if (!options.Value.AllowDownload)
         {
             throw new FileNotFoundException($"No checkpoint for '{model}' in '{Path.GetFullPath(searched)}' and downloads are off (Assets:AllowDownload). {hint}");
