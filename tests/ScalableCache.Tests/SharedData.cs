@@ -10,6 +10,10 @@ internal static class SharedData
 
     public static string Models => Path.Combine(Root, "models", "cifar10");
 
+    public static string KerasModels => Path.Combine(Root, "models", "orhan-keras");
+
+    public static string Cifar100 => Path.Combine(Root, "data", "cifar100");
+
     private static string FindRoot()
     {
         var env = Environment.GetEnvironmentVariable("SCACHE_SHARED");
