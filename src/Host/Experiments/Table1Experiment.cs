@@ -144,7 +144,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
             null, seconds);
     }
 
-    private static Table1Row Row(
+    public static Table1Row Row(
         Table1Request request, string model, IReadOnlyList<string> layers, long keyDimension, long cacheSize, bool flip, DatasetSplit split,
         string provider, CacheEvaluationResult result, LayerCombinationResult? search, IReadOnlyDictionary<string, double> seconds) =>
         new(model, layers, keyDimension, cacheSize, flip, request.Seed, split.First.Count, split.Second.Count,
