@@ -233,23 +233,29 @@ public sealed class CacheFitter
         return new FeatureTable(features.Keys, features.Probabilities, features.Labels!, features.Layers);
     }
 
-    /// <summary>Greedy layer-combination search over the candidate layers both key sets hold, scored on the validation keys.</summary>
+    /// <summary>The cache keys of <paramref name="layers"/> under the fit's key normalisation, from per-layer keys (rows <paramref name="rows"/>, or all).</summary>
+    public FeatureTable Compose(PerLayerKeys keys, IReadOnlyList<string> layers, IReadOnlyList<int>? rows = null)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        return keys.Compose(layers, rows, _options.KeyNormalization);
+    }
+
+    /// <summary>
+    /// Greedy layer-combination search over the candidate layers both key sets hold, scored on the validation keys under the fit's
+    /// key normalisation (per layer, or concatenated then normalised once: <see cref="LayerCombinationSearch"/>).
+    /// </summary>
     public LayerCombinationResult SearchLayers(PerLayerKeys train, PerLayerKeys validation, IReadOnlyList<string>? candidates = null)
     {
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
-        if (_options.KeyNormalization != KeyNormalization.PerLayer)
-        {
-            throw new NotSupportedException("The layer-combination search scores per-layer-normalised keys; fix the layers for other key recipes.");
-        }
-
         candidates ??= Candidates();
-        var list = candidates.Select(c => new LayerCandidate(c, train.Layer(c), validation.Layer(c))).ToList();
+        var list = candidates.Select(c => new LayerCandidate(c, train.Layer(c), validation.Layer(c), train.Norms[c], validation.Norms[c])).ToList();
         var reporter = _options.Progress is { } p ? new StatusProgress(p) : null;
         var grid = _options.Grid;
         return LayerCombinationSearch.Run(
             list, train.Labels, validation.Probabilities, validation.Labels, train.ClassCount,
-            grid.Thetas, grid.IncludeCacheOnly ? grid.EffectiveLambdas : grid.Lambdas, _options.MaxLayers, reporter);
+            grid.Thetas, grid.IncludeCacheOnly ? grid.EffectiveLambdas : grid.Lambdas, _options.MaxLayers, reporter,
+            normalization: _options.KeyNormalization);
     }
 
     /// <summary>A new memory from the store factory holding <paramref name="train"/>'s keys (added in chunks).</summary>
@@ -318,7 +324,7 @@ public sealed class CacheFitter
         try
         {
             watch.Restart();
-            using var validation = validationKeys.Compose(layers, null, _options.KeyNormalization);
+            using var validation = Compose(validationKeys, layers);
             var tuning = CacheEvaluation.Tune(memory, validation, _options.Grid, _options.BatchSize, _options.Theta, _options.Lambda);
             seconds["tune"] = watch.Elapsed.TotalSeconds;
             foreach (var warning in tuning.Warnings)
@@ -346,7 +352,7 @@ public sealed class CacheFitter
     private FeatureTable ComposeTraining(
         PerLayerKeys trainKeys, IReadOnlyList<string> layers, ImageDataset? train, Dictionary<string, double> seconds, CancellationToken cancellationToken)
     {
-        var unflipped = trainKeys.Compose(layers, null, _options.KeyNormalization);
+        var unflipped = Compose(trainKeys, layers);
         if (!_options.Flip)
         {
             return unflipped;

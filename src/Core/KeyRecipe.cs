@@ -61,6 +61,12 @@ public sealed record KeyRecipe
                 $"The input shape has {inputShape.Channels} channels but the input normalisation has {input.Channels}.", nameof(inputShape));
         }
 
+        if (input.PixelShape is { } pixels && pixels != inputShape)
+        {
+            throw new ArgumentException(
+                $"The input shape is {inputShape} but the per-pixel input normalisation is for {pixels} images.", nameof(inputShape));
+        }
+
         if (!Enum.IsDefined(normalization))
         {
             throw new ArgumentException($"Unknown key normalisation {(int)normalization}.", nameof(normalization));
@@ -75,7 +81,7 @@ public sealed record KeyRecipe
     /// <summary>Tapped module names, in key order.</summary>
     public IReadOnlyList<string> Layers { get; }
 
-    /// <summary>The images' input normalisation (pixels / 255, then per-channel mean and std).</summary>
+    /// <summary>The images' input normalisation (pixels / 255, then mean and std per channel or per pixel).</summary>
     public InputNormalization Input { get; }
 
     /// <summary>Shape of one input image.</summary>
@@ -161,11 +167,10 @@ public sealed record KeyRecipe
     /// <summary>The recipe in words, for people and for the cache file's normalisation text.</summary>
     public string Describe()
     {
-        static string List(IEnumerable<float> values) => string.Join(", ", values.Select(v => v.ToString("R", CultureInfo.InvariantCulture)));
         var keys = Normalization == KeyNormalization.PerLayer
             ? "each layer's output flattened and L2-normalised, layers concatenated in order, then L2-normalised again"
             : "the layers' outputs flattened and concatenated in order, then L2-normalised once";
-        return $"input: {InputShape} images, (pixel/255 - mean) / std per channel, mean [{List(Input.Mean)}], std [{List(Input.Std)}]; keys: {keys}";
+        return $"input: {InputShape} images, {Input.Describe()}; keys: {keys}";
     }
 
     /// <inheritdoc />

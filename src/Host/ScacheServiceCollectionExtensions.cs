@@ -64,6 +64,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<JacobianExperiment>();
         services.AddSingleton<OnlineExperiment>();
         services.AddSingleton<ApproximationExperiment>();
+        services.AddSingleton<AuthorProtocolExperiment>();
 
         services.AddSingleton<IScacheCommand, InfoCommand>();
         services.AddSingleton<IScacheCommand, EvaluateCommand>();
@@ -78,6 +79,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<IScacheCommand, ProvidersCommand>();
         services.AddSingleton<IScacheCommand, AttackCommand>();
         services.AddSingleton<IScacheCommand, JacobianCommand>();
+        services.AddSingleton<IScacheCommand, OrhanCommand>();
         return services;
     }
 }

@@ -16,6 +16,12 @@ internal static class SharedData
     /// <summary>Real ImageNet JPEGs, torchvision's preprocessing of them and the ImageNet label files (<c>fixtures/imagenet</c>).</summary>
     public static string ImageNetFixtures => Path.Combine(Root, "fixtures", "imagenet");
 
+    /// <summary>The paper author's own Keras models (<c>models/orhan-keras</c>).</summary>
+    public static string KerasModels => Path.Combine(Root, "models", "orhan-keras");
+
+    /// <summary>CIFAR-100: the test set and a training subset (<c>data/cifar100</c>).</summary>
+    public static string Cifar100 => Path.Combine(Root, "data", "cifar100");
+
     private static string FindRoot()
     {
         var env = Environment.GetEnvironmentVariable("SCACHE_SHARED");

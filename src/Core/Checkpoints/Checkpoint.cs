@@ -59,6 +59,7 @@ public sealed class Checkpoint : IDisposable
             CheckpointFormat.Safetensors => SafetensorsReader.Read(filePath),
             CheckpointFormat.TorchZip => TorchCheckpointReader.ReadZip(filePath),
             CheckpointFormat.TorchLegacy => TorchCheckpointReader.ReadLegacy(filePath),
+            CheckpointFormat.KerasHdf5 => KerasHdf5Reader.Read(filePath),
             _ => throw new CheckpointException(filePath, $"format {format} is not readable."),
         };
 

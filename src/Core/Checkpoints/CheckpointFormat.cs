@@ -14,4 +14,10 @@ public enum CheckpointFormat
     /// persistent storage references, the pickled list of storage keys, then each storage as an 8-byte element count and raw data.
     /// </summary>
     TorchLegacy,
+
+    /// <summary>
+    /// A whole Keras model saved with <c>model.save</c> (HDF5 signature <c>\x89HDF\r\n\x1a\n</c>): the root attribute
+    /// <c>model_config</c> (JSON) describes the architecture, the group <c>model_weights</c> holds the weights.
+    /// </summary>
+    KerasHdf5,
 }

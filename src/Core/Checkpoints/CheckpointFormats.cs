@@ -13,7 +13,8 @@ public static class CheckpointFormats
     /// Detects the format of <paramref name="filePath"/> from its content: a zip local-file signature (<c>PK\x03\x04</c>) is
     /// <see cref="CheckpointFormat.TorchZip"/>; a pickle protocol-2+ opening (<c>\x80</c>, protocol ≤ 5) is
     /// <see cref="CheckpointFormat.TorchLegacy"/>; an 8-byte header length that fits the file followed by <c>{</c> is
-    /// <see cref="CheckpointFormat.Safetensors"/>. The extension is ignored.
+    /// <see cref="CheckpointFormat.Safetensors"/>; the HDF5 signature <c>\x89HDF\r\n\x1a\n</c> is <see cref="CheckpointFormat.KerasHdf5"/>.
+    /// The extension is ignored.
     /// </summary>
     /// <exception cref="FileNotFoundException">No regular file is there (missing, a dangling link, a directory, a named pipe).</exception>
     /// <exception cref="CheckpointException">The content matches no supported format.</exception>
@@ -37,11 +38,18 @@ public static class CheckpointFormats
                 length == 0
                     ? "is empty; expected a checkpoint (.safetensors, PyTorch zip .pt/.pth, or legacy PyTorch .th/.pt)."
                     : $"is not a checkpoint in a known format (first bytes {Convert.ToHexString(head[..read])}); expected safetensors " +
-                      "(8-byte header length, then JSON), a PyTorch zip archive (PK\\x03\\x04) or a legacy PyTorch pickle (\\x80\\x02).");
+                      "(8-byte header length, then JSON), a PyTorch zip archive (PK\\x03\\x04), a legacy PyTorch pickle (\\x80\\x02) or a Keras HDF5 model (\\x89HDF).");
     }
+
+    private static ReadOnlySpan<byte> Hdf5Signature => [0x89, (byte)'H', (byte)'D', (byte)'F', (byte)'\r', (byte)'\n', 0x1A, (byte)'\n'];
 
     internal static CheckpointFormat? Detect(ReadOnlySpan<byte> head)
     {
+        if (head.Length >= 8 && head[..8].SequenceEqual(Hdf5Signature))
+        {
+            return CheckpointFormat.KerasHdf5;
+        }
+
         if (head.Length >= 4 && head[0] == (byte)'P' && head[1] == (byte)'K' && head[2] == 3 && head[3] == 4)
         {
             return CheckpointFormat.TorchZip;

@@ -8,7 +8,9 @@ namespace ScalableCache.Core.Evaluation;
 /// <param name="Layer">Module name, e.g. <c>layer3.2</c>.</param>
 /// <param name="TrainKeys"><c>[N, D]</c>, L2-normalised rows (float32 or float16).</param>
 /// <param name="ValidationKeys"><c>[n, D]</c>, L2-normalised rows (float32 or float16).</param>
-public sealed record LayerCandidate(string Layer, Tensor TrainKeys, Tensor ValidationKeys);
+/// <param name="TrainNorms">The L2 norms <c>[N]</c> of the training activations the unit keys came from (needed for <see cref="KeyNormalization.Concatenated"/>).</param>
+/// <param name="ValidationNorms">The L2 norms <c>[n]</c> of the validation activations (likewise).</param>
+public sealed record LayerCandidate(string Layer, Tensor TrainKeys, Tensor ValidationKeys, Tensor? TrainNorms = null, Tensor? ValidationNorms = null);
 
 /// <summary>One evaluated layer set: its best validation error over the θ × λ grid and where it was reached.</summary>
 public sealed record LayerSetScore(IReadOnlyList<string> Layers, double Error, double Theta, double Lambda);
@@ -25,10 +27,13 @@ public sealed record LayerCombinationResult(
 /// Greedy forward selection of cache layers on validation data (Orhan 2018 chose them by hand).
 /// </summary>
 /// <remarks>
-/// Keys of a layer set are the per-layer unit keys concatenated and re-normalised, so for k layers
-/// <c>φ(x)·μ = (1/k) Σ_l φ_l(x)·μ_l</c>. Each candidate's query–key similarity matrix is therefore computed once
-/// (stored as float16, <c>n × N</c> each) and every set is scored from the mean of its members' matrices, instead of
-/// rebuilding a cache per set. Round r adds the candidate that lowers the validation error most; the search stops after
+/// A layer set's key similarity is a weighted sum of its members' unit-key similarities, so each candidate's query–key
+/// similarity matrix is computed once (stored as float16, <c>n × N</c> each) and every set is scored from its members'
+/// matrices instead of rebuilding a cache per set. With <see cref="KeyNormalization.PerLayer"/> keys (per-layer unit keys
+/// concatenated and re-normalised) for k layers <c>φ(x)·μ = (1/k) Σ_l φ_l(x)·μ_l</c>, the mean. With
+/// <see cref="KeyNormalization.Concatenated"/> keys (raw activations concatenated, normalised once) each activation is
+/// <c>n_l u_l</c>, so <c>φ(x)·μ = Σ_l a_l(x) b_l u_l(x)·v_l</c> with <c>a_l(x) = n_l(x) / √(Σ_m n_m(x)²)</c> over the set's layers
+/// and <c>b_l</c> likewise for the key: the candidates' norms weight each matrix per query row and key column. Round r adds the candidate that lowers the validation error most; the search stops after
 /// <c>maxLayers</c> rounds or when no addition improves the error. Ties go to the earlier candidate.
 /// </remarks>
 public static class LayerCombinationSearch
@@ -44,9 +49,15 @@ public static class LayerCombinationSearch
         IReadOnlyList<double> lambdas,
         int maxLayers = 3,
         IProgress<string>? progress = null,
-        int rowBlock = 512)
+        int rowBlock = 512,
+        KeyNormalization normalization = KeyNormalization.PerLayer)
     {
         ArgumentNullException.ThrowIfNull(candidates);
+        if (normalization == KeyNormalization.Concatenated && candidates.Any(c => c.TrainNorms is null || c.ValidationNorms is null))
+        {
+            throw new ArgumentException("Concatenated keys weight each layer by its activation norms: give every candidate its TrainNorms and ValidationNorms.", nameof(candidates));
+        }
+
         ArgumentNullException.ThrowIfNull(thetas);
         ArgumentNullException.ThrowIfNull(lambdas);
         if (candidates.Count == 0)
@@ -80,8 +91,11 @@ public static class LayerCombinationSearch
                 }
 
                 var set = chosen.Append(c).ToArray();
+                var weights = normalization == KeyNormalization.Concatenated
+                    ? ConcatenatedWeights(set.Select(i => (candidates[i].ValidationNorms!, candidates[i].TrainNorms!)).ToArray())
+                    : null;
                 var score = Score(set.Select(i => similarities[i]).ToArray(), set.Select(i => candidates[i].Layer).ToArray(),
-                    trainLabels, validationProbabilities, validationLabels, classCount, thetas, lambdas, rowBlock);
+                    trainLabels, validationProbabilities, validationLabels, classCount, thetas, lambdas, rowBlock, weights);
                 evaluated.Add(score);
                 progress?.Report($"[{string.Join(", ", score.Layers)}] validation error {score.Error:P2} (θ={score.Theta}, λ={score.Lambda})");
                 if (roundBest is null || score.Error < roundBest.Error)
@@ -124,7 +138,26 @@ public static class LayerCombinationSearch
         return result.MoveToOuterDisposeScope();
     }
 
-    /// <summary>Best validation error over the grid for the mean of the given similarity matrices.</summary>
+    /// <summary>
+    /// The per-layer weights <c>(a_l [n], b_l [N])</c> of concatenated-then-normalised keys from the activation norms
+    /// <c>(query norms, key norms)</c> of a set's layers: <c>a_l = n_l / √(Σ_m n_m²)</c>. Joins the caller's dispose scope.
+    /// </summary>
+    public static (Tensor Query, Tensor Key)[] ConcatenatedWeights(IReadOnlyList<(Tensor QueryNorms, Tensor KeyNorms)> norms)
+    {
+        ArgumentNullException.ThrowIfNull(norms);
+        using var scope = NewDisposeScope();
+        Tensor Total(IEnumerable<Tensor> parts) => parts.Select(p => p.to_type(ScalarType.Float32).square()).Aggregate((a, b) => a + b).sqrt_().clamp_min_(KeyRecipe.NormEpsilon);
+        var queryTotal = Total(norms.Select(n => n.QueryNorms));
+        var keyTotal = Total(norms.Select(n => n.KeyNorms));
+        return [.. norms.Select(n => (
+            (n.QueryNorms.to_type(ScalarType.Float32) / queryTotal).MoveToOuterDisposeScope(),
+            (n.KeyNorms.to_type(ScalarType.Float32) / keyTotal).MoveToOuterDisposeScope()))];
+    }
+
+    /// <summary>
+    /// Best validation error over the grid for the given similarity matrices combined: their mean, or, with
+    /// <paramref name="weights"/> (per layer: query-row weights <c>[n]</c> and key-column weights <c>[N]</c>), their weighted sum.
+    /// </summary>
     public static LayerSetScore Score(
         IReadOnlyList<Tensor> similarities,
         IReadOnlyList<string> layers,
@@ -134,10 +167,16 @@ public static class LayerCombinationSearch
         int classCount,
         IReadOnlyList<double> thetas,
         IReadOnlyList<double> lambdas,
-        int rowBlock = 512)
+        int rowBlock = 512,
+        IReadOnlyList<(Tensor Query, Tensor Key)>? weights = null)
     {
         ArgumentNullException.ThrowIfNull(similarities);
         ArgumentNullException.ThrowIfNull(labels);
+        if (weights is not null && weights.Count != similarities.Count)
+        {
+            throw new ArgumentException($"{weights.Count} weight pairs for {similarities.Count} similarity matrices.", nameof(weights));
+        }
+
         using var scope = NewDisposeScope();
         var n = labels.shape[0];
         var errors = new long[thetas.Count, lambdas.Count];
@@ -146,13 +185,22 @@ public static class LayerCombinationSearch
         {
             using var inner = NewDisposeScope();
             var len = Math.Min(rowBlock, n - start);
-            var s = similarities[0].narrow(0, start, len).to_type(ScalarType.Float32);
-            for (var i = 1; i < similarities.Count; i++)
+            Tensor Part(int i)
             {
-                s = s.add_(similarities[i].narrow(0, start, len).to_type(ScalarType.Float32));
+                var part = similarities[i].narrow(0, start, len).to_type(ScalarType.Float32);
+                return weights is null ? part : part.mul_(weights[i].Query.narrow(0, start, len).unsqueeze(1)).mul_(weights[i].Key.unsqueeze(0));
             }
 
-            s = s.div_(similarities.Count);
+            var s = Part(0);
+            for (var i = 1; i < similarities.Count; i++)
+            {
+                s = s.add_(Part(i));
+            }
+
+            if (weights is null)
+            {
+                s = s.div_(similarities.Count);
+            }
             var logMass = SimilarityLogMass.Compute(s, trainLabels, classCount, thetaArray);
             MixtureErrors.Accumulate(logMass, probabilities.narrow(0, start, len), labels.narrow(0, start, len), lambdas, errors);
         }

@@ -17,6 +17,7 @@ public sealed class LoadedModel : IDisposable
         Model = model;
         Checkpoint = checkpoint;
         Device = device;
+        Normalization = spec.Normalization;
     }
 
     /// <summary>The architecture's registry entry (normalisation, input shape).</summary>
@@ -30,6 +31,31 @@ public sealed class LoadedModel : IDisposable
 
     /// <summary>Where the parameters live.</summary>
     public Device Device { get; }
+
+    /// <summary>
+    /// The input normalisation the weights expect: the spec's, or the data set's per-pixel statistics given with
+    /// <see cref="UseNormalization"/> (required before use when <see cref="ModelSpec.NeedsPixelStatistics"/>).
+    /// </summary>
+    public InputNormalization Normalization { get; private set; }
+
+    /// <summary>Whether <see cref="Normalization"/> is still the spec's stand-in although the weights need per-pixel statistics.</summary>
+    public bool NeedsStatistics => Spec.NeedsPixelStatistics && !Normalization.IsPerPixel;
+
+    /// <summary>The shape of one input image: the network's own (a Keras model's input layer), else the spec's.</summary>
+    public InputShape Input => Model is Models.Keras.KerasModel keras ? keras.Input : Spec.Input;
+
+    /// <summary>Replaces the input normalisation (e.g. with <see cref="PixelStatistics"/> of the data set the weights were trained on).</summary>
+    /// <exception cref="ArgumentException">Its channel count or per-pixel shape does not fit the network's input.</exception>
+    public void UseNormalization(InputNormalization normalization)
+    {
+        ArgumentNullException.ThrowIfNull(normalization);
+        if (normalization.Channels != Input.Channels || (normalization.PixelShape is { } shape && shape != Input))
+        {
+            throw new ArgumentException($"The normalisation ({normalization.Describe()}) does not fit {Input} input images.", nameof(normalization));
+        }
+
+        Normalization = normalization;
+    }
 
     /// <summary>The model's name with its checkpoint's SHA-256 and file name, as cache files record it (hashed on first use).</summary>
     public CacheModelId Id => _id ??= new CacheModelId(Spec.Name, CheckpointDigest.Sha256(Checkpoint.FilePath), Path.GetFileName(Checkpoint.FilePath));

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.RegularExpressions;
 using ScalableCache.Core.Models;
 using TorchSharp;
@@ -20,8 +19,26 @@ public static partial class CandidateLayers
     }
 
     /// <summary>
+    /// Every block output of <paramref name="model"/> in forward order: an <see cref="ImageClassifier"/>'s own
+    /// <see cref="ImageClassifier.BlockOutputs"/> when it names them, else the modules named <c>layerS.i</c>.
+    /// </summary>
+    public static IReadOnlyList<LayerInfo> Blocks(nn.Module<Tensor, Tensor> model, IReadOnlyList<LayerInfo> layers)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(layers);
+        if (model is ImageClassifier { BlockOutputs: { } named })
+        {
+            var set = named.ToHashSet(StringComparer.Ordinal);
+            return [.. layers.Where(l => set.Contains(l.Name))];
+        }
+
+        return Blocks(layers);
+    }
+
+    /// <summary>
     /// Default candidates for the combination search: the last (up to <paramref name="lastBlocks"/>) blocks of the last stage
-    /// (<c>layerS.i</c>) and the pooled features (an <see cref="ImageClassifier"/>'s <see cref="ImageClassifier.PooledFeaturesLayer"/>,
+    /// (the trailing blocks whose outputs have the last block's spatial size; see <see cref="Blocks(nn.Module{Tensor, Tensor}, IReadOnlyList{LayerInfo})"/>)
+    /// and the pooled features (an <see cref="ImageClassifier"/>'s <see cref="ImageClassifier.PooledFeaturesLayer"/>,
     /// else a module named <c>avgpool</c>) — the region near the output where the paper found the useful keys.
     /// </summary>
     /// <exception cref="ArgumentException">The module has neither ResNet-style blocks nor pooled features: name the candidates.</exception>
@@ -29,12 +46,12 @@ public static partial class CandidateLayers
     {
         ArgumentNullException.ThrowIfNull(model);
         var layers = LayerInspector.ListLayers(model, input);
-        var blocks = Blocks(layers);
+        var blocks = Blocks(model, layers);
         var candidates = new List<string>();
         if (blocks.Count > 0)
         {
-            var lastStage = blocks.Max(b => Stage(b.Name));
-            candidates.AddRange(blocks.Where(b => Stage(b.Name) == lastStage).Select(b => b.Name).TakeLast(lastBlocks));
+            var lastStage = blocks.Reverse().TakeWhile(b => SameSpatialSize(b, blocks[^1])).Reverse();
+            candidates.AddRange(lastStage.Select(b => b.Name).TakeLast(lastBlocks));
         }
 
         var pooled = Pooled(model, layers);
@@ -62,13 +79,14 @@ public static partial class CandidateLayers
         // The stem's last module output (bn1 in the CIFAR ResNets; the stem's ReLU is functional, so this is pre-ReLU).
         var stem = layers.FirstOrDefault(l => l.Name == "bn1") ?? layers[0];
         var result = new List<LayerInfo> { stem };
-        result.AddRange(Blocks(layers));
+        result.AddRange(Blocks(model, layers));
         result.AddRange(layers.Where(l => l.Name == pooled));
         result.AddRange(layers.Where(l => l.Name == "linear" || l.Name == "fc").Take(1));
         return result;
     }
 
-    private static int Stage(string block) => int.Parse(BlockName().Match(block).Groups[1].Value, CultureInfo.InvariantCulture);
+    private static bool SameSpatialSize(LayerInfo a, LayerInfo b) =>
+        a.OutputShape.Count == b.OutputShape.Count && a.OutputShape.Skip(1).SequenceEqual(b.OutputShape.Skip(1));
 
     private static string? Pooled(nn.Module<Tensor, Tensor> model, IReadOnlyList<LayerInfo> layers) =>
         model is ImageClassifier classifier ? classifier.PooledFeaturesLayer : layers.FirstOrDefault(l => l.Name == "avgpool")?.Name;

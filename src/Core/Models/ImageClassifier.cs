@@ -27,6 +27,23 @@ public abstract class ImageClassifier : nn.Module<Tensor, Tensor>
     public abstract string PooledFeaturesLayer { get; }
 
     /// <summary>
+    /// The outputs of the network's residual blocks (or other repeated units) in forward order, the candidate layers a cache
+    /// searches near the output; <see langword="null"/> when the names follow the ResNet convention <c>layerS.i</c>.
+    /// </summary>
+    public virtual IReadOnlyList<string>? BlockOutputs => null;
+
+    /// <summary>
+    /// The module name a caller's layer reference stands for: the name itself here; architectures with another way of addressing
+    /// layers (a Keras model's <c>model.layers</c> index) override it.
+    /// </summary>
+    /// <exception cref="ArgumentException">The reference is of the architecture's other kind but invalid (e.g. an index out of range).</exception>
+    public virtual string ResolveLayer(string layer)
+    {
+        ArgumentNullException.ThrowIfNull(layer);
+        return layer.Trim();
+    }
+
+    /// <summary>
     /// Class logits <c>[b, ClassCount]</c> for normalised images <c>[b, C, H, W]</c> (float32, on the model's device).
     /// The input is not disposed; the result joins the caller's dispose scope.
     /// </summary>

@@ -5,20 +5,34 @@ using static TorchSharp.torch;
 namespace ScalableCache.Core.Models;
 
 /// <summary>
-/// Per-channel input normalisation a model was trained with: pixels are scaled to <c>[0, 1]</c> (<c>x / 255</c>), then
-/// <c>(x − Mean[c]) / Std[c]</c>, exactly as torchvision's <c>ToTensor</c> + <c>Normalize</c>.
+/// The input normalisation a model was trained with: pixels are scaled to <c>[0, 1]</c> (<c>x / 255</c>), then
+/// <c>(x − mean) / std</c> with one mean and std per channel (torchvision's <c>ToTensor</c> + <c>Normalize</c>), or with one
+/// mean and std per pixel and channel (<see cref="PerPixel"/>: the statistics Orhan's Keras scripts compute over a whole data set).
 /// </summary>
 public sealed record InputNormalization
 {
     /// <summary>The ImageNet statistics used by the public CIFAR ResNets: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).</summary>
     public static InputNormalization ImageNet { get; } = new([0.485f, 0.456f, 0.406f], [0.229f, 0.224f, 0.225f]);
 
-    /// <summary>Creates the normalisation; both lists need one finite entry per channel and every std must be positive.</summary>
+    /// <summary>Creates a per-channel normalisation; both lists need one finite entry per channel and every std must be positive.</summary>
     public InputNormalization(IReadOnlyList<float> mean, IReadOnlyList<float> std)
+        : this(mean, std, null)
+    {
+    }
+
+    private InputNormalization(IReadOnlyList<float> mean, IReadOnlyList<float> std, InputShape? pixelShape)
     {
         ArgumentNullException.ThrowIfNull(mean);
         ArgumentNullException.ThrowIfNull(std);
-        if (mean.Count == 0 || mean.Count != std.Count)
+        if (pixelShape is { } shape)
+        {
+            if (shape.Channels < 1 || shape.Height < 1 || shape.Width < 1 || mean.Count != shape.Size || std.Count != shape.Size)
+            {
+                throw new ArgumentException(
+                    $"Per-pixel normalisation over {shape} images needs {shape.Size} means and stds; got {mean.Count} and {std.Count}.", nameof(mean));
+            }
+        }
+        else if (mean.Count == 0 || mean.Count != std.Count)
         {
             throw new ArgumentException($"Normalisation needs one mean and one std per channel; got {mean.Count} and {std.Count}.", nameof(mean));
         }
@@ -41,29 +55,45 @@ public sealed record InputNormalization
 
         Mean = [.. mean];
         Std = [.. std];
+        PixelShape = pixelShape;
     }
 
-    /// <summary>Per-channel mean on the <c>[0, 1]</c> scale.</summary>
+    /// <summary>
+    /// A per-pixel normalisation: <paramref name="mean"/> and <paramref name="std"/> hold one value per channel, row and column
+    /// of a <paramref name="shape"/> image, in channel-major (C, H, W) order, on the <c>[0, 1]</c> scale.
+    /// </summary>
+    /// <exception cref="ArgumentException">The lists do not hold <c>shape.Size</c> finite values, or a std is not positive.</exception>
+    public static InputNormalization PerPixel(IReadOnlyList<float> mean, IReadOnlyList<float> std, InputShape shape) => new(mean, std, shape);
+
+    /// <summary>Mean on the <c>[0, 1]</c> scale: one per channel, or (per pixel) one per channel, row and column in C, H, W order.</summary>
     public IReadOnlyList<float> Mean { get; }
 
-    /// <summary>Per-channel standard deviation on the <c>[0, 1]</c> scale.</summary>
+    /// <summary>Standard deviation on the <c>[0, 1]</c> scale, laid out as <see cref="Mean"/>.</summary>
     public IReadOnlyList<float> Std { get; }
 
+    /// <summary>The image shape of a per-pixel normalisation; <see langword="null"/> for a per-channel one.</summary>
+    public InputShape? PixelShape { get; }
+
+    /// <summary>Whether the statistics are per pixel (<see cref="PixelShape"/> is set).</summary>
+    public bool IsPerPixel => PixelShape.HasValue;
+
     /// <summary>Number of channels.</summary>
-    public int Channels => Mean.Count;
+    public int Channels => PixelShape?.Channels ?? Mean.Count;
 
     /// <summary>
     /// Normalises images <c>[b, C, H, W]</c> on <paramref name="device"/> (the images' device when <see langword="null"/>):
     /// uint8 pixels are divided by 255 first; floating-point input is taken to be in <c>[0, 1]</c> already; other types are rejected.
-    /// Returns a new float32 tensor owned by the caller; the input is not disposed.
+    /// Per-pixel statistics need images of their <see cref="PixelShape"/>. Returns a new float32 tensor owned by the caller; the
+    /// input is not disposed.
     /// </summary>
     public Tensor Normalize(Tensor images, Device? device = null)
     {
         ArgumentNullException.ThrowIfNull(images);
-        if (images.dim() != 4 || images.shape[1] != Channels)
+        if (images.dim() != 4 || images.shape[1] != Channels
+            || (PixelShape is { } pixels && (images.shape[2] != pixels.Height || images.shape[3] != pixels.Width)))
         {
-            throw new ArgumentException(
-                $"Expected images [b, {Channels}, H, W]; got [{string.Join(", ", images.shape)}].", nameof(images));
+            var expected = PixelShape is { } p ? $"[b, {p.Channels}, {p.Height}, {p.Width}]" : $"[b, {Channels}, H, W]";
+            throw new ArgumentException($"Expected images {expected}; got [{string.Join(", ", images.shape)}].", nameof(images));
         }
 
         if (images.dtype != ScalarType.Byte && !images.is_floating_point())
@@ -75,19 +105,37 @@ public sealed record InputNormalization
         var target = device ?? images.device;
         var x = images.to(target);
         x = x.dtype == ScalarType.Byte ? x.to_type(ScalarType.Float32).div_(255f) : x.to_type(ScalarType.Float32);
-        var mean = tensor(Mean.ToArray(), [1, Channels, 1, 1], device: target);
-        var std = tensor(Std.ToArray(), [1, Channels, 1, 1], device: target);
+        long[] statsShape = PixelShape is { } s ? [1, s.Channels, s.Height, s.Width] : [1, Channels, 1, 1];
+        var mean = tensor(Mean.ToArray(), statsShape, device: target);
+        var std = tensor(Std.ToArray(), statsShape, device: target);
         return (x - mean).div_(std).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>The normalisation in words, for people and cache-file descriptions (per-pixel statistics are summarised).</summary>
+    public string Describe()
+    {
+        static string List(IEnumerable<float> values) => string.Join(", ", values.Select(v => v.ToString("R", CultureInfo.InvariantCulture)));
+        if (PixelShape is not { } shape)
+        {
+            return $"(pixel/255 - mean) / std per channel, mean [{List(Mean)}], std [{List(Std)}]";
+        }
+
+        var plane = shape.Height * shape.Width;
+        float[] ChannelMeans(IReadOnlyList<float> values) =>
+            [.. Enumerable.Range(0, shape.Channels).Select(c => (float)Enumerable.Range(c * plane, plane).Average(i => values[i]))];
+        return $"(pixel/255 - mean) / std per pixel over {shape} images; channel averages of the mean [{List(ChannelMeans(Mean))}], " +
+               $"of the std [{List(ChannelMeans(Std))}]";
     }
 
     /// <inheritdoc />
     public bool Equals(InputNormalization? other) =>
-        other is not null && Mean.SequenceEqual(other.Mean) && Std.SequenceEqual(other.Std);
+        other is not null && PixelShape == other.PixelShape && Mean.SequenceEqual(other.Mean) && Std.SequenceEqual(other.Std);
 
     /// <inheritdoc />
     public override int GetHashCode()
     {
         var hash = default(HashCode);
+        hash.Add(PixelShape);
         foreach (var m in Mean)
         {
             hash.Add(m);
@@ -102,6 +150,7 @@ public sealed record InputNormalization
     }
 
     /// <inheritdoc />
-    public override string ToString() =>
-        string.Create(CultureInfo.InvariantCulture, $"mean ({string.Join(", ", Mean)}), std ({string.Join(", ", Std)})");
+    public override string ToString() => PixelShape is null
+        ? string.Create(CultureInfo.InvariantCulture, $"mean ({string.Join(", ", Mean)}), std ({string.Join(", ", Std)})")
+        : Describe();
 }

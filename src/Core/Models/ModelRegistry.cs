@@ -44,6 +44,11 @@ public sealed class ModelRegistry : IModelRegistry
             Register(CifarResNetSpec(name, n));
         }
 
+        foreach (var spec in OrhanModels.Specs())
+        {
+            Register(spec);
+        }
+
         RegisterFamily(new ModelFamily(
             CifarResNetPrefix,
             $"{CifarResNetPrefix}N — CIFAR ResNet (He et al. 2016, option-A shortcuts) with N blocks per stage, depth 6N+2",

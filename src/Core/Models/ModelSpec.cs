@@ -46,6 +46,19 @@ public sealed record ModelSpec(
     /// <c>norm.1</c> → <c>norm1</c>); <see langword="null"/> when names are used as they are.
     /// </summary>
     public Func<string, string>? CheckpointName { get; init; }
+
+    /// <summary>
+    /// Builds the network from the checkpoint itself, for files that describe their architecture (a Keras <c>.h5</c> model's
+    /// <c>model_config</c>); <see cref="PretrainedModels.Load"/> then uses it instead of <see cref="Factory"/>, and the class count
+    /// is the network's. It throws a <see cref="Checkpoints.CheckpointException"/> when the file describes nothing it can build.
+    /// </summary>
+    public Func<Checkpoints.Checkpoint, ImageClassifier>? Architecture { get; init; }
+
+    /// <summary>
+    /// Whether the weights expect per-pixel statistics of the data set they were trained on (Orhan's Keras models:
+    /// <see cref="PixelStatistics"/>); <see cref="Normalization"/> is then only <c>x / 255</c> and callers supply the statistics.
+    /// </summary>
+    public bool NeedsPixelStatistics { get; init; }
 }
 
 /// <summary>

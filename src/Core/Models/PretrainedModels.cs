@@ -40,7 +40,13 @@ public static class PretrainedModels
             ?? (spec.ClassifierWeight is { } w && checkpoint.Tensors.TryGetValue(w, out var weight) && weight.dim() == 2 ? (int)weight.shape[0] : (int?)null)
             ?? spec.DefaultClassCount;
 
-        var model = spec.Factory(classes);
+        var model = spec.Architecture is { } build ? build(checkpoint) : spec.Factory(classes);
+        if (classCount is { } wanted && model.ClassCount != wanted)
+        {
+            model.Dispose();
+            throw new CheckpointException(checkpointPath, $"describes a network with {model.ClassCount} classes, not {wanted}.");
+        }
+
         try
         {
             var result = CheckpointLoader.Load(model, checkpoint, spec.CheckpointName);

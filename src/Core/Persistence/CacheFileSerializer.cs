@@ -18,7 +18,10 @@
 //   15 created (MessagePack timestamp, UTC)          16 metadata {str: str}   17 payload bytes (sum of blob lengths)
 //   18 state := [0 provider, 1 dimension, 2 count, 3 properties {str: str}, 4 blobs [[0 name, 1 length]], 5 children [state]]
 //   19 key recipe := [0 layers [str], 1 key normalisation (0 per layer, 1 concatenated), 2 input mean [f32], 3 input std [f32],
-//                     4 channels, 5 height, 6 width]   (or nil: files written before the recipe was recorded)
+//                     4 channels, 5 height, 6 width, 7 per-pixel input mean [f32], 8 per-pixel input std [f32]]
+//                     (or nil: files written before the recipe was recorded). A per-pixel normalisation (C·H·W values each, in
+//                     C, H, W order) leaves keys 2 and 3 empty, so a reader that predates keys 7–8 refuses the recipe instead of
+//                     normalising wrongly; a per-channel one leaves keys 7 and 8 empty.
 // The state is the provider's CacheState without its bytes (Exact: blobs labels, keys; Hnsw: labels, graph;
 // RandomProjection: matrix, and its inner store's state as the only child). Blobs are numbered depth first (a state's
 // blobs in order, then each child's) and their bytes follow in that order.
@@ -560,23 +563,38 @@ internal sealed class KeyRecipeRecord
     [Key(6)]
     public int Width { get; set; }
 
-    public static KeyRecipeRecord From(KeyRecipe recipe) => new()
+    [Key(7)]
+    public float[] PixelMean { get; set; } = [];
+
+    [Key(8)]
+    public float[] PixelStd { get; set; } = [];
+
+    public static KeyRecipeRecord From(KeyRecipe recipe)
     {
-        Layers = [.. recipe.Layers],
-        Normalization = (int)recipe.Normalization,
-        Mean = [.. recipe.Input.Mean],
-        Std = [.. recipe.Input.Std],
-        Channels = recipe.InputShape.Channels,
-        Height = recipe.InputShape.Height,
-        Width = recipe.InputShape.Width,
-    };
+        var perPixel = recipe.Input.IsPerPixel;
+        return new()
+        {
+            Layers = [.. recipe.Layers],
+            Normalization = (int)recipe.Normalization,
+            Mean = perPixel ? [] : [.. recipe.Input.Mean],
+            Std = perPixel ? [] : [.. recipe.Input.Std],
+            Channels = recipe.InputShape.Channels,
+            Height = recipe.InputShape.Height,
+            Width = recipe.InputShape.Width,
+            PixelMean = perPixel ? [.. recipe.Input.Mean] : [],
+            PixelStd = perPixel ? [.. recipe.Input.Std] : [],
+        };
+    }
 
     /// <summary>The recipe; an <see cref="ArgumentException"/> names what is invalid.</summary>
-    public KeyRecipe ToRecipe() => new(
-        Layers ?? [],
-        new Models.InputNormalization(Mean ?? [], Std ?? []),
-        new Models.InputShape(Channels, Height, Width),
-        (KeyNormalization)Normalization);
+    public KeyRecipe ToRecipe()
+    {
+        var shape = new Models.InputShape(Channels, Height, Width);
+        var input = PixelMean is { Length: > 0 } || PixelStd is { Length: > 0 }
+            ? Models.InputNormalization.PerPixel(PixelMean ?? [], PixelStd ?? [], shape)
+            : new Models.InputNormalization(Mean ?? [], Std ?? []);
+        return new(Layers ?? [], input, shape, (KeyNormalization)Normalization);
+    }
 }
 
 /// <summary>A <see cref="CacheState"/> without its blob bytes.</summary>

@@ -46,6 +46,19 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
         return DatasetLocator.ResolveCifar10(path, parts);
     }
 
+    /// <summary>
+    /// The CIFAR-100 <c>cifar-100-binary</c> folder, validated for <paramref name="parts"/>: <paramref name="flag"/>, else
+    /// <c>SCACHE_CIFAR100</c>, else <c>Assets:Cifar100</c>.
+    /// </summary>
+    public string Cifar100(string? flag, DatasetParts parts = DatasetParts.All)
+    {
+        var path = flag ?? Environment.GetEnvironmentVariable(Cifar100EnvironmentVariable) ?? options.Value.Cifar100;
+        return DatasetLocator.ResolveCifar100(path, parts);
+    }
+
+    /// <summary>Environment variable naming the CIFAR-100 folder.</summary>
+    public const string Cifar100EnvironmentVariable = "SCACHE_CIFAR100";
+
     /// <summary>The checkpoint for <paramref name="model"/>: <paramref name="flag"/>, else found in the models folder, else downloaded.</summary>
     public async Task<string> CheckpointAsync(string model, string? flag, CancellationToken cancellationToken)
     {
@@ -57,6 +70,13 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
         }
 
         var folder = Environment.GetEnvironmentVariable(ModelsEnvironmentVariable) ?? options.Value.Models;
+        if (KnownLocalFile(model) is { } known)
+        {
+            return File.Exists(known)
+                ? Path.GetFullPath(known)
+                : throw new FileNotFoundException($"No checkpoint for '{model}': {Path.GetFullPath(known)} does not exist. Pass --weights FILE.");
+        }
+
         var stem = FileStem(model);
         var found = FindIn(folder, stem) ?? FindIn(DownloadFolder, stem);
         if (found is not null)
@@ -82,6 +102,10 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
 
     private static string[] Patterns(string stem) =>
         [$"{stem}.safetensors", $"{stem}.pt", $"{stem}.pth", $"{stem}-*.pth", $"{stem}-*.th", $"{stem}.th"];
+
+    /// <summary>A model whose published file has a name of its own (the author's Keras models), in its configured folder.</summary>
+    private string? KnownLocalFile(string model) =>
+        ScalableCache.Core.Models.OrhanModels.Find(model) is { } orhan ? Path.Combine(options.Value.KerasModels, orhan.File) : null;
 
     private string DownloadFolder => string.IsNullOrEmpty(options.Value.DownloadCache)
         ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "scalablecache", "models")

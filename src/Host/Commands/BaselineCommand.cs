@@ -19,8 +19,8 @@ internal sealed class BaselineCommand : IScacheCommand
         Definition.SetAction((parse, ct) => runner.RunAsync("baseline", async token =>
         {
             var session = services.GetRequiredService<ExperimentSession>();
-            using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token).ConfigureAwait(false);
-            var test = session.LoadTest(parse.GetValue(data));
+            using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token, parse.GetValue(data)).ConfigureAwait(false);
+            var test = session.LoadTest(loaded, parse.GetValue(data));
             using var features = session.Fitter(loaded).Extract(test, [loaded.Model.PooledFeaturesLayer], "test", token);
             var error = features.NetworkError();
             var errors = (long)Math.Round(error * features.Count);

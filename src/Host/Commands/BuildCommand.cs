@@ -66,8 +66,8 @@ internal sealed class BuildCommand : IScacheCommand
             var seconds = new Dictionary<string, double>();
             var total = Stopwatch.StartNew();
 
-            using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token).ConfigureAwait(false);
-            var train = ExperimentSession.Limit(session.LoadTrain(parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
+            using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token, parse.GetValue(data)).ConfigureAwait(false);
+            var train = ExperimentSession.Limit(session.LoadTrain(loaded, parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
             var images = parse.GetValue(flip) ? train.WithHorizontalFlips() : train;
             var fitter = session.Fitter(loaded, o => o.Layers = layerNames);
 

@@ -50,8 +50,8 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
         var watch = Stopwatch.StartNew();
         var exactFactory = providers.Find("Exact");
         var factories = compared.Select(providers.Find).ToList(); // unknown names fail before any work
-        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var (train, test, split) = session.LoadData(data, seed, maxTrain, maxTest);
+        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken, data).ConfigureAwait(false);
+        var (train, test, split) = session.LoadData(model, data, seed, maxTrain, maxTest);
         var fitter = session.Fitter(model, o =>
         {
             o.Layers = layers;
@@ -68,9 +68,9 @@ internal sealed class ApproximationExperiment(ExperimentSession session, Core.Ca
             layers = fitter.SearchLayers(trainKeys, validationKeys).Layers;
         }
 
-        using var trainTable = trainKeys.Compose(layers);
-        using var validation = testKeys.Compose(layers, split.First);
-        using var report = testKeys.Compose(layers, split.Second);
+        using var trainTable = fitter.Compose(trainKeys, layers);
+        using var validation = fitter.Compose(testKeys, layers, split.First);
+        using var report = fitter.Compose(testKeys, layers, split.Second);
 
         var residentBefore = Resident();
         var buildWatch = Stopwatch.StartNew();

@@ -8,6 +8,16 @@ using ScalableCache.Host.Cli;
 
 namespace ScalableCache.Host.Experiments;
 
+/// <summary>The data sets the experiments run on.</summary>
+internal enum DataSetKind
+{
+    /// <summary>CIFAR-10 (binary version).</summary>
+    Cifar10,
+
+    /// <summary>CIFAR-100 (binary version; the training file may be a subset).</summary>
+    Cifar100,
+}
+
 /// <summary>Loads what the experiment commands share — model, data, features, the configured cache provider — with progress.</summary>
 internal sealed class ExperimentSession(
     AssetLocator assets,
@@ -51,22 +61,87 @@ internal sealed class ExperimentSession(
 
     public int BatchSize => torchRuntime.BatchSize;
 
-    public async Task<LoadedModel> LoadModelAsync(string model, string? weights, CancellationToken cancellationToken)
+    /// <summary>
+    /// Loads <paramref name="model"/> with its checkpoint onto the configured device. A model whose weights expect per-pixel
+    /// statistics of its data set (the author's Keras models) gets them here, from <paramref name="data"/>: computed over its training
+    /// and test images when the training set is complete, else read from the statistics file beside the data.
+    /// </summary>
+    public async Task<LoadedModel> LoadModelAsync(string model, string? weights, CancellationToken cancellationToken, string? data = null)
     {
         var spec = registry.Resolve(model); // unknown names fail before any file is touched
         var path = await assets.CheckpointAsync(spec.Name, weights, cancellationToken).ConfigureAwait(false);
         var device = torchRuntime.Device;
         var loaded = LoadedModel.Load(registry, model, path, device);
-        progress.Status($"{spec.Name}: loaded {loaded.Checkpoint.TensorCount} tensors from {path} ({loaded.Checkpoint.Format}) onto {device}");
-        return loaded;
+        try
+        {
+            progress.Status($"{spec.Name}: loaded {loaded.Checkpoint.TensorCount} tensors from {path} ({loaded.Checkpoint.Format}) onto {device}");
+            if (loaded.NeedsStatistics)
+            {
+                loaded.UseNormalization(PixelStatisticsFor(loaded, data));
+            }
+
+            return loaded;
+        }
+        catch
+        {
+            loaded.Dispose();
+            throw;
+        }
     }
 
-    public ImageDataset LoadTest(string? data) => Cifar10.LoadTest(assets.Cifar10(data, DatasetParts.Test));
-
-    public ImageDataset LoadTrain(string? data, bool flips)
+    /// <summary>The data set a model classifies: CIFAR-10 for 10 classes, CIFAR-100 for 100.</summary>
+    public static DataSetKind DataSetOf(LoadedModel model)
     {
-        var train = Cifar10.LoadTrain(assets.Cifar10(data, DatasetParts.Train));
+        ArgumentNullException.ThrowIfNull(model);
+        return model.Model.ClassCount switch
+        {
+            10 => DataSetKind.Cifar10,
+            100 => DataSetKind.Cifar100,
+            var n => throw new UsageException($"{model.Spec.Name} has {n} classes; the experiments run on CIFAR-10 (10) and CIFAR-100 (100)."),
+        };
+    }
+
+    /// <summary>The test set of the model's data set.</summary>
+    public ImageDataset LoadTest(LoadedModel model, string? data) => DataSetOf(model) switch
+    {
+        DataSetKind.Cifar10 => Cifar10.LoadTest(assets.Cifar10(data, DatasetParts.Test)),
+        _ => Cifar100.LoadTest(assets.Cifar100(data, DatasetParts.Test)),
+    };
+
+    /// <summary>The training set of the model's data set (for CIFAR-100 whatever <c>train.bin</c> holds: the full set or a subset).</summary>
+    public ImageDataset LoadTrain(LoadedModel model, string? data, bool flips)
+    {
+        var train = DataSetOf(model) switch
+        {
+            DataSetKind.Cifar10 => Cifar10.LoadTrain(assets.Cifar10(data, DatasetParts.Train)),
+            _ => Cifar100.LoadFile(Path.Combine(assets.Cifar100(data, DatasetParts.Train), Cifar100.TrainFile)),
+        };
         return flips ? train.WithHorizontalFlips() : train;
+    }
+
+    /// <summary>
+    /// Per-pixel statistics of the model's data set over all its training and test images (Orhan's preprocessing): computed when
+    /// the training set is complete, else read from <see cref="PixelStatistics.FileName"/> beside the data folder.
+    /// </summary>
+    public InputNormalization PixelStatisticsFor(LoadedModel model, string? data)
+    {
+        var train = LoadTrain(model, data, flips: false);
+        var complete = DataSetOf(model) == DataSetKind.Cifar10 || train.Count == Cifar100.TrainRows;
+        if (complete)
+        {
+            progress.Status($"{model.Spec.Name}: per-pixel input statistics over the {train.Count:N0} training and the test images");
+            return PixelStatistics.FromImages(train, LoadTest(model, data));
+        }
+
+        var folder = assets.Cifar100(data, DatasetParts.Test);
+        var file = new[] { folder, Path.GetDirectoryName(Path.GetFullPath(folder)) ?? folder }
+            .Select(f => Path.Combine(f, PixelStatistics.FileName))
+            .FirstOrDefault(File.Exists)
+            ?? throw new FileNotFoundException(
+                $"{model.Spec.Name} expects per-pixel statistics over all 60,000 CIFAR-100 images, but {Path.Combine(folder, Cifar100.TrainFile)} holds " +
+                $"{train.Count:N0} training images and no {PixelStatistics.FileName} lies beside {folder}. Point --data at the full data set, or add the statistics file.");
+        progress.Status($"{model.Spec.Name}: per-pixel input statistics from {file} (the training set here is a {train.Count:N0}-image subset)");
+        return PixelStatistics.Read(file);
     }
 
     /// <summary>
@@ -79,8 +154,9 @@ internal sealed class ExperimentSession(
         var options = new CacheFitOptions
         {
             Store = store ?? providers.Selected,
-            Input = model.Spec.Normalization,
-            InputShape = model.Spec.Input,
+            Input = model.Normalization,
+            InputShape = model.Input,
+            KeyNormalization = model.Spec.NeedsPixelStatistics ? KeyNormalization.Concatenated : KeyNormalization.PerLayer,
             BatchSize = BatchSize,
             Device = model.Device,
             Model = model.Id,
@@ -126,10 +202,11 @@ internal sealed class ExperimentSession(
     /// The experiments' data: the training set and the test set (each a seeded class-balanced subset when limited) and the seeded
     /// split of the test set into the validation half (θ, λ, layers) and the report half.
     /// </summary>
-    public (ImageDataset Train, ImageDataset Test, DatasetSplit Split) LoadData(string? data, int seed, int? maxTrain = null, int? maxTest = null)
+    public (ImageDataset Train, ImageDataset Test, DatasetSplit Split) LoadData(
+        LoadedModel model, string? data, int seed, int? maxTrain = null, int? maxTest = null)
     {
-        var test = Limit(LoadTest(data), maxTest, seed);
-        var train = Limit(LoadTrain(data, flips: false), maxTrain, seed);
+        var test = Limit(LoadTest(model, data), maxTest, seed);
+        var train = Limit(LoadTrain(model, data, flips: false), maxTrain, seed);
         return (train, test, test.SeededSplit(seed, ValidationFraction));
     }
 

@@ -52,9 +52,9 @@ internal sealed class LayerSweepExperiment(ExperimentSession session)
     {
         var watch = Stopwatch.StartNew();
         var provider = session.Provider;
-        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var (train, test, split) = session.LoadData(data, seed);
-        var layers = CandidateLayers.Sweep(model.Model, model.Spec.Input);
+        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken, data).ConfigureAwait(false);
+        var (train, test, split) = session.LoadData(model, data, seed);
+        var layers = CandidateLayers.Sweep(model.Model, model.Input);
         var fitter = session.Fitter(model, o => o.CandidateStorage = ScalarType.Float16);
         var classCount = model.Model.ClassCount;
         var points = new List<LayerSweepPoint>();

@@ -27,8 +27,8 @@ internal sealed class OnlineExperiment(ExperimentSession session)
     {
         var watch = Stopwatch.StartNew();
         var provider = session.Provider;
-        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var (train, test, split) = session.LoadData(data, seed);
+        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken, data).ConfigureAwait(false);
+        var (train, test, split) = session.LoadData(model, data, seed);
         var classCount = model.Model.ClassCount;
         var fitter = session.Fitter(model, o =>
         {
@@ -54,8 +54,8 @@ internal sealed class OnlineExperiment(ExperimentSession session)
         // The stream: the report half in a seeded random order.
         var order = split.Second.ToArray();
         new Random(seed).Shuffle(order);
-        using var stream = testKeys.Compose(layers, order);
-        using var trainTable = startEmpty ? null : trainKeys.Compose(layers);
+        using var stream = fitter.Compose(testKeys, layers, order);
+        using var trainTable = startEmpty ? null : fitter.Compose(trainKeys, layers);
         using var growing = trainTable is null ? provider.Create(staticMemory.Dimension, classCount) : fitter.BuildMemory(trainTable, classCount);
 
         var steps = new List<OnlineStep>();

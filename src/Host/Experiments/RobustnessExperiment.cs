@@ -98,10 +98,10 @@ internal sealed class RobustnessExperiment(ExperimentSession session)
         var seconds = new Dictionary<string, double>();
         var total = Stopwatch.StartNew();
         var progress = session.Progress;
-        var model = await session.LoadModelAsync(request.Model, null, cancellationToken).ConfigureAwait(false);
+        var model = await session.LoadModelAsync(request.Model, null, cancellationToken, request.Data).ConfigureAwait(false);
         try
         {
-            var (train, test, split) = session.LoadData(request.Data, request.Seed, request.MaxTrain, request.MaxTest);
+            var (train, test, split) = session.LoadData(model, request.Data, request.Seed, request.MaxTrain, request.MaxTest);
             var layers = request.Layers;
             var fitter = session.Fitter(model, o =>
             {
@@ -136,9 +136,9 @@ internal sealed class RobustnessExperiment(ExperimentSession session)
                 }
 
                 layers = fit.Report.Layers;
-                using var report = testKeys.Compose(layers, split.Second);
+                using var report = fitter.Compose(testKeys, layers, split.Second);
                 evaluation = CacheEvaluation.Report(fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize));
-                trainTable = trainKeys.Compose(layers);
+                trainTable = fitter.Compose(trainKeys, layers);
             }
 
             using (trainTable)
@@ -146,7 +146,7 @@ internal sealed class RobustnessExperiment(ExperimentSession session)
                 var theta = request.Theta ?? evaluation!.Theta;
                 var lambda = request.Lambda ?? evaluation!.Lambda;
                 var cacheOnlyTheta = request.CacheOnlyTheta ?? evaluation!.CacheOnlyTheta;
-                var cache = new CacheModel(model.Model, model.Spec.Normalization, layers, trainTable.Keys, trainTable.Labels);
+                var cache = new CacheModel(model.Model, model.Normalization, layers, trainTable.Keys, trainTable.Labels);
                 seconds["prepare"] = total.Elapsed.TotalSeconds;
                 var info = new RobustnessBackboneInfo(
                     model.Spec.Name, layers, trainTable.KeyDimension, trainTable.Count, theta, lambda, cacheOnlyTheta, evaluation?.Searched ?? false,

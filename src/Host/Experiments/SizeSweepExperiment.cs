@@ -29,8 +29,8 @@ internal sealed class SizeSweepExperiment(ExperimentSession session)
     {
         var watch = Stopwatch.StartNew();
         var provider = session.Provider;
-        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken).ConfigureAwait(false);
-        var (train, test, split) = session.LoadData(data, seed, maxTrain, maxTest);
+        using var model = await session.LoadModelAsync(modelName, weights, cancellationToken, data).ConfigureAwait(false);
+        var (train, test, split) = session.LoadData(model, data, seed, maxTrain, maxTest);
         var fitter = session.Fitter(model, o =>
         {
             o.Layers = layers;
@@ -57,7 +57,7 @@ internal sealed class SizeSweepExperiment(ExperimentSession session)
             o.Grid = grid;
             o.Progress = null;
         });
-        using var report = testKeys.Compose(layers, split.Second);
+        using var report = fitter.Compose(testKeys, layers, split.Second);
         var points = new List<SizeSweepPoint>();
         foreach (var fraction in fractions)
         {

@@ -63,13 +63,13 @@ internal sealed class Table1Experiment(ExperimentSession session)
         var total = Stopwatch.StartNew();
         var progress = session.Progress;
         var provider = session.Provider; // an unknown provider fails before any work
-        using var model = await session.LoadModelAsync(request.Model, request.Weights, cancellationToken).ConfigureAwait(false);
+        using var model = await session.LoadModelAsync(request.Model, request.Weights, cancellationToken, request.Data).ConfigureAwait(false);
         if (request.CacheFile is not null)
         {
             return RunFromCacheFile(request, model, total, cancellationToken);
         }
 
-        var (train, test, split) = session.LoadData(request.Data, request.Seed, request.MaxTrain, request.MaxTest);
+        var (train, test, split) = session.LoadData(model, request.Data, request.Seed, request.MaxTrain, request.MaxTest);
         var fitter = session.Fitter(model, o =>
         {
             o.Layers = request.Layers;
@@ -90,7 +90,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
         using var fit = progress.Timed($"{request.Model}: fit ({(request.Layers is null ? "layer search, " : "")}{provider.Provider} cache, θ/λ search)",
             () => fitter.Fit(trainKeys, validationKeys, train, cancellationToken), out _);
         var layers = fit.Report.Layers;
-        using var report = testKeys.Compose(layers, split.Second);
+        using var report = fitter.Compose(testKeys, layers, split.Second);
         var result = progress.Timed($"{request.Model}: report", () => CacheEvaluation.Report(
             fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize)), out var t4);
         var seconds = new Dictionary<string, double>(fit.Report.Seconds)
@@ -118,7 +118,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
             throw new UsageException($"The cache file keys layers [{string.Join(", ", recipe.Layers)}], not [{string.Join(", ", wanted)}].");
         }
 
-        var test = ExperimentSession.Limit(session.LoadTest(request.Data), request.MaxTest, request.Seed);
+        var test = ExperimentSession.Limit(session.LoadTest(model, request.Data), request.MaxTest, request.Seed);
         var split = test.SeededSplit(request.Seed, ExperimentSession.ValidationFraction);
         var fitter = session.Fitter(model, o => o.KeyNormalization = recipe.Normalization);
         using var testKeys = progress.Timed($"{request.Model}: test keys", () => fitter.ExtractLayers(test, recipe.Layers, "test", cancellationToken), out var t2);
@@ -144,7 +144,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
             null, seconds);
     }
 
-    private static Table1Row Row(
+    public static Table1Row Row(
         Table1Request request, string model, IReadOnlyList<string> layers, long keyDimension, long cacheSize, bool flip, DatasetSplit split,
         string provider, CacheEvaluationResult result, LayerCombinationResult? search, IReadOnlyDictionary<string, double> seconds) =>
         new(model, layers, keyDimension, cacheSize, flip, request.Seed, split.First.Count, split.Second.Count,
