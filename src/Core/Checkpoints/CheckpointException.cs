@@ -46,13 +46,15 @@ public sealed class CheckpointMismatchException : CheckpointException
         string modelName,
         IReadOnlyList<TensorShapeEntry> missing,
         IReadOnlyList<TensorShapeEntry> unexpected,
-        IReadOnlyList<TensorShapeMismatch> shapeMismatches)
-        : base(filePath, Compose(modelName, missing, unexpected, shapeMismatches))
+        IReadOnlyList<TensorShapeMismatch> shapeMismatches,
+        IReadOnlyList<string>? moduleProblems = null)
+        : base(filePath, Compose(modelName, missing, unexpected, shapeMismatches, moduleProblems ?? []))
     {
         ModelName = modelName;
         Missing = missing;
         Unexpected = unexpected;
         ShapeMismatches = shapeMismatches;
+        ModuleProblems = moduleProblems ?? [];
     }
 
     /// <summary>The model's display name.</summary>
@@ -67,13 +69,19 @@ public sealed class CheckpointMismatchException : CheckpointException
     /// <summary>Tensors whose shapes differ.</summary>
     public IReadOnlyList<TensorShapeMismatch> ShapeMismatches { get; }
 
+    /// <summary>For a whole pickled module: pickled modules the model lacks, and modules of another class (see <see cref="CheckpointLoader.ModuleProblems"/>).</summary>
+    public IReadOnlyList<string> ModuleProblems { get; }
+
     private static string Compose(
-        string modelName, IReadOnlyList<TensorShapeEntry> missing, IReadOnlyList<TensorShapeEntry> unexpected, IReadOnlyList<TensorShapeMismatch> mismatches)
+        string modelName, IReadOnlyList<TensorShapeEntry> missing, IReadOnlyList<TensorShapeEntry> unexpected, IReadOnlyList<TensorShapeMismatch> mismatches,
+        IReadOnlyList<string> moduleProblems)
     {
         var lines = new List<string>
         {
-            $"does not match model {modelName}: {missing.Count} missing, {unexpected.Count} unexpected, {mismatches.Count} mis-shaped tensor(s); nothing was loaded.",
+            $"does not match model {modelName}: {missing.Count} missing, {unexpected.Count} unexpected, {mismatches.Count} mis-shaped tensor(s)" +
+            (moduleProblems.Count > 0 ? $", {moduleProblems.Count} module(s) of another class or not in the model" : string.Empty) + "; nothing was loaded.",
         };
+        lines.AddRange(moduleProblems.Select(p => $"  module:     {p}"));
         lines.AddRange(missing.Select(m => $"  missing:    {m.Name} {m.ShapeText} (in the model, not in the checkpoint)"));
         lines.AddRange(unexpected.Select(u => $"  unexpected: {u.Name} {u.ShapeText} (in the checkpoint, not in the model)"));
         lines.AddRange(mismatches.Select(s =>

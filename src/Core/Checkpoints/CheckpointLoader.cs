@@ -77,15 +77,16 @@ public static class CheckpointLoader
             }
         }
 
+        var moduleProblems = ModuleProblems(model, checkpoint.Modules);
         var unexpected = source
             .Where(kv => !target.ContainsKey(kv.Key))
             .Select(kv => new TensorShapeEntry(kv.Key, kv.Value.shape))
             .OrderBy(e => e.Name, StringComparer.Ordinal)
             .ToList();
 
-        if (missing.Count > 0 || unexpected.Count > 0 || mismatched.Count > 0)
+        if (missing.Count > 0 || unexpected.Count > 0 || mismatched.Count > 0 || moduleProblems.Count > 0)
         {
-            throw new CheckpointMismatchException(checkpoint.FilePath, model.GetName(), missing, unexpected, mismatched);
+            throw new CheckpointMismatchException(checkpoint.FilePath, model.GetName(), missing, unexpected, mismatched, moduleProblems);
         }
 
         var nonFinite = NonFinite(source, target.Keys);
@@ -130,6 +131,40 @@ public static class CheckpointLoader
         }
 
         return result;
+    }
+
+    /// <summary>
+    /// What of a pickled module tree does not fit <paramref name="model"/>: a pickled module the model lacks (with its class), and a
+    /// <c>torch.nn</c> module whose class differs from the model's module at that path (e.g. a <c>Conv1d</c> where the model has a
+    /// <c>Conv2d</c>). Classes of the file's own code (<c>densenet.BottleneckBlock</c>, …) are containers and are matched by their
+    /// contents. Empty for a state dict.
+    /// </summary>
+    public static IReadOnlyList<string> ModuleProblems(nn.Module model, IReadOnlyList<PickledModule> modules)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        ArgumentNullException.ThrowIfNull(modules);
+        if (modules.Count == 0)
+        {
+            return [];
+        }
+
+        const string TorchModules = "torch.nn.modules.";
+        var ours = model.named_modules().ToDictionary(m => m.name, m => m.module, StringComparer.Ordinal);
+        var problems = new List<string>();
+        foreach (var (path, className) in modules.Where(m => m.Path.Length > 0).Select(m => (m.Path, m.ClassName)))
+        {
+            var shortName = className[(className.LastIndexOf('.') + 1)..];
+            if (!ours.TryGetValue(path, out var module))
+            {
+                problems.Add($"module '{path}' ({className}) is in the file but not in the model");
+            }
+            else if (className.StartsWith(TorchModules, StringComparison.Ordinal) && shortName != module.GetType().Name)
+            {
+                problems.Add($"module '{path}' is a {className} in the file but a {module.GetType().Name} in the model");
+            }
+        }
+
+        return problems;
     }
 
     /// <summary>The names among <paramref name="names"/> whose floating-point tensor in <paramref name="source"/> holds a NaN or ±∞.</summary>

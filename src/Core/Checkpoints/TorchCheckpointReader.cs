@@ -3,13 +3,17 @@ using System.Collections;
 using System.Globalization;
 using System.IO.Compression;
 using Razorvine.Pickle;
+using Razorvine.Pickle.Objects;
 using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ScalableCache.Core.Checkpoints;
 
 /// <summary>
-/// Reads <c>torch.save</c> files holding a state dict (or a dict with a <c>state_dict</c> entry) in both layouts.
+/// Reads <c>torch.save</c> files holding a state dict (or a dict with a <c>state_dict</c> entry), or a whole pickled module
+/// (<c>torch.save(model)</c>), in both layouts. A whole module is walked as data — its <c>_modules</c>, <c>_parameters</c> and
+/// <c>_buffers</c> dictionaries give the tensors under their dotted state-dict names and every module's class — and nothing in
+/// the pickle is run: unknown globals become attribute dictionaries.
 /// <para><b>Legacy (PyTorch &lt; 1.6):</b> five consecutive pickles — the magic number <c>0x1950a86a20f9469cfc6c</c>, the protocol
 /// version 1001, a sys-info dict (<c>little_endian</c>, type sizes), the object itself with persistent storage references, and the
 /// list of storage keys — then, for each key in that list, an 8-byte little-endian element count followed by the raw
@@ -22,7 +26,7 @@ internal static class TorchCheckpointReader
     private const int LegacyProtocolVersion = 1001;
     private static readonly string[] StateDictKeys = ["state_dict", "model_state_dict", "model", "net"];
 
-    public static (Dictionary<string, Tensor>, IReadOnlyDictionary<string, string>) ReadLegacy(string filePath)
+    public static (Dictionary<string, Tensor>, IReadOnlyDictionary<string, string>, IReadOnlyList<PickledModule>) ReadLegacy(string filePath)
     {
         using var stream = new FileStream(filePath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
         var magic = Unpickle(filePath, stream, "magic number", new Unpickler());
@@ -77,7 +81,7 @@ internal static class TorchCheckpointReader
         return Build(filePath, root);
     }
 
-    public static (Dictionary<string, Tensor>, IReadOnlyDictionary<string, string>) ReadZip(string filePath)
+    public static (Dictionary<string, Tensor>, IReadOnlyDictionary<string, string>, IReadOnlyList<PickledModule>) ReadZip(string filePath)
     {
         using var stream = new FileStream(filePath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
         ZipArchive zip;
@@ -195,10 +199,13 @@ internal static class TorchCheckpointReader
     private static CheckpointException Truncated(string filePath, Stream stream, string what) =>
         new(filePath, $"is truncated: the file ended inside {what}" + (stream.CanSeek ? $", at byte {stream.Length}." : "."));
 
-    private static (Dictionary<string, Tensor>, IReadOnlyDictionary<string, string>) Build(string filePath, object root)
+    private static (Dictionary<string, Tensor>, IReadOnlyDictionary<string, string>, IReadOnlyList<PickledModule>) Build(string filePath, object root)
     {
         var metadata = new Dictionary<string, string>(StringComparer.Ordinal);
-        var stateDict = FindStateDict(filePath, root, metadata);
+        var modules = new List<PickledModule>();
+        var stateDict = root is ClassDict module && module.ContainsKey(ModulesKey)
+            ? WalkModule(filePath, module, string.Empty, new Hashtable(), modules)
+            : FindStateDict(filePath, root, metadata);
         var tensors = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         var storages = new Dictionary<PickledStorage, Tensor>();
         try
@@ -227,14 +234,72 @@ internal static class TorchCheckpointReader
             throw;
         }
 
-        return (tensors, metadata);
+        return (tensors, metadata, modules);
+    }
+
+    private const string ModulesKey = "_modules";
+
+    /// <summary>Collects a pickled module's parameters and buffers under their dotted names, and every module's class, depth first.</summary>
+    private static Hashtable WalkModule(string filePath, ClassDict module, string prefix, Hashtable tensors, List<PickledModule> modules)
+    {
+        var path = prefix.TrimEnd('.');
+        modules.Add(new PickledModule(path, module.ClassName));
+        foreach (var kind in new[] { "_parameters", "_buffers" })
+        {
+            if (!module.TryGetValue(kind, out var entries) || entries is null)
+            {
+                continue;
+            }
+
+            if (entries is not IDictionary dict)
+            {
+                throw new CheckpointException(filePath, $"module '{path}' ({module.ClassName}) has {kind} that is {TorchUnpickler.Describe(entries)}, not a dict.");
+            }
+
+            foreach (DictionaryEntry entry in dict)
+            {
+                var name = Convert.ToString(entry.Key, CultureInfo.InvariantCulture) ?? string.Empty;
+                switch (entry.Value)
+                {
+                    case null:
+                        continue; // e.g. a convolution without bias
+                    case PickledTensor:
+                        tensors[prefix + name] = entry.Value;
+                        break;
+                    default:
+                        throw new CheckpointException(
+                            filePath, $"module '{path}' ({module.ClassName}) holds {kind[1..^1]} '{name}' that is {TorchUnpickler.Describe(entry.Value)}, not a tensor.");
+                }
+            }
+        }
+
+        if (module.TryGetValue(ModulesKey, out var children) && children is IDictionary submodules)
+        {
+            foreach (DictionaryEntry entry in submodules)
+            {
+                var name = Convert.ToString(entry.Key, CultureInfo.InvariantCulture) ?? string.Empty;
+                if (entry.Value is null)
+                {
+                    continue;
+                }
+
+                if (entry.Value is not ClassDict child || !child.ContainsKey(ModulesKey))
+                {
+                    throw new CheckpointException(filePath, $"submodule '{prefix}{name}' is {TorchUnpickler.Describe(entry.Value)}, not a pickled module.");
+                }
+
+                WalkModule(filePath, child, prefix + name + ".", tensors, modules);
+            }
+        }
+
+        return tensors;
     }
 
     private static IDictionary FindStateDict(string filePath, object root, Dictionary<string, string> metadata)
     {
         if (root is not IDictionary top)
         {
-            throw new CheckpointException(filePath, $"holds {TorchUnpickler.Describe(root)}, not a dict of tensors (save model.state_dict()).");
+            throw new CheckpointException(filePath, $"holds {TorchUnpickler.Describe(root)}, neither a dict of tensors nor a pickled module.");
         }
 
         if (HasTensors(top))

@@ -30,10 +30,8 @@ internal sealed class TorchUnpickler : Unpickler
         Route("torch._utils", "_rebuild_tensor", RebuildTensor);
         Route("torch._utils", "_rebuild_tensor_v2", RebuildTensor);
         Route("torch._utils", "_rebuild_parameter", RebuildParameter);
-        if (!objectConstructors.ContainsKey("collections.OrderedDict"))
-        {
-            registerConstructor("collections", "OrderedDict", new OrderedDictConstructor());
-        }
+        Route("torch.nn.parameter", "Parameter", RebuildParameter);
+        registerConstructor("collections", "OrderedDict", new OrderedDictConstructor());
     }
 
     /// <summary>Storages referenced so far, by key, in first-reference order.</summary>
@@ -67,9 +65,16 @@ internal sealed class TorchUnpickler : Unpickler
 
     protected override object persistentLoad(object pid)
     {
+        // A whole-model pickle names each module class once as ('module', class, source file, source text): the class is data
+        // (a constructor of attribute dictionaries); its source is never run.
+        if (pid is object[] { Length: >= 2 } module && module[0] is "module" && module[1] is IObjectConstructor moduleClass)
+        {
+            return moduleClass;
+        }
+
         if (pid is not object[] tuple || tuple.Length < 5 || tuple[0] is not "storage")
         {
-            throw new PickleException($"unsupported persistent id {Describe(pid)}; only ('storage', type, key, location, numel) is understood.");
+            throw new PickleException($"unsupported persistent id {Describe(pid)}; only ('storage', type, key, location, numel) and ('module', class, …) are understood.");
         }
 
         var typeName = tuple[1] switch
@@ -154,9 +159,28 @@ internal sealed class TorchUnpickler : Unpickler
         }
     }
 
+    /// <summary><c>OrderedDict()</c>, or <c>OrderedDict([(key, value), …])</c> as older pickles build it.</summary>
     private sealed class OrderedDictConstructor : IObjectConstructor
     {
-        public object construct(object[] args) => new PickledOrderedDict();
+        public object construct(object[] args)
+        {
+            var dict = new PickledOrderedDict();
+            if (args.Length > 0 && args[0] is IEnumerable pairs and not string)
+            {
+                foreach (var pair in pairs)
+                {
+                    var (key, value) = pair switch
+                    {
+                        object[] { Length: 2 } t => (t[0], t[1]),
+                        IList { Count: 2 } l => (l[0], l[1]),
+                        _ => throw new PickleException($"OrderedDict item {Describe(pair)} is not a (key, value) pair."),
+                    };
+                    dict[key ?? throw new PickleException("An OrderedDict key is None.")] = value;
+                }
+            }
+
+            return dict;
+        }
     }
 }
 
@@ -188,4 +212,12 @@ internal sealed class PickledStorage(string key, ScalarType dtype, long elementS
 internal sealed record PickledStorageView(PickledStorage Storage, long Offset, long Elements);
 
 /// <summary>A tensor as described by <c>_rebuild_tensor[_v2]</c>: storage, element offset, size and stride.</summary>
-internal sealed record PickledTensor(PickledStorageView Storage, long Offset, long[] Shape, long[] Stride);
+internal sealed record PickledTensor(PickledStorageView Storage, long Offset, long[] Shape, long[] Stride)
+{
+#pragma warning disable CA1822, IDE1006, IDE0060 // Razorvine calls __setstate__ by name through reflection.
+    /// <summary>The state a pickled <c>Parameter</c> is built with (<c>requires_grad</c>, hooks): not needed here.</summary>
+    public void __setstate__(object[] state)
+    {
+    }
+#pragma warning restore CA1822, IDE1006, IDE0060
+}

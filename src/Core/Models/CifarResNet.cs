@@ -6,9 +6,19 @@ using static TorchSharp.torch.nn;
 
 namespace ScalableCache.Core.Models;
 
+/// <summary>Shortcuts where a CIFAR ResNet block changes shape, and the naming of the checkpoints that use them.</summary>
+public enum CifarShortcut
+{
+    /// <summary>Parameter-free zero-padded subsampling (Idelbayev's checkpoints; classifier <c>linear</c>).</summary>
+    OptionA,
+
+    /// <summary>A 1×1 projection and BatchNorm (<c>downsample.0</c>, <c>downsample.1</c>; chenyaofo's checkpoints: <c>relu</c> module, classifier <c>fc</c>).</summary>
+    OptionB,
+}
+
 /// <summary>
 /// The CIFAR ResNet of He et al. (2016), depth 6n+2, with parameter-free "option A" shortcuts, as in the public checkpoints
-/// of Idelbayev: conv3×3(3→16) → BN → ReLU → three stages of n <see cref="CifarBasicBlock"/>s (16, 32, 64 channels; the first
+/// of Idelbayev (or, with <see cref="CifarShortcut.OptionB"/>, projection shortcuts named as in chenyaofo/pytorch-cifar-models): conv3×3(3→16) → BN → ReLU → three stages of n <see cref="CifarBasicBlock"/>s (16, 32, 64 channels; the first
 /// block of stages 2 and 3 has stride 2) → global average pooling (<c>avgpool</c>) → <c>linear</c>.
 /// </summary>
 /// <remarks>
@@ -23,32 +33,37 @@ public sealed class CifarResNet : ImageClassifier
 #pragma warning disable IDE1006 // Naming rule violation: names must match the checkpoint tensor names.
     private readonly Conv2d conv1;
     private readonly BatchNorm2d bn1;
+    private readonly ReLU? relu;
     private readonly Sequential layer1;
     private readonly Sequential layer2;
     private readonly Sequential layer3;
     private readonly AdaptiveAvgPool2d avgpool;
-    private readonly Linear linear;
+    private readonly Linear? linear;
+    private readonly Linear? fc;
 #pragma warning restore IDE1006
 
     /// <summary>Builds an untrained CIFAR ResNet with <paramref name="blocksPerStage"/> blocks per stage.</summary>
     /// <param name="blocksPerStage">n ≥ 1; depth is 6n+2 (3 → ResNet-20, 5 → 32, 9 → 56, 18 → 110).</param>
     /// <param name="classCount">Output classes (10 for CIFAR-10, 100 for CIFAR-100).</param>
-    public CifarResNet(int blocksPerStage, int classCount = 10)
-        : base(string.Create(CultureInfo.InvariantCulture, $"CifarResNet{(6 * blocksPerStage) + 2}"))
+    /// <param name="shortcut">Option A (Idelbayev's names) or option B (chenyaofo's names).</param>
+    public CifarResNet(int blocksPerStage, int classCount = 10, CifarShortcut shortcut = CifarShortcut.OptionA)
+        : base(string.Create(CultureInfo.InvariantCulture, $"CifarResNet{(6 * blocksPerStage) + 2}{(shortcut == CifarShortcut.OptionB ? "B" : string.Empty)}"))
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocksPerStage);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(classCount);
         BlocksPerStage = blocksPerStage;
         ClassCount = classCount;
+        var projection = shortcut == CifarShortcut.OptionB;
 
         conv1 = Conv2d(3, 16, 3, stride: 1, padding: 1, bias: false);
         bn1 = BatchNorm2d(16);
+        relu = projection ? ReLU() : null;
         var inPlanes = 16;
-        layer1 = Stage(ref inPlanes, 16, blocksPerStage, stride: 1);
-        layer2 = Stage(ref inPlanes, 32, blocksPerStage, stride: 2);
-        layer3 = Stage(ref inPlanes, 64, blocksPerStage, stride: 2);
+        layer1 = Stage(ref inPlanes, 16, blocksPerStage, 1, projection);
+        layer2 = Stage(ref inPlanes, 32, blocksPerStage, 2, projection);
+        layer3 = Stage(ref inPlanes, 64, blocksPerStage, 2, projection);
         avgpool = AdaptiveAvgPool2d(1);
-        linear = Linear(64, classCount);
+        (linear, fc) = projection ? ((Linear?)null, Linear(64, classCount)) : (Linear(64, classCount), null);
         RegisterComponents();
     }
 
@@ -68,20 +83,22 @@ public sealed class CifarResNet : ImageClassifier
     public override Tensor forward(Tensor input)
     {
         using var scope = NewDisposeScope();
-        var x = functional.relu(bn1.call(conv1.call(input)));
+        var x = bn1.call(conv1.call(input));
+        x = relu is null ? functional.relu(x) : relu.call(x);
         x = layer1.call(x);
         x = layer2.call(x);
         x = layer3.call(x);
         x = avgpool.call(x);
-        return linear.call(x.flatten(1)).MoveToOuterDisposeScope();
+        return (linear ?? fc!).call(x.flatten(1)).MoveToOuterDisposeScope();
     }
 
-    private static Sequential Stage(ref int inPlanes, int planes, int blocks, int stride)
+    /// <summary>One stage of <paramref name="blocks"/> basic blocks named <c>0</c>, <c>1</c>, …; the first has <paramref name="stride"/>.</summary>
+    private static Sequential Stage(ref int inPlanes, int planes, int blocks, int stride, bool projection = false)
     {
         var modules = new List<(string, Module<Tensor, Tensor>)>(blocks);
         for (var i = 0; i < blocks; i++)
         {
-            modules.Add((i.ToString(CultureInfo.InvariantCulture), new CifarBasicBlock(inPlanes, planes, i == 0 ? stride : 1)));
+            modules.Add((i.ToString(CultureInfo.InvariantCulture), new CifarBasicBlock(inPlanes, planes, i == 0 ? stride : 1, projection)));
             inPlanes = planes;
         }
 
@@ -91,7 +108,8 @@ public sealed class CifarResNet : ImageClassifier
 
 /// <summary>
 /// conv3×3 → BN → ReLU → conv3×3 → BN, plus the shortcut, then ReLU. Where the block changes shape the shortcut is
-/// "option A": <c>x[:, :, ::2, ::2]</c> zero-padded with <c>planes / 4</c> channels on each side (no parameters).
+/// "option A": <c>x[:, :, ::2, ::2]</c> zero-padded with <c>planes / 4</c> channels on each side (no parameters), or with
+/// <c>projection</c> "option B": <c>downsample.0</c> (1×1 convolution with the block's stride, no bias) → <c>downsample.1</c> (BatchNorm).
 /// </summary>
 internal sealed class CifarBasicBlock : Module<Tensor, Tensor>
 {
@@ -100,11 +118,12 @@ internal sealed class CifarBasicBlock : Module<Tensor, Tensor>
     private readonly BatchNorm2d bn1;
     private readonly Conv2d conv2;
     private readonly BatchNorm2d bn2;
+    private readonly Sequential? downsample;
 #pragma warning restore IDE1006
     private readonly long _padChannels;
     private readonly bool _reshape;
 
-    public CifarBasicBlock(int inPlanes, int planes, int stride)
+    public CifarBasicBlock(int inPlanes, int planes, int stride, bool projection = false)
         : base(nameof(CifarBasicBlock))
     {
         conv1 = Conv2d(inPlanes, planes, 3, stride: stride, padding: 1, bias: false);
@@ -113,7 +132,11 @@ internal sealed class CifarBasicBlock : Module<Tensor, Tensor>
         bn2 = BatchNorm2d(planes);
         _reshape = stride != 1 || inPlanes != planes;
         _padChannels = planes / 4;
-        if (_reshape && inPlanes + (2 * _padChannels) != planes)
+        if (_reshape && projection)
+        {
+            downsample = Sequential(Conv2d(inPlanes, planes, 1, stride: stride, bias: false), BatchNorm2d(planes));
+        }
+        else if (_reshape && inPlanes + (2 * _padChannels) != planes)
         {
             throw new ArgumentException(
                 $"An option-A shortcut pads {inPlanes} channels by {planes / 4} on each side, which does not give {planes}.", nameof(planes));
@@ -127,7 +150,7 @@ internal sealed class CifarBasicBlock : Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var x = functional.relu(bn1.call(conv1.call(input)));
         x = bn2.call(conv2.call(x));
-        var shortcut = _reshape ? Shortcut(input) : input;
+        var shortcut = downsample is not null ? downsample.call(input) : _reshape ? Shortcut(input) : input;
 
         // Out of place: the outputs of bn2 (or of earlier modules) may be held by forward hooks.
         return functional.relu(x + shortcut).MoveToOuterDisposeScope();

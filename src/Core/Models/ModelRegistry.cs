@@ -22,6 +22,25 @@ public sealed class ModelRegistry : IModelRegistry
         (121, 32, [6, 12, 24, 16], 64), (161, 48, [6, 12, 36, 24], 96), (169, 32, [6, 12, 32, 32], 64), (201, 32, [6, 12, 48, 32], 64),
     ];
 
+    /// <summary>Prefix of the option-B CIFAR ResNet family (chenyaofo names, CIFAR-100 inputs): <c>cifar-resnet-b:N</c>.</summary>
+    public const string CifarResNetBPrefix = "cifar-resnet-b:";
+
+    /// <summary>Prefix of the DenseNet-BC family: <c>densenet-bc:D-K</c> (depth D, growth rate K).</summary>
+    public const string DenseNetBcPrefix = "densenet-bc:";
+
+    /// <summary>The ODIN / Mahalanobis-detector CIFAR-10 DenseNet-BC-100 (k = 12).</summary>
+    public const string DenseNetBc100 = "densenet-bc-100";
+
+    /// <summary>chenyaofo's CIFAR-100 ResNet-56 (option B).</summary>
+    public const string Cifar100ResNet56 = "cifar100-resnet56";
+
+    /// <summary>The CIFAR-100 training statistics of chenyaofo's models: mean (0.5070, 0.4865, 0.4409), std (0.2673, 0.2564, 0.2761).</summary>
+    public static InputNormalization Cifar100Normalization { get; } = new([0.5070f, 0.4865f, 0.4409f], [0.2673f, 0.2564f, 0.2761f]);
+
+    /// <summary>The ODIN DenseNets' statistics: mean (125.3, 123.0, 113.9) / 255, std (63.0, 62.1, 66.7) / 255.</summary>
+    public static InputNormalization OdinNormalization { get; } =
+        new([125.3f / 255f, 123.0f / 255f, 113.9f / 255f], [63.0f / 255f, 62.1f / 255f, 66.7f / 255f]);
+
     private readonly Lock _gate = new();
     private readonly List<ModelSpec> _models = [];
     private readonly List<ModelFamily> _families = [];
@@ -43,6 +62,17 @@ public sealed class ModelRegistry : IModelRegistry
         {
             Register(CifarResNetSpec(name, n));
         }
+
+        Register(DenseNetSpec(DenseNetBc100, 100, 12));
+        Register(CifarResNetBSpec(Cifar100ResNet56, 9));
+        RegisterFamily(new ModelFamily(
+            DenseNetBcPrefix,
+            $"{DenseNetBcPrefix}D-K — DenseNet-BC for CIFAR (bottlenecks, compression 0.5) of depth D and growth rate K, e.g. {DenseNetBcPrefix}100-12",
+            ResolveDenseNet));
+        RegisterFamily(new ModelFamily(
+            CifarResNetBPrefix,
+            $"{CifarResNetBPrefix}N — CIFAR ResNet with option-B (projection) shortcuts, chenyaofo names, N blocks per stage, CIFAR-100 inputs",
+            parameter => CifarResNetBSpec(CifarResNetBPrefix + BlocksPerStage(CifarResNetBPrefix, parameter), BlocksPerStage(CifarResNetBPrefix, parameter))));
 
         foreach (var spec in OrhanModels.Specs())
         {
@@ -144,6 +174,42 @@ public sealed class ModelRegistry : IModelRegistry
         return specs;
     }
 
+    /// <summary>The spec of a CIFAR DenseNet-BC (bottlenecks, compression 0.5) of <paramref name="depth"/> and growth rate <paramref name="growthRate"/>.</summary>
+    public static ModelSpec DenseNetSpec(string name, int depth, int growthRate)
+    {
+        using (new DenseNetBc(depth, growthRate))
+        {
+            // fails here, naming the problem, for a depth that gives no whole blocks
+        }
+
+        return new ModelSpec(
+            name,
+            string.Create(CultureInfo.InvariantCulture, $"DenseNet-BC-{depth} (k = {growthRate}) for CIFAR, ODIN / Mahalanobis-detector names and inputs"),
+            OdinNormalization,
+            InputShape.Cifar,
+            classCount => new DenseNetBc(depth, growthRate, bottleneck: true, compression: 0.5, classCount))
+        {
+            ClassifierWeight = "fc.weight",
+        };
+    }
+
+    /// <summary>The spec of an option-B CIFAR ResNet (chenyaofo names, CIFAR-100 inputs) with <paramref name="blocksPerStage"/> blocks per stage.</summary>
+    public static ModelSpec CifarResNetBSpec(string name, int blocksPerStage)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(blocksPerStage);
+        return new ModelSpec(
+            name,
+            string.Create(CultureInfo.InvariantCulture,
+                $"CIFAR ResNet-{(6 * blocksPerStage) + 2} with option-B shortcuts (chenyaofo/pytorch-cifar-models), CIFAR-100 inputs"),
+            Cifar100Normalization,
+            InputShape.Cifar,
+            classCount => new CifarResNet(blocksPerStage, classCount, CifarShortcut.OptionB))
+        {
+            ClassifierWeight = "fc.weight",
+            DefaultClassCount = 100,
+        };
+    }
+
     /// <inheritdoc />
     public void Register(ModelSpec spec)
     {
@@ -215,6 +281,23 @@ public sealed class ModelRegistry : IModelRegistry
         {
             return [.. _models.Select(m => m.Name), .. _families.Select(f => f.Prefix + "N")];
         }
+    }
+
+    private static int BlocksPerStage(string prefix, string parameter) =>
+        int.TryParse(parameter, NumberStyles.None, CultureInfo.InvariantCulture, out var n) && n >= 1 && n <= 1000
+            ? n
+            : throw new ArgumentException($"'{prefix}{parameter}' is not valid: N (blocks per stage) must be an integer from 1 to 1000.", nameof(parameter));
+
+    private static ModelSpec ResolveDenseNet(string parameter)
+    {
+        var parts = parameter.Split('-');
+        if (parts.Length != 2 || !int.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var depth)
+            || !int.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var growth) || depth > 1000 || growth < 1 || growth > 1000)
+        {
+            throw new ArgumentException($"'{DenseNetBcPrefix}{parameter}' is not valid: give depth and growth rate as D-K, e.g. {DenseNetBcPrefix}100-12.", nameof(parameter));
+        }
+
+        return DenseNetSpec(DenseNetBcPrefix + parameter, depth, growth);
     }
 
     private static ModelSpec ResolveCifarResNet(string parameter)

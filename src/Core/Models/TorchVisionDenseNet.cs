@@ -62,7 +62,7 @@ public sealed partial class TorchVisionDenseNet : ImageClassifier
         for (var b = 0; b < blocks.Count; b++)
         {
             var k = (b + 1).ToString(CultureInfo.InvariantCulture);
-            modules.Add(("denseblock" + k, new DenseBlock(blocks[b], channels, growthRate, bottleneckSize)));
+            modules.Add(("denseblock" + k, new TorchVisionDenseBlock(blocks[b], channels, growthRate, bottleneckSize)));
             channels += blocks[b] * growthRate;
             if (b != blocks.Count - 1)
             {
@@ -124,17 +124,17 @@ public sealed partial class TorchVisionDenseNet : ImageClassifier
 }
 
 /// <summary>torchvision's <c>_DenseBlock</c>: each <c>denselayerJ</c> sees the concatenation of the input and every earlier layer's output.</summary>
-internal sealed class DenseBlock : Module<Tensor, Tensor>
+internal sealed class TorchVisionDenseBlock : Module<Tensor, Tensor>
 {
-    private readonly DenseLayer[] _layers;
+    private readonly TorchVisionDenseLayer[] _layers;
 
-    public DenseBlock(int count, int inputChannels, int growthRate, int bottleneckSize)
+    public TorchVisionDenseBlock(int count, int inputChannels, int growthRate, int bottleneckSize)
         : base("DenseBlock")
     {
-        _layers = new DenseLayer[count];
+        _layers = new TorchVisionDenseLayer[count];
         for (var j = 0; j < count; j++)
         {
-            _layers[j] = new DenseLayer(inputChannels + (j * growthRate), growthRate, bottleneckSize);
+            _layers[j] = new TorchVisionDenseLayer(inputChannels + (j * growthRate), growthRate, bottleneckSize);
             register_module("denselayer" + (j + 1).ToString(CultureInfo.InvariantCulture), _layers[j]);
         }
     }
@@ -153,7 +153,7 @@ internal sealed class DenseBlock : Module<Tensor, Tensor>
 }
 
 /// <summary>torchvision's <c>_DenseLayer</c> (dropout 0): BN → ReLU → conv1×1 → BN → ReLU → conv3×3.</summary>
-internal sealed class DenseLayer : Module<Tensor, Tensor>
+internal sealed class TorchVisionDenseLayer : Module<Tensor, Tensor>
 {
 #pragma warning disable IDE1006 // Naming rule violation: names must match the checkpoint tensor names.
     private readonly BatchNorm2d norm1;
@@ -164,7 +164,7 @@ internal sealed class DenseLayer : Module<Tensor, Tensor>
     private readonly Conv2d conv2;
 #pragma warning restore IDE1006
 
-    public DenseLayer(int inputChannels, int growthRate, int bottleneckSize)
+    public TorchVisionDenseLayer(int inputChannels, int growthRate, int bottleneckSize)
         : base("DenseLayer")
     {
         norm1 = BatchNorm2d(inputChannels);

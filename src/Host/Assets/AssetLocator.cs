@@ -70,15 +70,15 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
         }
 
         var folder = Environment.GetEnvironmentVariable(ModelsEnvironmentVariable) ?? options.Value.Models;
-        if (KnownLocalFile(model) is { } known)
+        var stem = FileStem(model);
+        var found = FindIn(folder, stem) ?? FindIn(DownloadFolder, stem);
+        if (found is null && KnownLocalFile(model) is { } known)
         {
             return File.Exists(known)
                 ? Path.GetFullPath(known)
                 : throw new FileNotFoundException($"No checkpoint for '{model}': {Path.GetFullPath(known)} does not exist. Pass --weights FILE.");
         }
 
-        var stem = FileStem(model);
-        var found = FindIn(folder, stem) ?? FindIn(DownloadFolder, stem);
         if (found is not null)
         {
             return found;
@@ -104,8 +104,22 @@ internal sealed class AssetLocator(IOptions<AssetOptions> options, ILogger<Asset
         [$"{stem}.safetensors", $"{stem}.pt", $"{stem}.pth", $"{stem}-*.pth", $"{stem}-*.th", $"{stem}.th"];
 
     /// <summary>A model whose published file has a name of its own (the author's Keras models), in its configured folder.</summary>
-    private string? KnownLocalFile(string model) =>
-        ScalableCache.Core.Models.OrhanModels.Find(model) is { } orhan ? Path.Combine(options.Value.KerasModels, orhan.File) : null;
+    private string? KnownLocalFile(string model)
+    {
+        if (ScalableCache.Core.Models.OrhanModels.Find(model) is { } orhan)
+        {
+            return Path.Combine(options.Value.KerasModels, orhan.File);
+        }
+
+        // Published files with names of their own, beside the CIFAR-10 models folder (shared/models/…).
+        var root = Path.GetDirectoryName(Path.GetFullPath(options.Value.Models)) ?? ".";
+        return model.ToLowerInvariant() switch
+        {
+            ScalableCache.Core.Models.ModelRegistry.DenseNetBc100 => Path.Combine(root, "cifar10", "densenet100-bc", "densenet_cifar10.pth"),
+            ScalableCache.Core.Models.ModelRegistry.Cifar100ResNet56 => Path.Combine(root, "cifar100", "cifar100_resnet56-f2eff4c8.pt"),
+            _ => null,
+        };
+    }
 
     private string DownloadFolder => string.IsNullOrEmpty(options.Value.DownloadCache)
         ? Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "scalablecache", "models")
