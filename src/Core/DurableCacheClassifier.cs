@@ -130,6 +130,7 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
     private long _lastSnapshotKeys;
     private long _lastSnapshotTicks;
     private Exception? _fault;
+    private DurableCacheStatistics? _final;
     private bool _disposed;
 
     private DurableCacheClassifier(
@@ -196,8 +197,8 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
     /// <summary>Why adds are refused, or <see langword="null"/> while healthy: a commit reached the log but not the memory (reopen to replay it).</summary>
     public Exception? Fault => Volatile.Read(ref _fault);
 
-    /// <summary>Counters since opening.</summary>
-    public DurableCacheStatistics Statistics => new(
+    /// <summary>Counters since opening (after disposal: as they were at the end, the last snapshot included).</summary>
+    public DurableCacheStatistics Statistics => _final ?? new(
         Count, Interlocked.Read(ref _addedKeys), Interlocked.Read(ref _adds), Interlocked.Read(ref _commits), _log.Bytes,
         Interlocked.Read(ref _snapshots), Interlocked.Read(ref _snapshotFailures),
         new DateTime(Interlocked.Read(ref _lastSnapshotTicks), DateTimeKind.Utc), Interlocked.Read(ref _lastSnapshotKeys));
@@ -294,6 +295,9 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
 
     /// <inheritdoc cref="CacheClassifier.Predict"/>
     public Tensor Predict(Tensor images) => _classifier.Predict(images);
+
+    /// <inheritdoc cref="CacheClassifier.Features"/>
+    public (Tensor Keys, Tensor NetworkProbabilities) Features(Tensor images) => _classifier.Features(images);
 
     /// <summary>
     /// Adds images <c>[n, C, H, W]</c> with labels <c>[n]</c>: their keys are computed here, then logged (group commit) and added to
@@ -417,6 +421,7 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
         }
         finally
         {
+            _final = Statistics;
             _log.Dispose();
             _classifier.Dispose();
             _stopping.Dispose();

@@ -7,6 +7,7 @@ using ScalableCache.Host.Assets;
 using ScalableCache.Host.Cli;
 using ScalableCache.Host.Experiments;
 using ScalableCache.Host.Commands;
+using ScalableCache.Host.Serving;
 
 namespace ScalableCache.Host;
 
@@ -65,6 +66,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<OnlineExperiment>();
         services.AddSingleton<ApproximationExperiment>();
 
+        services.AddOptions<ServeOptions>().Bind(configuration.GetSection(ServeOptions.SectionName)); // checked by `serve` alone
         services.AddSingleton<IScacheCommand, InfoCommand>();
         services.AddSingleton<IScacheCommand, EvaluateCommand>();
         services.AddSingleton<IScacheCommand, BuildCommand>();
@@ -78,6 +80,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<IScacheCommand, ProvidersCommand>();
         services.AddSingleton<IScacheCommand, AttackCommand>();
         services.AddSingleton<IScacheCommand, JacobianCommand>();
+        services.AddSingleton<IScacheCommand, ServeCommand>();
         return services;
     }
 }

@@ -116,11 +116,11 @@ public static class ImageFolder
                     new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Unpremul),
                     new SKSamplingOptions(SKFilterMode.Linear, SKMipmapMode.Linear))
                     ?? throw new DatasetFormatException(path, null, $"could not be resized to {width}×{height}.");
-                CopyPlanar(resized, pixels.AsSpan(i * 3 * width * height, 3 * width * height));
+                ImageCodec.CopyPlanar(resized, pixels.AsSpan(i * 3 * width * height, 3 * width * height));
             }
             else
             {
-                CopyPlanar(bitmap, pixels.AsSpan(i * 3 * width * height, 3 * width * height));
+                ImageCodec.CopyPlanar(bitmap, pixels.AsSpan(i * 3 * width * height, 3 * width * height));
             }
 
             labels[i] = label;
@@ -134,34 +134,6 @@ public static class ImageFolder
     {
         using var codec = SKCodec.Create(path, out var result)
             ?? throw new DatasetFormatException(path, null, $"is not a decodable image ({result}).");
-        var info = new SKImageInfo(codec.Info.Width, codec.Info.Height, SKColorType.Rgba8888, SKAlphaType.Unpremul);
-        var bitmap = new SKBitmap(info);
-        var decoded = codec.GetPixels(info, bitmap.GetPixels());
-        if (decoded != SKCodecResult.Success)
-        {
-            bitmap.Dispose();
-            throw new DatasetFormatException(path, null, $"could not be decoded ({decoded}).");
-        }
-
-        return bitmap;
-    }
-
-    /// <summary>RGBA8888 interleaved → RGB planar (CHW).</summary>
-    private static void CopyPlanar(SKBitmap bitmap, Span<byte> target)
-    {
-        var source = bitmap.GetPixelSpan();
-        var rowBytes = bitmap.RowBytes;
-        var plane = bitmap.Width * bitmap.Height;
-        for (var y = 0; y < bitmap.Height; y++)
-        {
-            var row = source.Slice(y * rowBytes, bitmap.Width * 4);
-            for (var x = 0; x < bitmap.Width; x++)
-            {
-                var p = (y * bitmap.Width) + x;
-                target[p] = row[4 * x];
-                target[plane + p] = row[(4 * x) + 1];
-                target[(2 * plane) + p] = row[(4 * x) + 2];
-            }
-        }
+        return ImageCodec.Decode(codec, out var decoded) ?? throw new DatasetFormatException(path, null, $"could not be decoded ({decoded}).");
     }
 }
