@@ -3,6 +3,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using System.Runtime.CompilerServices;
 using System.Text;
 using System.Text.Json;
 using ScalableCache.Core;
@@ -124,8 +125,10 @@ internal static class ServeBenchmark
         // 3. kill -9 during adds.
         var keysBeforeBurst = restarted.GetProperty("keys").GetInt64();
         var ackedBefore = adds.Acked.Count;
-        var burst = Load(http, test, s.Clients, TimeSpan.FromSeconds(s.KillAfter + 30), 1.0, adds, () => Interlocked.Increment(ref nextImage) - 1);
+        var stop = new StrongBox<bool>();
+        var burst = Load(http, test, s.Clients, TimeSpan.FromSeconds(s.KillAfter + 30), 1.0, adds, () => Interlocked.Increment(ref nextImage) - 1, stop);
         await Task.Delay(TimeSpan.FromSeconds(s.KillAfter)).ConfigureAwait(false);
+        Volatile.Write(ref stop.Value, true); // no new request from here on: the ones in flight meet the kill
         var inFlightAtKill = adds.InFlight.Count;
         Kill(server);
         var interrupted = await burst.ConfigureAwait(false);
@@ -171,7 +174,8 @@ internal static class ServeBenchmark
 
     /// <summary>Runs clients until the deadline (or until the server goes away); each request is one image.</summary>
     private static async Task<LoadResult> Load(
-        HttpClient http, ImageDataset images, int clients, TimeSpan duration, double addFraction, AddLedger adds, Func<int> nextAddImage)
+        HttpClient http, ImageDataset images, int clients, TimeSpan duration, double addFraction, AddLedger adds, Func<int> nextAddImage,
+        StrongBox<bool>? stop = null)
     {
         var result = new LoadResult();
         var stopwatch = Stopwatch.StartNew();
@@ -180,7 +184,7 @@ internal static class ServeBenchmark
         {
             var random = new Random(1000 + c);
             var gone = 0;
-            while (stopwatch.Elapsed < deadline && gone < 3)
+            while (stopwatch.Elapsed < deadline && gone < 3 && !(stop is not null && Volatile.Read(ref stop.Value)))
             {
                 var add = random.NextDouble() < addFraction;
                 var image = add ? nextAddImage() % images.Count : random.Next(images.Count);

@@ -108,6 +108,12 @@ internal sealed class ServeCommand : IScacheCommand
                 durable = session.Progress.Timed($"write the first snapshot {full}", () => DurableCacheClassifier.Create(full, classifier, options.Durability, metadata, logger, token), out _);
             }
 
+            if (durable.Theta is null)
+            {
+                await durable.DisposeAsync().ConfigureAwait(false);
+                throw new UsageException($"'{full}' records no θ and λ (built without --theta/--lambda): rebuild it with `scache build --theta T --lambda L`, or let `scache serve` build it.");
+            }
+
             var recovery = durable.Recovery;
             var version = typeof(ServeCommand).Assembly.GetName().Version?.ToString(3) ?? "0.0.0";
             try
