@@ -172,16 +172,9 @@ internal static class ExtractionBenchmark
 
     private static string? FindShared()
     {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "ScalableCache.sln")))
-            {
-                var shared = Path.Combine(dir.Parent?.FullName ?? dir.FullName, "shared");
-                return Directory.Exists(shared) ? shared : null;
-            }
-        }
-
-        return null;
+        var root = BenchmarkText.RepositoryRoot();
+        var shared = root is null ? null : Path.Combine(Path.GetDirectoryName(root) ?? root, "shared");
+        return shared is not null && Directory.Exists(shared) ? shared : null;
     }
 
     private static void Row(string label, double seconds, int images, List<double> runs) =>

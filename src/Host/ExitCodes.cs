@@ -33,7 +33,10 @@ public static class ExitCodes
     /// <summary>A checkpoint does not fit the model (missing, unexpected or mis-shaped tensors) or cannot be read.</summary>
     public const int InvalidCheckpoint = 6;
 
-    /// <summary>A cache file is truncated, corrupt, of an unsupported version or of another provider.</summary>
+    /// <summary>
+    /// A cache file is truncated, corrupt, of an unsupported version or of another provider, or its memory log (<c>scache serve</c>) is
+    /// damaged other than by a torn tail, belongs to another cache or does not continue it.
+    /// </summary>
     public const int InvalidCacheFile = 7;
 
     /// <summary>The requested device (e.g. CUDA) is not available in this build or on this machine.</summary>

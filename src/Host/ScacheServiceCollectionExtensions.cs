@@ -7,6 +7,7 @@ using ScalableCache.Host.Assets;
 using ScalableCache.Host.Cli;
 using ScalableCache.Host.Experiments;
 using ScalableCache.Host.Commands;
+using ScalableCache.Host.Serving;
 
 namespace ScalableCache.Host;
 
@@ -66,6 +67,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<ApproximationExperiment>();
         services.AddSingleton<AuthorProtocolExperiment>();
 
+        services.AddOptions<ServeOptions>().Bind(configuration.GetSection(ServeOptions.SectionName)); // checked by `serve` alone
         services.AddSingleton<IScacheCommand, InfoCommand>();
         services.AddSingleton<IScacheCommand, EvaluateCommand>();
         services.AddSingleton<IScacheCommand, BuildCommand>();
@@ -80,6 +82,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<IScacheCommand, AttackCommand>();
         services.AddSingleton<IScacheCommand, JacobianCommand>();
         services.AddSingleton<IScacheCommand, OrhanCommand>();
+        services.AddSingleton<IScacheCommand, ServeCommand>();
         return services;
     }
 }

@@ -84,7 +84,7 @@ public static class ImageFolder
         for (var i = 0; i < files.Count; i++)
         {
             var (path, label) = files[i];
-            using var bitmap = ImageDecoding.DecodeRgba(path);
+            using var bitmap = ImageCodec.DecodeRgba(path);
             if (width == 0)
             {
                 width = bitmap.Width;
@@ -116,11 +116,11 @@ public static class ImageFolder
                     new SKImageInfo(width, height, SKColorType.Rgba8888, SKAlphaType.Unpremul),
                     new SKSamplingOptions(SKFilterMode.Linear, SKMipmapMode.Linear))
                     ?? throw new DatasetFormatException(path, null, $"could not be resized to {width}×{height}.");
-                ImageDecoding.CopyPlanar(resized, pixels.AsSpan(i * 3 * width * height, 3 * width * height));
+                ImageCodec.CopyPlanar(resized, pixels.AsSpan(i * 3 * width * height, 3 * width * height));
             }
             else
             {
-                ImageDecoding.CopyPlanar(bitmap, pixels.AsSpan(i * 3 * width * height, 3 * width * height));
+                ImageCodec.CopyPlanar(bitmap, pixels.AsSpan(i * 3 * width * height, 3 * width * height));
             }
 
             labels[i] = label;

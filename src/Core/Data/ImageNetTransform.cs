@@ -54,7 +54,7 @@ public sealed class ImageNetTransform
             throw new ArgumentException($"The destination holds {destination.Length} bytes; an image needs {Output.Size}.", nameof(destination));
         }
 
-        using var bitmap = ImageDecoding.DecodeRgba(path);
+        using var bitmap = ImageCodec.DecodeRgba(path);
         Apply(bitmap.GetPixelSpan(), bitmap.RowBytes, bitmap.Width, bitmap.Height, destination);
     }
 

@@ -58,6 +58,7 @@ internal sealed class CommandRunner(IServiceProvider services, CommandOutput out
         _ when FromConfiguration(ex) => ExitCodes.Configuration,
         FileNotFoundException or DirectoryNotFoundException => ExitCodes.NotFound,
         OutputException => ExitCodes.OutputFailed,
+        Core.Persistence.MemoryLogException => ExitCodes.InvalidCacheFile,
         _ when ex.GetType().Name.Contains("Checkpoint", StringComparison.Ordinal) => ExitCodes.InvalidCheckpoint,
         _ when ex.GetType().Name.Contains("CacheFile", StringComparison.Ordinal) => ExitCodes.InvalidCacheFile,
         _ when ex.GetType().Name.Contains("DatasetFormat", StringComparison.Ordinal) => ExitCodes.InvalidData,

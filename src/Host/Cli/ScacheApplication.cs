@@ -18,11 +18,13 @@ public static class ScacheApplication
     /// <param name="stdout">Result stream (defaults to the console's stdout).</param>
     /// <param name="stderr">Log and progress stream (defaults to the console's stderr).</param>
     /// <param name="configuration">Extra configuration applied after environment variables and before flags (tests).</param>
+    /// <param name="cancellationToken">Stops the command as Ctrl+C does (tests; <c>serve</c> then shuts down cleanly).</param>
     public static async Task<int> RunAsync(
         string[] args,
         TextWriter? stdout = null,
         TextWriter? stderr = null,
-        IReadOnlyDictionary<string, string?>? configuration = null)
+        IReadOnlyDictionary<string, string?>? configuration = null,
+        CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(args);
         stdout ??= Console.Out;
@@ -130,7 +132,7 @@ public static class ScacheApplication
                 return Fail(json, stdout, stderr, string.Join("; ", parse.Errors.Select(e => e.Message)), ExitCodes.Usage);
             }
 
-            using var cancel = new CancellationTokenSource();
+            using var cancel = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
             ConsoleCancelEventHandler onCancel = (_, e) =>
             {
                 e.Cancel = true;

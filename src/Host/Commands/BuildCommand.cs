@@ -62,37 +62,14 @@ internal sealed class BuildCommand : IScacheCommand
 
             var session = services.GetRequiredService<ExperimentSession>();
             var progress = session.Progress;
-            var provider = session.Provider; // an unknown provider fails before any work
+            _ = session.Provider; // an unknown provider fails before any work
             var seconds = new Dictionary<string, double>();
             var total = Stopwatch.StartNew();
 
             using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token, parse.GetValue(data)).ConfigureAwait(false);
             var train = ExperimentSession.Limit(session.LoadTrain(loaded, parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
             var images = parse.GetValue(flip) ? train.WithHorizontalFlips() : train;
-            var fitter = session.Fitter(loaded, o => o.Layers = layerNames);
-
-            using var features = progress.Timed($"{loaded.Spec.Name}: training keys", () => fitter.Extract(images, layerNames, "train", token), out var extract);
-            seconds["extract"] = extract.TotalSeconds;
-            using var classifier = progress.Timed($"{loaded.Spec.Name}: build {provider.Provider} cache", () =>
-            {
-                var memory = fitter.BuildMemory(features, loaded.Model.ClassCount);
-                try
-                {
-                    return new CacheClassifier(loaded.Model, fitter.Recipe(layerNames), memory, fixedTheta, fixedLambda, new CacheClassifierOptions
-                    {
-                        Model = loaded.Id,
-                        Flip = parse.GetValue(flip),
-                        BatchSize = session.BatchSize,
-                        Device = loaded.Device,
-                    });
-                }
-                catch
-                {
-                    memory.Dispose();
-                    throw;
-                }
-            }, out var build);
-            seconds["build"] = build.TotalSeconds;
+            using var classifier = session.BuildClassifier(loaded, images, layerNames, fixedTheta, fixedLambda, parse.GetValue(flip), seconds, token);
 
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
             {

@@ -166,6 +166,45 @@ internal sealed class ExperimentSession(
         return new CacheFitter(model.Model, options);
     }
 
+    /// <summary>
+    /// A classifier over <paramref name="images"/>' keys at <paramref name="layers"/> with the configured provider and the given θ, λ
+    /// (or none, for a cache to tune later), with progress; the seconds of extraction and build go to <paramref name="seconds"/>.
+    /// </summary>
+    public CacheClassifier BuildClassifier(
+        LoadedModel model, ImageDataset images, IReadOnlyList<string> layers, double? theta, double? lambda, bool flip, IDictionary<string, double>? seconds,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        var fitter = Fitter(model, o => o.Layers = layers);
+        using var features = progress.Timed($"{model.Spec.Name}: training keys", () => fitter.Extract(images, layers, "train", cancellationToken), out var extract);
+        var classifier = progress.Timed($"{model.Spec.Name}: build {Provider.Provider} cache", () =>
+        {
+            var memory = fitter.BuildMemory(features, model.Model.ClassCount);
+            try
+            {
+                return new CacheClassifier(model.Model, fitter.Recipe(layers), memory, theta, lambda, new CacheClassifierOptions
+                {
+                    Model = model.Id,
+                    Flip = flip,
+                    BatchSize = BatchSize,
+                    Device = model.Device,
+                });
+            }
+            catch
+            {
+                memory.Dispose();
+                throw;
+            }
+        }, out var build);
+        if (seconds is not null)
+        {
+            seconds["extract"] = extract.TotalSeconds;
+            seconds["build"] = build.TotalSeconds;
+        }
+
+        return classifier;
+    }
+
     /// <summary>A seeded class-balanced subset of at most <paramref name="max"/> images (for quick runs), or the set itself.</summary>
     public static ImageDataset Limit(ImageDataset data, int? max, int seed)
     {
@@ -189,13 +228,23 @@ internal sealed class ExperimentSession(
     public CacheClassifier LoadClassifier(string path, LoadedModel model, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(model);
-        return CacheClassifier.Load(path, model.Model, new CacheLoadOptions
+        return CacheClassifier.Load(path, model.Model, LoadOptions(model), cancellationToken);
+    }
+
+    /// <summary>
+    /// How cache files are loaded over <paramref name="model"/>: every registered provider, the model's checkpoint checked, the
+    /// configured batch size and device.
+    /// </summary>
+    public CacheLoadOptions LoadOptions(LoadedModel model)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        return new CacheLoadOptions
         {
             Providers = providers.Factories,
             Model = model.Id,
             BatchSize = BatchSize,
             Device = model.Device,
-        }, cancellationToken);
+        };
     }
 
     /// <summary>
