@@ -228,7 +228,7 @@ internal sealed class CacheCoordinatorGrain : Grain, ICacheCoordinatorGrain
     {
         if (_broken is not null)
         {
-            throw new InvalidOperationException(_broken.Message, _broken.InnerException);
+            throw new InvalidOperationException(_broken.Message);
         }
     }
 

@@ -302,14 +302,23 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
         _applied = applied;
     }
 
-    private ICacheMemory CreateStore(ShardSpec spec) =>
-        CacheProviderSelector.Find(_factories, spec.Inner).Create(spec.Dimension, spec.ClassCount);
+    private ICacheMemory CreateStore(ShardSpec spec)
+    {
+        try
+        {
+            return CacheProviderSelector.Find(_factories, spec.Inner).Create(spec.Dimension, spec.ClassCount);
+        }
+        catch (UnknownProviderException e)
+        {
+            throw new InvalidOperationException($"Shard {_shard} of cache '{_cacheId}': {e.Message} (on silo {RuntimeIdentity}).");
+        }
+    }
 
     private void ThrowIfBroken()
     {
         if (_broken is not null)
         {
-            throw new InvalidOperationException(_broken.Message, _broken.InnerException);
+            throw new InvalidOperationException(_broken.Message); // the cause (a CacheFileException, say) does not cross grain calls
         }
     }
 

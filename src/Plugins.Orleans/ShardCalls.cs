@@ -25,7 +25,8 @@ internal static class ShardCalls
         {
             var failed = Enumerable.Range(0, count).Where(i => tasks[i].IsFaulted || tasks[i].IsCanceled).ToList();
             var reasons = failed.Select(i => $"shard {i}: {Describe(tasks[i], timeout)}");
-            var first = failed.Select(i => tasks[i].Exception?.InnerException).FirstOrDefault(e => e is not null);
+            // Only exceptions Orleans can carry to a client travel as the cause (the message names every failure anyway).
+            var first = failed.Select(i => tasks[i].Exception?.InnerException).FirstOrDefault(e => e is not null && Portable(e));
             throw new CacheShardException(
                 $"{what} on cache '{cacheId}' failed at {(failed.Count == 1 ? "shard" : "shards")} {string.Join(", ", failed)} of {count} " +
                 $"({string.Join("; ", reasons)}).",
@@ -51,6 +52,22 @@ internal static class ShardCalls
 
     private static async Task<T> One<T>(Func<int, Task<T>> call, int shard, TimeSpan timeout) =>
         await Bounded(call(shard), timeout).ConfigureAwait(false);
+
+    /// <summary>Whether Orleans can serialise <paramref name="e"/> (and its causes): BCL, Orleans and this plugin's exceptions.</summary>
+    public static bool Portable(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+        {
+            var assembly = x.GetType().Assembly;
+            if (assembly != typeof(object).Assembly && assembly != typeof(global::Orleans.Runtime.OrleansException).Assembly
+                && assembly != typeof(CacheShardException).Assembly)
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
 
     private static string Describe(Task task, TimeSpan timeout)
     {
