@@ -27,6 +27,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddExactCache(configuration.GetSection("Cache:Exact"));
         services.AddHnswCache(configuration.GetSection("Cache:Hnsw"));
         services.AddRandomProjectionCache(configuration.GetSection("Cache:RandomProjection"));
+        services.AddOrleansCache(configuration.GetSection("Cache:Orleans")); // a client: connects on first use
 
         services.AddSingleton<CacheProviderSelector>();
         services.AddSingleton<CommandOutput>();
@@ -78,6 +79,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<IScacheCommand, ProvidersCommand>();
         services.AddSingleton<IScacheCommand, AttackCommand>();
         services.AddSingleton<IScacheCommand, JacobianCommand>();
+        services.AddSingleton<IScacheCommand, SiloCommand>();
         return services;
     }
 }
