@@ -12,6 +12,38 @@ internal static class BenchmarkText
         return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 
+    /// <summary>Seconds <paramref name="action"/> takes.</summary>
+    public static double Seconds(Action action)
+    {
+        ArgumentNullException.ThrowIfNull(action);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        action();
+        return watch.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>The <paramref name="q"/>-quantile (0.5 = median) of <paramref name="values"/>, nearest rank.</summary>
+    public static double Quantile(IReadOnlyCollection<double> values, double q)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        var sorted = values.Order().ToArray();
+        return sorted[Math.Clamp((int)Math.Ceiling(q * sorted.Length) - 1, 0, sorted.Length - 1)];
+    }
+
+    /// <summary>The <c>shared/</c> folder beside the repository that holds this build, or null.</summary>
+    public static string? SharedFolder()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "ScalableCache.sln")))
+            {
+                var shared = Path.Combine(dir.Parent?.FullName ?? dir.FullName, "shared");
+                return Directory.Exists(shared) ? shared : null;
+            }
+        }
+
+        return null;
+    }
+
     /// <summary>Bytes as mebibytes, one decimal.</summary>
     public static string Mib(long bytes) => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1048576.0:F1} MiB");
 }

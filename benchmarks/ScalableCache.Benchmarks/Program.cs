@@ -19,6 +19,7 @@ internal static class Program
         (HnswBenchmark.Name, "HNSW store vs the exact store: build time, query throughput, recall, memory", HnswBenchmark.Run),
         (ExtractionBenchmark.Name, "Key extraction: images/s with layer taps vs the same forward pass without taps (ResNet-20)", ExtractionBenchmark.Run),
         (StoresBenchmark.Name, "Every store on the same synthetic keys (default 1,000,000 × 256): build, resident memory, throughput, error, agreement, recall; ratios vs Exact", StoresBenchmark.Run),
+        (OrleansBenchmark.Name, "Orleans store (3 silos in this process, loopback TCP) vs one exact store on ResNet-20 keys: max |ΔL|, predictions, add and query latency per batch, Hnsw shards vs Exact", OrleansBenchmark.Run),
         (RandomProjectionBenchmark.Name, "Random projection: matrix generation and projection throughput per kind (dense vs COO), RP→Exact vs Exact queries", RandomProjectionBenchmark.Run),
     ];
 

@@ -19,6 +19,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
     private readonly IReadOnlyList<ICacheMemoryFactory> _factories;
     private readonly string? _stateDirectory;
     private readonly SortedDictionary<long, (long Attempt, ShardRows Rows)> _staged = [];
+    private readonly Dictionary<long, Arriving> _arriving = [];
     private string _cacheId = "";
     private int _shard;
     private CacheStateFolder? _folder;
@@ -90,28 +91,44 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
         return Task.CompletedTask;
     }
 
-    public async Task Stage(long version, long attempt, ShardRows rows)
+    public async Task Stage(long version, long attempt, int piece, int pieces, ShardRows rows)
     {
         ArgumentNullException.ThrowIfNull(rows);
         var spec = Ready();
-        if (rows.Keys.Shape is not [var n, var d] || d != spec.Dimension || n != rows.Count)
+        if (rows.Keys.Shape is not [var n, var d] || d != spec.Dimension || n != rows.Count || pieces < 1 || (uint)piece >= (uint)pieces)
         {
             throw new ArgumentException(
-                $"Shard {_shard} of cache '{_cacheId}' got keys of shape [{string.Join(", ", rows.Keys.Shape)}] with {rows.Count} labels; expected [n, {spec.Dimension}] and n labels.",
+                $"Shard {_shard} of cache '{_cacheId}' got piece {piece} of {pieces}: keys of shape [{string.Join(", ", rows.Keys.Shape)}] with " +
+                $"{rows.Count} labels; expected [n, {spec.Dimension}], n labels and 0 ≤ piece < pieces.",
                 nameof(rows));
         }
 
-        if (version <= _applied || (_staged.TryGetValue(version, out var staged) && staged.Attempt > attempt))
+        if (version <= _applied || (_staged.TryGetValue(version, out var staged) && staged.Attempt >= attempt)
+            || (_arriving.TryGetValue(version, out var arriving) && arriving.Attempt > attempt))
         {
-            return; // a late copy of a part already applied, or of an attempt already replaced
+            return; // a late copy of a part already applied or staged, or of an attempt already replaced
         }
 
+        if (arriving is null || arriving.Attempt != attempt || arriving.Pieces.Length != pieces)
+        {
+            arriving = new Arriving(attempt, new ShardRows?[pieces]);
+            _arriving[version] = arriving;
+        }
+
+        arriving.Pieces[piece] = rows;
+        if (arriving.Pieces.Any(p => p is null))
+        {
+            return;
+        }
+
+        _arriving.Remove(version);
+        var part = pieces == 1 ? rows : Concatenate(arriving.Pieces!, spec.Dimension);
         if (_folder is not null)
         {
-            await Task.Run(() => _folder.WritePart(_shard, version, attempt, rows)).ConfigureAwait(true);
+            await Task.Run(() => _folder.WritePart(_shard, version, attempt, part)).ConfigureAwait(true);
         }
 
-        _staged[version] = (attempt, rows);
+        _staged[version] = (attempt, part);
     }
 
     public async Task<long> Apply(long version)
@@ -189,6 +206,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
         _store = null;
         _spec = null;
         _staged.Clear();
+        _arriving.Clear();
         _broken = null;
         if (_folder is not null && Directory.Exists(_folder.ShardFolder(_shard)))
         {
@@ -302,6 +320,23 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
         _applied = applied;
     }
 
+    private static ShardRows Concatenate(ShardRows?[] pieces, int dimension)
+    {
+        var rows = pieces.Sum(p => p!.Count);
+        var keys = new byte[4L * rows * dimension];
+        var labels = new int[rows];
+        var (offset, row) = (0, 0);
+        foreach (var p in pieces)
+        {
+            p!.Keys.Data.CopyTo(keys, offset);
+            p.Labels.CopyTo(labels, row);
+            offset += p.Keys.Data.Length;
+            row += p.Count;
+        }
+
+        return new ShardRows(new TensorData { Shape = [rows, dimension], Data = keys }, labels);
+    }
+
     private ICacheMemory CreateStore(ShardSpec spec)
     {
         try
@@ -329,4 +364,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
             $"Shard {_shard} of cache '{_cacheId}' holds no state: its grain was activated without being created, or re-activated after " +
             "its silo died while the cache keeps no persisted state (Cache:Orleans:StateDirectory on the silos makes shards recoverable).");
     }
+
+    /// <summary>The pieces of one attempt's part received so far.</summary>
+    private sealed record Arriving(long Attempt, ShardRows?[] Pieces);
 }

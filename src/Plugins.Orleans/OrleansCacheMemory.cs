@@ -213,21 +213,35 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
         }
 
         CacheInputs.ThrowIfNonFinite(queries, nameof(queries));
-        var payload = TensorData.From(queries);
-        var answers = Run(() => QueryAsync(payload, thetaValues));
+        var rowsPerCall = (int)Math.Min(b, RowsPerMessage);
+        var batches = new List<TensorData>();
+        for (long start = 0; start < b; start += rowsPerCall)
+        {
+            batches.Add(TensorData.From(queries.narrow(0, start, Math.Min(rowsPerCall, b - start))));
+        }
+
+        var answers = Run(() => QueryAsync(batches, thetaValues));
 
         using var scope = NewDisposeScope();
         Tensor? merged = null;
-        foreach (var (answer, shard) in answers.Select((a, i) => (a, i)))
+        for (var shard = 0; shard < ShardCount; shard++)
         {
-            if (answer.LogMass.Shape is not [var t, var rows, var c] || t != thetaValues.Length || rows != b || c != ClassCount)
+            var parts = new List<Tensor>();
+            for (var batch = 0; batch < batches.Count; batch++)
             {
-                throw new CacheShardException(
-                    $"Shard {shard} of cache '{CacheId}' answered a log-mass of shape [{string.Join(", ", answer.LogMass.Shape)}]; expected [{thetaValues.Length}, {b}, {ClassCount}].",
-                    [shard]);
+                var logMass = answers[batch][shard].LogMass;
+                var rows = batches[batch].Shape[0];
+                if (logMass.Shape is not [var t, var r, var c] || t != thetaValues.Length || r != rows || c != ClassCount)
+                {
+                    throw new CacheShardException(
+                        $"Shard {shard} of cache '{CacheId}' answered a log-mass of shape [{string.Join(", ", logMass.Shape)}]; expected [{thetaValues.Length}, {rows}, {ClassCount}].",
+                        [shard]);
+                }
+
+                parts.Add(logMass.ToTensor());
             }
 
-            var part = answer.LogMass.ToTensor().to_type(ScalarType.Float64);
+            var part = (parts.Count == 1 ? parts[0] : cat(parts, 1)).to_type(ScalarType.Float64);
             merged = merged is null ? part : LogMass.Merge(merged, part);
         }
 
@@ -295,8 +309,8 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
 
             try
             {
-                await ShardCalls.All(CacheId, $"Staging add {version}", ShardCount, i => _shards[i].Stage(version, attempt, new ShardRows(
-                    TensorData.Rows(values, Dimension, starts[i], starts[i + 1] - starts[i]), labels[starts[i]..starts[i + 1]])), _options.CallTimeout)
+                await ShardCalls.All(CacheId, $"Staging add {version}", ShardCount, i => StageAsync(i, version, attempt, values, labels, starts[i], starts[i + 1]),
+                    _options.CallTimeout * Enumerable.Range(0, ShardCount).Max(i => PiecesOf(starts[i + 1] - starts[i])))
                     .ConfigureAwait(false);
             }
             catch (CacheShardException e)
@@ -329,6 +343,24 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
         }
     }
 
+    /// <summary>Rows per grain call so that a call's keys stay within <see cref="OrleansCacheOptions.MessageBytes"/>.</summary>
+    private int RowsPerMessage => Math.Max(1, _options.MessageBytes / (4 * Dimension));
+
+    private int PiecesOf(int rows) => Math.Max(1, (rows + RowsPerMessage - 1) / RowsPerMessage);
+
+    /// <summary>Sends rows <c>[start, end)</c> to shard <paramref name="shard"/> in pieces of at most <see cref="RowsPerMessage"/> rows.</summary>
+    private async Task StageAsync(int shard, long version, long attempt, float[] values, int[] labels, int start, int end)
+    {
+        var pieces = PiecesOf(end - start);
+        for (var piece = 0; piece < pieces; piece++)
+        {
+            var from = start + (piece * RowsPerMessage);
+            var to = Math.Min(end, from + RowsPerMessage);
+            var rows = new ShardRows(TensorData.Rows(values, Dimension, from, to - from), labels[from..to]);
+            await _shards[shard].Stage(version, attempt, piece, pieces, rows).ConfigureAwait(false);
+        }
+    }
+
     private async Task<Reservation> ReserveAsync(long rows)
     {
         var lease = _options.CallTimeout * 4;
@@ -350,21 +382,33 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
         }
     }
 
-    private async Task<ShardAnswer[]> QueryAsync(TensorData queries, double[] thetas)
+    /// <summary>
+    /// Every shard's answer for every sub-batch of <paramref name="batches"/>, all at one version: sub-batches go one after
+    /// another (each to every shard at once), and when a shard answers at a higher version than the others the whole batch
+    /// is asked again at that version.
+    /// </summary>
+    private async Task<ShardAnswer[][]> QueryAsync(IReadOnlyList<TensorData> batches, double[] thetas)
     {
         var version = Version;
         for (var round = 0; round < MaxQueryRounds; round++)
         {
-            var answers = await ShardCalls.All(CacheId, "A query", ShardCount, i => _shards[i].Query(queries, thetas, version), _options.CallTimeout)
-                .ConfigureAwait(false);
-            var highest = answers.Max(a => a.Version);
-            if (answers.All(a => a.Version == highest))
+            var answers = new ShardAnswer[batches.Count][];
+            var agreed = true;
+            for (var b = 0; b < batches.Count && agreed; b++)
             {
-                AtLeast(highest);
-                return answers;
+                var batch = batches[b];
+                answers[b] = await ShardCalls.All(CacheId, "A query", ShardCount, i => _shards[i].Query(batch, thetas, version), _options.CallTimeout)
+                    .ConfigureAwait(false);
+                var highest = answers[b].Max(a => a.Version);
+                agreed = answers[b].All(a => a.Version == highest) && (b == 0 || highest == version);
+                version = highest;
             }
 
-            version = highest;
+            if (agreed)
+            {
+                AtLeast(version);
+                return answers;
+            }
         }
 
         throw new InvalidOperationException(

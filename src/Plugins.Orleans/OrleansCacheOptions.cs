@@ -60,6 +60,13 @@ public sealed class OrleansCacheOptions
     public double CallTimeoutSeconds { get; set; } = 10;
 
     /// <summary>
+    /// Largest payload of one grain call, in bytes (default 16 MiB; Orleans refuses messages over 100 MiB): a shard's part
+    /// of a larger add travels in several calls (staged once complete), a larger query batch in several sub-batches (all
+    /// answered at one version). Range 64 KiB … 64 MiB.
+    /// </summary>
+    public int MessageBytes { get; set; } = 16 << 20;
+
+    /// <summary>
     /// Silos only: folder (shared by every silo that may host a shard, e.g. a network file system across machines) where
     /// each cache keeps its manifest, every shard's part of each add (written before the add commits) and the shards'
     /// checkpoint cache files. A shard grain that re-activates, on any silo, restores itself from there.
@@ -124,6 +131,11 @@ public sealed class OrleansCacheOptions
         if (!(CallTimeoutSeconds > 0) || !double.IsFinite(CallTimeoutSeconds) || CallTimeoutSeconds > 86_400)
         {
             errors.Add($"Cache:Orleans:CallTimeoutSeconds must be positive seconds, at most a day (got {CallTimeoutSeconds}).");
+        }
+
+        if (MessageBytes is < (64 << 10) or > (64 << 20))
+        {
+            errors.Add($"Cache:Orleans:MessageBytes must be between {64 << 10} and {64 << 20} bytes (got {MessageBytes}).");
         }
 
         if (StateDirectory is not null && string.IsNullOrWhiteSpace(StateDirectory))

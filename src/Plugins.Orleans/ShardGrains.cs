@@ -12,8 +12,12 @@ internal interface ICacheShardGrain : IGrainWithStringKey
     /// <summary>Makes the shard an empty store of <paramref name="spec"/> (idempotent for the same spec).</summary>
     Task Initialize(ShardSpec spec);
 
-    /// <summary>Stages this shard's part of add <paramref name="version"/> (durably, when the cache persists); a lower attempt never replaces a higher one.</summary>
-    Task Stage(long version, long attempt, ShardRows rows);
+    /// <summary>
+    /// Receives piece <paramref name="piece"/> of <paramref name="pieces"/> of this shard's part of add <paramref name="version"/>
+    /// (a part larger than one message travels in several); once every piece of an attempt has come the part is staged
+    /// (durably, when the cache persists). A lower attempt never replaces a higher one.
+    /// </summary>
+    Task Stage(long version, long attempt, int piece, int pieces, ShardRows rows);
 
     /// <summary>Applies every staged version up to the committed <paramref name="version"/>; returns the version applied.</summary>
     Task<long> Apply(long version);

@@ -92,6 +92,28 @@ public sealed class OrleansCacheMemoryTests(SharedOrleansCluster shared)
     }
 
     [Fact]
+    public void AddsAndQueriesLargerThanOneMessageTravelInPiecesAndGiveTheSameAnswer()
+    {
+        // 64 KiB messages hold 32 keys of dimension 512: each shard's part of the add comes in 3 pieces, the queries in 4 batches.
+        const int dim = 512;
+        var data = TestData.Clustered(dim, 5, keysPerClass: 40, queriesPerClass: 20, seed: 42, noise: 0.5);
+        using var keys = data.KeyTensor();
+        using var labels = data.KeyLabelTensor();
+        using var queries = data.QueryTensor();
+        using var single = new ExactCacheMemory(dim, 5);
+        single.Add(keys, labels);
+        var factory = new OrleansCacheMemoryFactory(new OrleansCacheOptions { MessageBytes = 64 << 10 }, Cluster.Client);
+        using var sharded = factory.CreateSharded(dim, 5);
+        sharded.Add(keys, labels);
+        Assert.Equal([67L, 67, 66], sharded.ShardCounts);
+        Assert.Equal([67L, 67, 66], sharded.ShardStatuses().Select(s => s.Count));
+        double[] thetas = [10, 40];
+        using var expected = single.ClassLogMass(queries, thetas);
+        using var actual = sharded.ClassLogMass(queries, thetas);
+        BruteForce.AssertClose(actual, BruteForce.ToArrays(expected), thetas, 3e-7);
+    }
+
+    [Fact]
     public void AnotherClientOpeningTheCacheSeesCommittedAddsAndDisposingItKeepsTheCache()
     {
         var data = TestData.Clustered(Dim, 4, keysPerClass: 10, queriesPerClass: 2, seed: 41);
