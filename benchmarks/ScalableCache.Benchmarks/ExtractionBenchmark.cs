@@ -51,7 +51,7 @@ internal static class ExtractionBenchmark
             return Program.UsageError;
         }
 
-        var shared = FindShared();
+        var shared = BenchmarkText.SharedFolder();
         var weights = settings.Weights ?? Path.Combine(shared ?? ".", "models", "cifar10", "resnet20.safetensors");
         var dataPath = settings.Data ?? Environment.GetEnvironmentVariable(DatasetLocator.EnvironmentVariable)
             ?? Path.Combine(shared ?? ".", "data", "cifar10");
@@ -168,20 +168,6 @@ internal static class ExtractionBenchmark
             probabilities.narrow(0, start, n).copy_(nn.functional.softmax(output, 1));
             scope.DisposeEverythingBut(logits, probabilities);
         }
-    }
-
-    private static string? FindShared()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "ScalableCache.sln")))
-            {
-                var shared = Path.Combine(dir.Parent?.FullName ?? dir.FullName, "shared");
-                return Directory.Exists(shared) ? shared : null;
-            }
-        }
-
-        return null;
     }
 
     private static void Row(string label, double seconds, int images, List<double> runs) =>
