@@ -12,6 +12,23 @@ internal static class BenchmarkText
         return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
     }
 
+    /// <summary>Seconds <paramref name="action"/> takes.</summary>
+    public static double Seconds(Action action)
+    {
+        ArgumentNullException.ThrowIfNull(action);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        action();
+        return watch.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>The <paramref name="q"/>-quantile (0.5 = median) of <paramref name="values"/>, nearest rank.</summary>
+    public static double Quantile(IReadOnlyCollection<double> values, double q)
+    {
+        ArgumentNullException.ThrowIfNull(values);
+        var sorted = values.Order().ToArray();
+        return sorted[Math.Clamp((int)Math.Ceiling(q * sorted.Length) - 1, 0, sorted.Length - 1)];
+    }
+
     /// <summary>The repository root (the folder with ScalableCache.sln above the binaries), or null when not run from a checkout.</summary>
     public static string? RepositoryRoot()
     {
@@ -24,6 +41,14 @@ internal static class BenchmarkText
         }
 
         return null;
+    }
+
+    /// <summary>The <c>shared/</c> folder beside the repository that holds this build, or null.</summary>
+    public static string? SharedFolder()
+    {
+        var root = RepositoryRoot();
+        var shared = root is null ? null : Path.Combine(Path.GetDirectoryName(root) ?? root, "shared");
+        return shared is not null && Directory.Exists(shared) ? shared : null;
     }
 
     /// <summary>Bytes as mebibytes, one decimal.</summary>

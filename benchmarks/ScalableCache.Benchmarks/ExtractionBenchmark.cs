@@ -51,7 +51,7 @@ internal static class ExtractionBenchmark
             return Program.UsageError;
         }
 
-        var shared = FindShared();
+        var shared = BenchmarkText.SharedFolder();
         var weights = settings.Weights ?? Path.Combine(shared ?? ".", "models", "cifar10", "resnet20.safetensors");
         var dataPath = settings.Data ?? Environment.GetEnvironmentVariable(DatasetLocator.EnvironmentVariable)
             ?? Path.Combine(shared ?? ".", "data", "cifar10");
@@ -168,13 +168,6 @@ internal static class ExtractionBenchmark
             probabilities.narrow(0, start, n).copy_(nn.functional.softmax(output, 1));
             scope.DisposeEverythingBut(logits, probabilities);
         }
-    }
-
-    private static string? FindShared()
-    {
-        var root = BenchmarkText.RepositoryRoot();
-        var shared = root is null ? null : Path.Combine(Path.GetDirectoryName(root) ?? root, "shared");
-        return shared is not null && Directory.Exists(shared) ? shared : null;
     }
 
     private static void Row(string label, double seconds, int images, List<double> runs) =>

@@ -20,6 +20,7 @@ internal static class Program
         (ExtractionBenchmark.Name, "Key extraction: images/s with layer taps vs the same forward pass without taps (ResNet-20)", ExtractionBenchmark.Run),
         (StoresBenchmark.Name, "Every store on the same synthetic keys (default 1,000,000 × 256): build, resident memory, throughput, error, agreement, recall; ratios vs Exact", StoresBenchmark.Run),
         (ServeBenchmark.Name, "scache serve on localhost: K clients for S seconds (90 % predict, 10 % add), then kill -9 while idle and during adds, restart, audit", ServeBenchmark.Run),
+        (OrleansBenchmark.Name, "Orleans store (3 silos in this process, loopback TCP) vs one exact store on ResNet-20 keys: max |ΔL|, predictions, add and query latency per batch, Hnsw shards vs Exact", OrleansBenchmark.Run),
         (RandomProjectionBenchmark.Name, "Random projection: matrix generation and projection throughput per kind (dense vs COO), RP→Exact vs Exact queries", RandomProjectionBenchmark.Run),
     ];
 

@@ -28,6 +28,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddExactCache(configuration.GetSection("Cache:Exact"));
         services.AddHnswCache(configuration.GetSection("Cache:Hnsw"));
         services.AddRandomProjectionCache(configuration.GetSection("Cache:RandomProjection"));
+        services.AddOrleansCache(configuration.GetSection("Cache:Orleans")); // a client: connects on first use
 
         services.AddSingleton<CacheProviderSelector>();
         services.AddSingleton<CommandOutput>();
@@ -83,6 +84,7 @@ internal static class ScacheServiceCollectionExtensions
         services.AddSingleton<IScacheCommand, JacobianCommand>();
         services.AddSingleton<IScacheCommand, OrhanCommand>();
         services.AddSingleton<IScacheCommand, ServeCommand>();
+        services.AddSingleton<IScacheCommand, SiloCommand>();
         return services;
     }
 }

@@ -68,6 +68,12 @@ public abstract partial class CacheMemoryConformanceTests
     /// <summary>The factories that restore files saved from this store's memories (nested providers included).</summary>
     protected abstract IReadOnlyList<ICacheMemoryFactory> RestoreFactories { get; }
 
+    /// <summary>
+    /// Whether the store saves to one cache file (<see cref="Core.Persistence.IPersistentCacheMemory"/>); a store that persists
+    /// otherwise (a sharded cluster's manifest) turns this off, and then saving must fail with <see cref="NotSupportedException"/>.
+    /// </summary>
+    protected virtual bool SavesToCacheFiles => true;
+
     /// <summary>Store-specific counters printed after a concurrent run (empty by default).</summary>
     protected virtual string Diagnostics(ICacheMemory memory) => string.Empty;
 
@@ -82,6 +88,13 @@ public abstract partial class CacheMemoryConformanceTests
     public async Task FilesSavedDuringAddsReloadToAWholePrefixOfTheAdds()
     {
         using var folder = new PersistenceTempFolder();
+        if (!SavesToCacheFiles)
+        {
+            using var memory = CreateMemory(4, 2);
+            Assert.Throws<NotSupportedException>(() => PersistenceTestSupport.Save(folder.File("unsupported.scache"), PersistenceTestSupport.Header(), memory));
+            return;
+        }
+
         await RunUntilOverlapAsync(adds: 8, rowsPerAdd: 16, observers: 2, (memory, sequence) => _ =>
         {
             var path = folder.File($"during-adds-{Environment.CurrentManagedThreadId}.scache");

@@ -16,7 +16,7 @@ public sealed class CliTests
         Assert.Equal(ExitCodes.Success, code);
         var json = SingleJsonObject(stdout);
         var registered = json.GetProperty("registered").EnumerateArray().Select(e => e.GetString()).ToList();
-        Assert.Equal(["Exact", "Hnsw", "RandomProjection"], registered.Order());
+        Assert.Equal(["Exact", "Hnsw", "Orleans", "RandomProjection"], registered.Order());
         Assert.Equal("Exact", json.GetProperty("selected").GetString());
 
         // Configuration picks the provider; a flag overrides configuration.

@@ -13,7 +13,7 @@ internal sealed class GlobalOptions
 
     public Option<string?> Provider { get; } = new("--provider")
     {
-        Description = "Cache provider (configuration key Cache:Provider): Exact, RandomProjection or Hnsw.",
+        Description = "Cache provider (configuration key Cache:Provider): Exact, RandomProjection, Hnsw or Orleans (a running cluster).",
         Recursive = true,
     };
 

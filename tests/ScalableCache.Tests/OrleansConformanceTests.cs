@@ -1,0 +1,38 @@
+using ScalableCache.Core;
+using Xunit;
+
+namespace ScalableCache.Tests;
+
+/// <summary>The Orleans store over exact inner stores, 3 shards on a 3-silo in-process cluster: exact, so every value check applies.</summary>
+[Collection(OrleansClusterCollection.Name)]
+public sealed class OrleansConformanceTests(SharedOrleansCluster cluster) : CacheMemoryConformanceTests
+{
+    private readonly Lazy<ICacheMemoryFactory> _factory = new(() => cluster.Cluster.Factory());
+
+    protected override string ExpectedProvider => "Orleans";
+
+    // The cluster persists shard files next to a manifest (OrleansPersistenceTests), not one cache file.
+    protected override bool SavesToCacheFiles => false;
+
+    protected override IReadOnlyList<ICacheMemoryFactory> RestoreFactories => [];
+
+    protected override ICacheMemory CreateMemory(int dimension, int classCount) => _factory.Value.Create(dimension, classCount);
+}
+
+/// <summary>The Orleans store over HNSW inner stores (the union of per-shard top-k): approximate, so log-mass values are not compared.</summary>
+[Collection(OrleansClusterCollection.Name)]
+public sealed class OrleansHnswConformanceTests(SharedOrleansCluster cluster) : CacheMemoryConformanceTests
+{
+    private readonly Lazy<ICacheMemoryFactory> _factory = new(() => cluster.Cluster.Factory("Hnsw"));
+
+    protected override string ExpectedProvider => "Orleans";
+
+    // The cluster persists shard files next to a manifest (OrleansPersistenceTests), not one cache file.
+    protected override bool SavesToCacheFiles => false;
+
+    protected override IReadOnlyList<ICacheMemoryFactory> RestoreFactories => [];
+
+    protected override bool ExactScores => false;
+
+    protected override ICacheMemory CreateMemory(int dimension, int classCount) => _factory.Value.Create(dimension, classCount);
+}
