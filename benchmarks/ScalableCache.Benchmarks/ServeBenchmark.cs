@@ -100,7 +100,10 @@ internal static class ServeBenchmark
         // 1. Load.
         var load = await Load(http, test, s.Clients, TimeSpan.FromSeconds(s.Seconds), s.AddFraction, adds, () => Interlocked.Increment(ref nextImage) - 1).ConfigureAwait(false);
         report["load"] = load.Summary();
-        report["keysAfterLoad"] = (await Info(http).ConfigureAwait(false)).GetProperty("keys").GetInt64();
+        var afterLoad = await Info(http).ConfigureAwait(false);
+        report["keysAfterLoad"] = afterLoad.GetProperty("keys").GetInt64();
+        report["logAfterLoad"] = JsonSerializer.Deserialize<object>(afterLoad.GetProperty("log").GetRawText()); // adds vs group commits
+        report["snapshotAfterLoad"] = JsonSerializer.Deserialize<object>(afterLoad.GetProperty("snapshot").GetRawText());
         Console.Error.WriteLine(JsonSerializer.Serialize(report["load"]));
 
         // 2. kill -9 while idle: the same answers after the restart.
@@ -128,6 +131,7 @@ internal static class ServeBenchmark
         var stop = new StrongBox<bool>();
         var burst = Load(http, test, s.Clients, TimeSpan.FromSeconds(s.KillAfter + 30), 1.0, adds, () => Interlocked.Increment(ref nextImage) - 1, stop);
         await Task.Delay(TimeSpan.FromSeconds(s.KillAfter)).ConfigureAwait(false);
+        var logBeforeKill = (await Info(http).ConfigureAwait(false)).GetProperty("log").GetRawText();
         Volatile.Write(ref stop.Value, true); // no new request from here on: the ones in flight meet the kill
         var inFlightAtKill = adds.InFlight.Count;
         Kill(server);
@@ -141,6 +145,7 @@ internal static class ServeBenchmark
         report["addCrash"] = new Dictionary<string, object?>
         {
             ["keysBeforeBurst"] = keysBeforeBurst,
+            ["logJustBeforeKill"] = JsonSerializer.Deserialize<object>(logBeforeKill),
             ["ackedInBurst"] = ackedInBurst,
             ["inFlightAtKill"] = inFlightAtKill,
             ["unanswered"] = inFlight.Length,

@@ -243,7 +243,8 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
 
     /// <summary>
     /// Opens the snapshot at <paramref name="path"/> for <paramref name="backbone"/> (checked as <see cref="CacheClassifier.Load"/>
-    /// checks it) and replays its log: records the snapshot holds are skipped, the rest added; a torn tail is dropped with a warning.
+    /// checks it) and replays its log: records the snapshot holds are skipped, the rest added; a torn tail is dropped with a warning,
+    /// and so are the temporary files of snapshots a crash interrupted.
     /// </summary>
     /// <exception cref="CacheFileException">The snapshot is unreadable or does not fit the backbone.</exception>
     /// <exception cref="MemoryLogException">The log is damaged (other than a torn tail), belongs to another snapshot, or does not
@@ -259,6 +260,7 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
         logger ??= NullLogger.Instance;
         var full = System.IO.Path.GetFullPath(path);
         var header = CacheFile.ReadHeader(full);
+        DeleteInterruptedSnapshots(full, logger);
         var classifier = CacheClassifier.Load(full, backbone, load, cancellationToken);
         try
         {
@@ -438,6 +440,27 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
         options ??= new DurableCacheOptions();
         var problems = options.Validate();
         return problems.Count == 0 ? options : throw new ArgumentException("Invalid durable cache options: " + string.Join(" ", problems), nameof(options));
+    }
+
+    /// <summary>
+    /// Deletes the temporary files of snapshots a crash interrupted (<c>.NAME.RANDOM.tmp</c> beside the cache file, as
+    /// <see cref="CacheFile.Save"/> names them): the cache file and its log hold everything, and one process serves a cache at a time.
+    /// </summary>
+    private static void DeleteInterruptedSnapshots(string path, ILogger logger)
+    {
+        var folder = System.IO.Path.GetDirectoryName(path)!;
+        foreach (var temp in Directory.EnumerateFiles(folder, $".{System.IO.Path.GetFileName(path)}.*.tmp"))
+        {
+            try
+            {
+                File.Delete(temp);
+                logger.LogWarning("Deleted {File}, the temporary file of a snapshot that was interrupted", temp);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                logger.LogWarning(e, "Could not delete {File}, the temporary file of an interrupted snapshot", temp);
+            }
+        }
     }
 
     private static MemoryLogOptions LogOptions(DurableCacheOptions options) => new() { FlushToDisk = options.FlushToDisk };

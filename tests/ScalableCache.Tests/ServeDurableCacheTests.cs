@@ -99,7 +99,10 @@ public sealed class ServeDurableCacheTests : IDisposable
         }
 
         Assert.Equal(BaseKeys + 7, CacheFileHeaderCount());
+        var interrupted = _folder.File(".served.scache.0123456789ab.tmp"); // a snapshot the crash cut short
+        File.WriteAllBytes(interrupted, new byte[100]);
         await using var reopened = Open(CrashLike);
+        Assert.False(File.Exists(interrupted));
         Assert.Equal(BaseKeys + 7, reopened.Recovery.SnapshotKeys);
         Assert.Equal(7, reopened.Recovery.SkippedKeys);
         Assert.Equal(2, reopened.Recovery.ReplayedKeys);
