@@ -213,6 +213,7 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
         }
 
         CacheInputs.ThrowIfNonFinite(queries, nameof(queries));
+        using var scope = NewDisposeScope(); // the row views below, the parts and the merge
         var rowsPerCall = (int)Math.Min(b, RowsPerMessage);
         var batches = new List<TensorData>();
         for (long start = 0; start < b; start += rowsPerCall)
@@ -222,7 +223,6 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
 
         var answers = Run(() => QueryAsync(batches, thetaValues));
 
-        using var scope = NewDisposeScope();
         Tensor? merged = null;
         for (var shard = 0; shard < ShardCount; shard++)
         {
