@@ -34,6 +34,13 @@ internal static class Table1Report
         sb.AppendLine();
         foreach (var r in rows)
         {
+            if (r.ThetaWidenings > 0)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture,
+                    $"**θ grid widened ({r.Model}):** {r.ThetaWidenings} θ value(s) added beyond the configured grid while a chosen θ lay on its edge; " +
+                    $"searched [{string.Join(", ", r.Thetas)}].").AppendLine();
+            }
+
             if (r.ThetaAtGridEdge || r.CacheOnlyThetaAtGridEdge)
             {
                 sb.AppendLine(CultureInfo.InvariantCulture,
