@@ -76,8 +76,8 @@ internal sealed class Table1Experiment(ExperimentSession session)
         var (train, test, split) = session.LoadData(model, request.Data, request.Seed, request.MaxTrain, request.MaxTest);
         var fitter = session.Fitter(model, o =>
         {
-            o.Layers = request.Layers;
-            o.Candidates = request.Candidates;
+            o.Layers = request.Layers?.Select(model.Model.ResolveLayer).ToList(); // a Keras model also takes model.layers indices
+            o.Candidates = request.Candidates?.Select(model.Model.ResolveLayer).ToList();
             o.MaxLayers = request.MaxLayers;
             o.Grid = request.Grid;
             o.Theta = request.Theta;
