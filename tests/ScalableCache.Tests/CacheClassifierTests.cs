@@ -81,6 +81,41 @@ public sealed class CacheClassifierTests : IDisposable
     }
 
     [Fact]
+    public void APerPixelConcatenatedRecipeIsSavedAndLoadedWithItsStatistics()
+    {
+        using var net = TinyTapNet.Create(3, ScalarType.Float32);
+        var shape = new InputShape(2, 4, 4);
+        var mean = Enumerable.Range(0, shape.Size).Select(i => 0.3f + (0.01f * i)).ToArray();
+        var std = Enumerable.Range(0, shape.Size).Select(i => 0.2f + (0.005f * i)).ToArray();
+        var recipe = new KeyRecipe(["conv", "act"], InputNormalization.PerPixel(mean, std, shape), shape, KeyNormalization.Concatenated);
+        var factory = new ExactCacheMemoryFactory(new ExactCacheOptions());
+        var (classes, dimension) = recipe.Probe(net);
+        using var scope = NewDisposeScope();
+        var images = rand(6, 2, 4, 4);
+        var path = _folder.File("per-pixel.scache");
+        Tensor before;
+        using (var classifier = new CacheClassifier(net, recipe, factory.Create(dimension, classes), 20, 0.5))
+        {
+            classifier.Add(images, tensor(new long[] { 0, 1, 2, 0, 1, 2 }));
+            before = classifier.Probabilities(images);
+            classifier.Save(path, cancellationToken: Ct);
+        }
+
+        using var loaded = CacheClassifier.Load(path, net, new CacheLoadOptions { Providers = [factory] }, Ct);
+        Assert.Equal(recipe, loaded.Recipe);
+        Assert.True(loaded.Recipe.Input.IsPerPixel);
+        Assert.Equal(mean, loaded.Recipe.Input.Mean);
+        Assert.Contains("per pixel over 2×4×4 images", CacheFile.ReadHeader(path).Normalization, StringComparison.Ordinal);
+        Assert.True(loaded.Probabilities(images).eq(before).all().item<bool>(), "identical probabilities after save and load");
+
+        // Per-pixel statistics are x/255 per position: the normalised image is (x − mean[c, h, w]) / std[c, h, w].
+        var x = full(1, 2, 4, 4, 0.5f);
+        var normalised = recipe.Input.Normalize(x);
+        Assert.Equal((0.5f - mean[5]) / std[5], normalised[0, 0, 1, 1].item<float>(), 1e-5f);
+        Assert.Throws<ArgumentException>(() => recipe.Input.Normalize(rand(1, 2, 5, 5)));
+    }
+
+    [Fact]
     public void LoadChecksCheckpointClassCountAndKeyWidthBeforeAnyQuery()
     {
         using var net = TinyTapNet.Create(3, ScalarType.Float32);

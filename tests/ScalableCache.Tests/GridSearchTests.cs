@@ -25,7 +25,7 @@ public sealed class GridSearchTests
             net[2 * i + 1 - labels[i]] = 1 - pTrue;
         }
 
-        var memory = new DesignedMemory(labels, theta => theta == goodTheta ? 1.0 : 0.45);
+        var memory = new DesignedMemory(labels, (theta, _) => theta == goodTheta ? 1.0 : 0.45);
         var queries = tensor(Enumerable.Range(0, n).Select(i => (float)i).ToArray(), [n, 1]);
         return (memory, queries, tensor(net, [n, 2]), tensor(labels));
     }
@@ -85,7 +85,7 @@ public sealed class GridSearchTests
     {
         // The memory is right and certain at every θ, and so is the network: every cell has no errors.
         var labels = new long[] { 0, 1, 1, 0 };
-        var memory = new DesignedMemory(labels, _ => 1.0);
+        var memory = new DesignedMemory(labels, (_, _) => 1.0);
         using var queries = tensor(new float[] { 0, 1, 2, 3 }, [4, 1]);
         using var net = tensor(new float[] { 0.9f, 0.1f, 0.2f, 0.8f, 0.3f, 0.7f, 0.6f, 0.4f }, [4, 2]);
         using var y = tensor(labels);
@@ -175,7 +175,41 @@ public sealed class GridSearchTests
     /// A stand-in memory of dimension 1 whose query value is a sample index: it gives the sample's label probability
     /// <c>pTrue(θ)</c> (the rest to the other of two classes), and counts its calls.
     /// </summary>
-    private sealed class DesignedMemory(long[] labels, Func<double, double> pTrue) : ICacheMemory
+    /// <summary>
+    /// Adaptive θ widening: the memory gets query i right once θ ≥ 10·(i mod 12), so the cache-only error keeps falling up to
+    /// θ = 110, past the grid's 90. Widening adds 100 and 110, then 120 (no better, so the choice leaves the edge) and stops;
+    /// without widening the choice sits on the edge at 90.
+    /// </summary>
+    [Fact]
+    public void AdaptiveWideningExtendsTheThetaGridWhileTheOptimumIsOnItsEdge()
+    {
+        const int n = 120;
+        var labels = Enumerable.Range(0, n).Select(i => (long)(i % 2)).ToArray();
+        using var memory = new DesignedMemory(labels, (theta, row) => theta >= 10 * (row % 12) ? 0.9 : 0.1);
+        using var scope = NewDisposeScope();
+        var net = tensor(Enumerable.Range(0, n).SelectMany(i => i % 2 == 0 ? new[] { 0.4f, 0.6f } : [0.6f, 0.4f]).ToArray(), [n, 2]);
+        using var table = new ScalableCache.Core.Evaluation.FeatureTable(
+            tensor(Enumerable.Range(0, n).Select(i => (float)i).ToArray(), [n, 1]), net, tensor(labels), ["designed"]);
+        var fixedGrid = ScalableCache.Core.Evaluation.CacheEvaluation.Tune(memory, table, new GridSearchOptions(), batchSize: 64);
+        Assert.Equal(90, fixedGrid.CacheOnlyTheta);
+        Assert.True(fixedGrid.CacheOnlyThetaAtGridEdge);
+        Assert.Equal(0, fixedGrid.ThetaWidenings);
+
+        var widened = ScalableCache.Core.Evaluation.CacheEvaluation.Tune(memory, table, new GridSearchOptions { MaxThetaWidenings = 5 }, batchSize: 64);
+        Assert.Equal(110, widened.CacheOnlyTheta);
+        Assert.Equal(0, widened.ValidationCacheOnlyError);
+        Assert.InRange(fixedGrid.ValidationCacheOnlyError, 0.166, 0.167); // 20 of 120 queries need θ = 100 or 110
+        Assert.Equal(3, widened.ThetaWidenings);
+        Assert.Equal([10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120], widened.Grid.Thetas);
+        Assert.False(widened.CacheOnlyThetaAtGridEdge);
+
+        var bounded = ScalableCache.Core.Evaluation.CacheEvaluation.Tune(memory, table, new GridSearchOptions { MaxThetaWidenings = 1 }, batchSize: 64);
+        Assert.Equal(1, bounded.ThetaWidenings);
+        Assert.Equal(100, bounded.CacheOnlyTheta);
+        Assert.True(bounded.CacheOnlyThetaAtGridEdge);
+    }
+
+    private sealed class DesignedMemory(long[] labels, Func<double, int, double> pTrue) : ICacheMemory
     {
         public List<int> ThetaCounts { get; } = [];
 
@@ -198,9 +232,9 @@ public sealed class GridSearchTests
             var values = new float[thetas.Length * rows.Length * 2];
             for (var t = 0; t < thetas.Length; t++)
             {
-                var p = pTrue(thetas[t]);
                 for (var i = 0; i < rows.Length; i++)
                 {
+                    var p = pTrue(thetas[t], (int)rows[i]);
                     var label = labels[(int)rows[i]];
                     values[(t * rows.Length + i) * 2 + label] = (float)Math.Log(p);
                     values[(t * rows.Length + i) * 2 + 1 - label] = (float)Math.Log(1 - p);

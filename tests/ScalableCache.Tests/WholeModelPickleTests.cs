@@ -1,6 +1,7 @@
 using System.Text.Json;
 using ScalableCache.Core.Checkpoints;
 using ScalableCache.Core.Models;
+using ScalableCache.Host;
 using TorchSharp;
 using Xunit;
 using static TorchSharp.torch;
@@ -59,6 +60,16 @@ public sealed class WholeModelPickleTests
         using var model = new DenseNetBc(10, 2, bottleneck: true, compression: 0.5, classCount: 10);
         var error = Assert.Throws<CheckpointMismatchException>(() => CheckpointLoader.Load(model, Fixture("tiny-densenet-nobias.pth")));
         Assert.Equal(["fc.bias"], error.Missing.Select(m => m.Name));
+    }
+
+    [Theory]
+    [InlineData("tiny-densenet-conv1d.pth", "module 'trans1.conv1' is a torch.nn.modules.conv.Conv1d in the file but a Conv2d in the model")]
+    [InlineData("tiny-densenet-nobias.pth", "missing:    fc.bias [10]")]
+    public async Task TheCliRejectsAPickleThatDoesNotFitWithExit6NamingTheProblem(string file, string problem)
+    {
+        var (code, stdout, _) = await CliTestSupport.Run(null, "baseline", "--json", "--model", "densenet-bc:10-2", "--weights", Fixture(file), "--data", SharedData.Cifar10);
+        Assert.Equal(ExitCodes.InvalidCheckpoint, code);
+        Assert.Contains(problem, CliTestSupport.SingleJsonObject(stdout).GetProperty("error").GetString(), StringComparison.Ordinal);
     }
 
     [Fact]

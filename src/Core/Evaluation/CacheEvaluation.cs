@@ -53,6 +53,7 @@ public sealed record CacheEvaluationResult(double BaselineError, double CacheErr
 /// <param name="CacheOnlyThetaAtGridEdge">Likewise for the cache-only θ.</param>
 /// <param name="Searched">Whether θ and λ were searched (false when given).</param>
 /// <param name="Grid">The validation error grid: θ rows × λ columns (λ = 1 is the last column).</param>
+/// <param name="ThetaWidenings">How many θ values adaptive widening added beyond the configured grid (<see cref="GridSearchOptions.MaxThetaWidenings"/>).</param>
 public sealed record CacheTuning(
     double Theta,
     double Lambda,
@@ -63,11 +64,15 @@ public sealed record CacheTuning(
     bool ThetaAtGridEdge,
     bool CacheOnlyThetaAtGridEdge,
     bool Searched,
-    GridSearchResult Grid)
+    GridSearchResult Grid,
+    int ThetaWidenings = 0)
 {
     /// <summary>Warnings for people (a θ at the edge of the grid), empty when there are none.</summary>
     public IReadOnlyList<string> Warnings =>
     [
+        .. ThetaWidenings > 0
+            ? [$"The θ grid was widened {ThetaWidenings} time(s), to [{string.Join(", ", Grid.Thetas.Select(t => t.ToString("G6", CultureInfo.InvariantCulture)))}]."]
+            : Array.Empty<string>(),
         .. ThetaAtGridEdge ? [$"The cache model's θ = {Theta.ToString(CultureInfo.InvariantCulture)} lies at the edge of the θ grid; widen the grid."] : Array.Empty<string>(),
         .. CacheOnlyThetaAtGridEdge ? [$"The cache-only model's θ = {CacheOnlyTheta.ToString(CultureInfo.InvariantCulture)} lies at the edge of the θ grid; widen the grid."] : Array.Empty<string>(),
     ];
@@ -104,41 +109,42 @@ public static class CacheEvaluation
             throw new ArgumentException("Give both θ and λ, or neither (to search both).");
         }
 
-        // One pass over the validation keys: the configured grid plus the λ = 1 column.
-        var searchGrid = new GridSearchOptions { Thetas = grid.Thetas, Lambdas = grid.Lambdas, IncludeCacheOnly = true };
-        var searched = CacheGridSearch.Search(memory, validation.Keys, validation.Probabilities, validation.Labels, searchGrid, batchSize);
-        var lambdas = searched.Lambdas;
-        var cacheOnlyColumn = IndexOfOne(lambdas);
+        // One pass over the validation keys: the grid plus the λ = 1 column; again with one more θ while a chosen θ is on an edge.
+        var thetas = grid.Thetas.ToList();
+        var widenings = 0;
         var mixedAllowsOne = grid.IncludeCacheOnly || grid.Lambdas.Contains(1.0);
-
-        (int Theta, int Lambda)? best = null;
-        for (var l = 0; l < lambdas.Count; l++)
+        GridSearchResult searched;
+        int bestTheta, bestLambda, cacheOnlyTheta, cacheOnlyColumn;
+        while (true)
         {
-            if (l == cacheOnlyColumn && !mixedAllowsOne)
+            var searchGrid = new GridSearchOptions { Thetas = thetas, Lambdas = grid.Lambdas, IncludeCacheOnly = true };
+            searched = CacheGridSearch.Search(memory, validation.Keys, validation.Probabilities, validation.Labels, searchGrid, batchSize);
+            (bestTheta, bestLambda, cacheOnlyTheta, cacheOnlyColumn) = Choose(searched, mixedAllowsOne);
+            if (widenings >= grid.MaxThetaWidenings || thetas.Distinct().Count() < 2)
             {
-                continue;
+                break;
             }
 
-            for (var t = 0; t < searched.Thetas.Count; t++)
+            var chosen = (theta.HasValue ? [] : new[] { searched.Thetas[bestTheta] }).Append(searched.Thetas[cacheOnlyTheta]).ToArray();
+            var (low, high) = (thetas.Min(), thetas.Max());
+            var step = (high - low) / (thetas.Distinct().Count() - 1);
+            if (chosen.Contains(high))
             {
-                if (best is null || searched.ErrorAt(t, l) < searched.ErrorAt(best.Value.Theta, best.Value.Lambda))
-                {
-                    best = (t, l);
-                }
+                thetas.Add(high + step);
             }
+            else if (chosen.Contains(low))
+            {
+                thetas.Insert(0, low - step > 0 ? low - step : low / 2);
+            }
+            else
+            {
+                break;
+            }
+
+            widenings++;
         }
 
-        var (bestTheta, bestLambda) = best ?? throw new ArgumentException("The λ grid has no mixing weight below 1.", nameof(grid));
-
-        var cacheOnlyTheta = 0;
-        for (var t = 1; t < searched.Thetas.Count; t++)
-        {
-            if (searched.ErrorAt(t, cacheOnlyColumn) < searched.ErrorAt(cacheOnlyTheta, cacheOnlyColumn))
-            {
-                cacheOnlyTheta = t;
-            }
-        }
-
+        var lambdas = searched.Lambdas;
         var chosenTheta = theta ?? searched.Thetas[bestTheta];
         var chosenLambda = lambda ?? lambdas[bestLambda];
         var coTheta = searched.Thetas[cacheOnlyTheta];
@@ -159,7 +165,43 @@ public static class CacheEvaluation
             ThetaAtGridEdge: !theta.HasValue && AtEdge(chosenTheta),
             CacheOnlyThetaAtGridEdge: AtEdge(coTheta),
             Searched: !theta.HasValue,
-            Grid: searched);
+            Grid: searched,
+            ThetaWidenings: widenings);
+    }
+
+    /// <summary>The best (θ, λ) of the mixed model (λ = 1 only when allowed) and the best θ of the λ = 1 column, as grid indices.</summary>
+    private static (int Theta, int Lambda, int CacheOnlyTheta, int CacheOnlyColumn) Choose(GridSearchResult searched, bool mixedAllowsOne)
+    {
+        var lambdas = searched.Lambdas;
+        var cacheOnlyColumn = IndexOfOne(lambdas);
+        (int Theta, int Lambda)? best = null;
+        for (var l = 0; l < lambdas.Count; l++)
+        {
+            if (l == cacheOnlyColumn && !mixedAllowsOne)
+            {
+                continue;
+            }
+
+            for (var t = 0; t < searched.Thetas.Count; t++)
+            {
+                if (best is null || searched.ErrorAt(t, l) < searched.ErrorAt(best.Value.Theta, best.Value.Lambda))
+                {
+                    best = (t, l);
+                }
+            }
+        }
+
+        var (bestTheta, bestLambda) = best ?? throw new ArgumentException("The λ grid has no mixing weight below 1.");
+        var cacheOnlyTheta = 0;
+        for (var t = 1; t < searched.Thetas.Count; t++)
+        {
+            if (searched.ErrorAt(t, cacheOnlyColumn) < searched.ErrorAt(cacheOnlyTheta, cacheOnlyColumn))
+            {
+                cacheOnlyTheta = t;
+            }
+        }
+
+        return (bestTheta, bestLambda, cacheOnlyTheta, cacheOnlyColumn);
     }
 
     /// <summary>Errors on <paramref name="report"/> of the network, the cache model and the cache-only model at <paramref name="tuning"/>'s settings.</summary>

@@ -19,6 +19,17 @@ public sealed class GridSearchOptions
     /// <summary>Mixture weights λ of the cache (each in [0, 1]).</summary>
     public IReadOnlyList<double> Lambdas { get; set; } = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
 
+    /// <summary>
+    /// Adaptive widening: while the chosen θ (of the cache model or of the cache-only model) is the largest or the smallest of the
+    /// grid, the grid gains one more θ beyond that edge (the grid's mean spacing further out; below the smallest, half of it when the
+    /// step would reach 0) and is searched again — at most this many times. 0 (the default) keeps the grid as given. Where it
+    /// stopped and why is reported (<see cref="Evaluation.CacheTuning.ThetaWidenings"/>).
+    /// </summary>
+    public int MaxThetaWidenings { get; set; }
+
+    /// <summary>Largest accepted <see cref="MaxThetaWidenings"/>.</summary>
+    public const int MaxThetaWideningsLimit = 100;
+
     /// <summary>Whether λ = 1 (the cache alone) joins the grid when <see cref="Lambdas"/> lacks it.</summary>
     public bool IncludeCacheOnly { get; set; }
 
@@ -38,6 +49,11 @@ public sealed class GridSearchOptions
         {
             errors.AddRange(Thetas.Where(t => !(t > 0) || !double.IsFinite(t))
                 .Select(t => $"GridSearch:Thetas: θ = {t} is not finite and greater than 0."));
+        }
+
+        if (MaxThetaWidenings is < 0 or > MaxThetaWideningsLimit)
+        {
+            errors.Add($"GridSearch:MaxThetaWidenings must lie in [0, {MaxThetaWideningsLimit}] (got {MaxThetaWidenings}).");
         }
 
         if (Lambdas is null || (Lambdas.Count == 0 && !IncludeCacheOnly))

@@ -58,6 +58,11 @@ internal static class CommonOptions
         Description = "Let λ = 1 (cache-only) compete in the mixed model's search.",
     };
 
+    public static Option<int?> WidenThetas() => new Option<int?>("--widen-thetas")
+    {
+        Description = "Adaptive θ grid: while a chosen θ lies on the grid's edge, add one more θ beyond it and search again, at most N times (default 0 or GridSearch:MaxThetaWidenings).",
+    }.AtLeast(0);
+
     public static Option<int> MaxLayers() => new Option<int>("--max-layers")
     {
         Description = "Largest layer set the greedy combination search may pick.",

@@ -23,6 +23,7 @@ internal sealed class EvaluateCommand : IScacheCommand
         var thetas = CommonOptions.Thetas();
         var lambdas = CommonOptions.Lambdas();
         var includeCacheOnly = CommonOptions.IncludeCacheOnly();
+        var widen = CommonOptions.WidenThetas();
         var candidates = CommonOptions.Candidates();
         var maxLayers = CommonOptions.MaxLayers();
         var maxTrain = CommonOptions.MaxTrain();
@@ -34,7 +35,7 @@ internal sealed class EvaluateCommand : IScacheCommand
 
         Definition = new Command("evaluate", "Baseline, cache model and cache-only model for one model (a Table 1 row), with θ, λ searched on a seeded half of the test set.")
         {
-            model, weights, data, output, seed, flip, layers, theta, lambda, search, thetas, lambdas, includeCacheOnly, candidates, maxLayers, maxTrain, maxTest, cache,
+            model, weights, data, output, seed, flip, layers, theta, lambda, search, thetas, lambdas, includeCacheOnly, widen, candidates, maxLayers, maxTrain, maxTest, cache,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("evaluate", async token =>
         {
@@ -56,7 +57,7 @@ internal sealed class EvaluateCommand : IScacheCommand
             }
 
             var session = services.GetRequiredService<ExperimentSession>();
-            var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
+            var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly, widen);
             var folder = ReportFolder.Create(parse.GetValue(output), "evaluate");
             var row = await services.GetRequiredService<Table1Experiment>().RunAsync(new Table1Request(
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)),

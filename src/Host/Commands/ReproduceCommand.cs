@@ -24,16 +24,17 @@ internal sealed class ReproduceCommand : IScacheCommand
         var thetas = CommonOptions.Thetas();
         var lambdas = CommonOptions.Lambdas();
         var includeCacheOnly = CommonOptions.IncludeCacheOnly();
+        var widen = CommonOptions.WidenThetas();
         var maxLayers = CommonOptions.MaxLayers();
         Definition = new Command("reproduce", "Table 1 on CIFAR-10: network, cache and cache-only errors for ResNet-20, -32 and -56, layers chosen by greedy search.")
         {
-            models, quick, data, output, seed, flip, thetas, lambdas, includeCacheOnly, maxLayers,
+            models, quick, data, output, seed, flip, thetas, lambdas, includeCacheOnly, widen, maxLayers,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("reproduce", async token =>
         {
             var session = services.GetRequiredService<ExperimentSession>();
             var experiment = services.GetRequiredService<Table1Experiment>();
-            var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly);
+            var grid = session.Grid(parse, thetas, lambdas, includeCacheOnly, widen);
             var names = parse.GetValue(quick) ? ["resnet20"] : CommonOptions.Names(parse.GetValue(models)) ?? [];
 
             var folder = ReportFolder.Create(parse.GetValue(output), "reproduce");

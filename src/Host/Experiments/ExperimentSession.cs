@@ -28,13 +28,14 @@ internal sealed class ExperimentSession(
     IOptions<GridSearchOptions> grid)
 {
     /// <summary>The configured grid (section <c>GridSearch</c>), overridden by command flags where given.</summary>
-    public GridSearchOptions Grid(IReadOnlyList<double>? thetas, IReadOnlyList<double>? lambdas, bool includeCacheOnly)
+    public GridSearchOptions Grid(IReadOnlyList<double>? thetas, IReadOnlyList<double>? lambdas, bool includeCacheOnly, int? maxThetaWidenings = null)
     {
         var result = new GridSearchOptions
         {
             Thetas = thetas is { Count: > 0 } ? thetas : grid.Value.Thetas,
             Lambdas = lambdas is { Count: > 0 } ? lambdas : grid.Value.Lambdas,
             IncludeCacheOnly = includeCacheOnly || grid.Value.IncludeCacheOnly,
+            MaxThetaWidenings = maxThetaWidenings ?? grid.Value.MaxThetaWidenings,
         };
         var problems = result.Validate();
         return problems.Count == 0 ? result : throw new UsageException("Invalid θ/λ grid: " + string.Join(" ", problems));
@@ -43,7 +44,7 @@ internal sealed class ExperimentSession(
     /// <summary>The grid from a command's <c>--thetas</c>/<c>--lambdas</c> (and optional <c>--include-cache-only</c>) flags over the configured one.</summary>
     public GridSearchOptions Grid(
         System.CommandLine.ParseResult parse, System.CommandLine.Option<string?> thetas, System.CommandLine.Option<string?> lambdas,
-        System.CommandLine.Option<bool>? includeCacheOnly = null)
+        System.CommandLine.Option<bool>? includeCacheOnly = null, System.CommandLine.Option<int?>? maxThetaWidenings = null)
     {
         ArgumentNullException.ThrowIfNull(parse);
         ArgumentNullException.ThrowIfNull(thetas);
@@ -51,7 +52,8 @@ internal sealed class ExperimentSession(
         return Grid(
             CommonOptions.Numbers(parse.GetValue(thetas), thetas.Name),
             CommonOptions.Numbers(parse.GetValue(lambdas), lambdas.Name),
-            includeCacheOnly is not null && parse.GetValue(includeCacheOnly));
+            includeCacheOnly is not null && parse.GetValue(includeCacheOnly),
+            maxThetaWidenings is null ? null : parse.GetValue(maxThetaWidenings));
     }
 
     /// <summary>The configured cache provider's factory.</summary>

@@ -49,7 +49,11 @@ internal sealed record Table1Row(
     IReadOnlyList<double> Lambdas,
     IReadOnlyList<IReadOnlyList<double>> ValidationErrorGrid,
     LayerCombinationResult? LayerSearch,
-    IReadOnlyDictionary<string, double> Seconds);
+    IReadOnlyDictionary<string, double> Seconds)
+{
+    /// <summary>θ values adaptive widening added beyond the configured grid.</summary>
+    public int ThetaWidenings { get; init; }
+}
 
 /// <summary>
 /// The paper's headline experiment for one model: choose layers (greedy search) and θ, λ on a seeded half of the test set,
@@ -72,8 +76,8 @@ internal sealed class Table1Experiment(ExperimentSession session)
         var (train, test, split) = session.LoadData(model, request.Data, request.Seed, request.MaxTrain, request.MaxTest);
         var fitter = session.Fitter(model, o =>
         {
-            o.Layers = request.Layers;
-            o.Candidates = request.Candidates;
+            o.Layers = request.Layers?.Select(model.Model.ResolveLayer).ToList(); // a Keras model also takes model.layers indices
+            o.Candidates = request.Candidates?.Select(model.Model.ResolveLayer).ToList();
             o.MaxLayers = request.MaxLayers;
             o.Grid = request.Grid;
             o.Theta = request.Theta;
@@ -150,5 +154,8 @@ internal sealed class Table1Experiment(ExperimentSession session)
         new(model, layers, keyDimension, cacheSize, flip, request.Seed, split.First.Count, split.Second.Count,
             provider, result.BaselineError, result.CacheError, result.CacheOnlyError, result.Theta, result.Lambda, result.CacheOnlyTheta,
             result.ThetaAtGridEdge, result.CacheOnlyThetaAtGridEdge, result.ValidationBaselineError, result.ValidationCacheError,
-            result.ValidationCacheOnlyError, result.Grid.Thetas, result.Grid.Lambdas, result.Grid.Errors, search, seconds);
+            result.ValidationCacheOnlyError, result.Grid.Thetas, result.Grid.Lambdas, result.Grid.Errors, search, seconds)
+        {
+            ThetaWidenings = result.Tuning.ThetaWidenings,
+        };
 }

@@ -17,7 +17,7 @@ internal static class Table1Report
         {
             sb.AppendLine(CultureInfo.InvariantCulture,
                 $"Protocol: the public checkpoints were trained on all 50,000 training images, so θ, λ (and the layers, where searched) are " +
-                $"chosen on a seeded random half of the CIFAR-10 test set (seed {first.Seed}, {first.ValidationCount} images) and errors are " +
+                $"chosen on a seeded random half of the test set (seed {first.Seed}, {first.ValidationCount} images) and errors are " +
                 $"reported on the other half ({first.ReportCount} images). Cache: {first.CacheSize:N0} training keys " +
                 $"({(first.Flip ? "with horizontal flips, C-10+" : "no flips")}), provider {first.Provider}.").AppendLine();
         }
@@ -34,6 +34,13 @@ internal static class Table1Report
         sb.AppendLine();
         foreach (var r in rows)
         {
+            if (r.ThetaWidenings > 0)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture,
+                    $"**θ grid widened ({r.Model}):** {r.ThetaWidenings} θ value(s) added beyond the configured grid while a chosen θ lay on its edge; " +
+                    $"searched [{string.Join(", ", r.Thetas)}].").AppendLine();
+            }
+
             if (r.ThetaAtGridEdge || r.CacheOnlyThetaAtGridEdge)
             {
                 sb.AppendLine(CultureInfo.InvariantCulture,
