@@ -30,7 +30,9 @@ namespace ScalableCache.Orleans;
 /// <para><b>Failures.</b> Each shard call is bounded by <see cref="OrleansCacheOptions.CallTimeout"/>. A query one of whose
 /// shards is unreachable, times out, dies during the call, or has lost its state fails with a
 /// <see cref="CacheShardException"/> naming the shard — never with the sum of the others. An add that fails before its
-/// commit adds nothing (its staged parts are never applied and are replaced by the next add of the same version).</para>
+/// commit adds nothing (its staged parts are never applied and are replaced by the next add of the same version). After the
+/// commit, <see cref="Add"/> waits (up to the longer maintenance bound, at least 300 s) for the shards to apply the version, which
+/// for an HNSW shard includes building its graph.</para>
 /// <para><b>Thread-safety and ownership</b> are those of <see cref="ICacheMemory"/>: queries run concurrently with each other
 /// and with one add; adds are serialised (across clients by the lease). Answers carry no gradient (queries that require
 /// one are refused). A memory made by <see cref="Create"/> without a cache id is dropped from the cluster by
@@ -333,8 +335,9 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
 
             Observe(committed);
 
-            // Applied and indexed now; a shard this misses applies the version at its next query.
-            await TryAsync(ShardCalls.All(CacheId, $"Applying add {version}", ShardCount, i => _shards[i].Apply(version), _options.CallTimeout))
+            // Applied and indexed before Add returns (an HNSW shard builds its graph here, which may take longer than one call);
+            // a shard this misses applies the version at its next query.
+            await TryAsync(ShardCalls.All(CacheId, $"Applying add {version}", ShardCount, i => _shards[i].Apply(version), OrleansClusterSetup.MaintenanceTimeout(_options)))
                 .ConfigureAwait(false);
         }
         finally
@@ -363,7 +366,7 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
 
     private async Task<Reservation> ReserveAsync(long rows)
     {
-        var lease = _options.CallTimeout * 4;
+        var lease = _options.CallTimeout * (4 + PiecesOf((int)Math.Min(rows, int.MaxValue)));
         var deadline = DateTime.UtcNow + lease + _options.CallTimeout;
         while (true)
         {

@@ -35,6 +35,13 @@ public sealed class OrleansCacheOptions
     /// <summary>Orleans service id (stable across deployments of the same service). Default <c>scache</c>.</summary>
     public string ServiceId { get; set; } = "scache";
 
+    /// <summary>
+    /// Redis clustering only: the IP address a silo advertises to the others and to clients (<see langword="null"/>, the
+    /// default: 127.0.0.1, for silos on one machine). On several machines set each silo's own reachable address; it then
+    /// listens on every interface.
+    /// </summary>
+    public string? AdvertisedAddress { get; set; }
+
     /// <summary>Silo-to-silo port of a silo (TCP). Default 11111.</summary>
     public int SiloPort { get; set; } = 11111;
 
@@ -112,6 +119,11 @@ public sealed class OrleansCacheOptions
         if (Clustering == OrleansClustering.Redis && string.IsNullOrWhiteSpace(RedisConfiguration))
         {
             errors.Add("Cache:Orleans:RedisConfiguration must be set when Cache:Orleans:Clustering is Redis.");
+        }
+
+        if (AdvertisedAddress is not null && !System.Net.IPAddress.TryParse(AdvertisedAddress, out _))
+        {
+            errors.Add($"Cache:Orleans:AdvertisedAddress '{AdvertisedAddress}' is not an IP address.");
         }
 
         if (string.IsNullOrWhiteSpace(ClusterId) || string.IsNullOrWhiteSpace(ServiceId))

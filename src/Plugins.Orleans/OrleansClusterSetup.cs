@@ -23,7 +23,8 @@ internal static class OrleansClusterSetup
         if (options.Clustering == OrleansClustering.Redis)
         {
             silo.UseRedisClustering(options.RedisConfiguration);
-            silo.ConfigureEndpoints(IPAddress.Loopback, options.SiloPort, options.GatewayPort, listenOnAnyHostAddress: false);
+            var advertised = options.AdvertisedAddress is null ? IPAddress.Loopback : IPAddress.Parse(options.AdvertisedAddress);
+            silo.ConfigureEndpoints(advertised, options.SiloPort, options.GatewayPort, listenOnAnyHostAddress: !IPAddress.IsLoopback(advertised));
         }
         else
         {
