@@ -31,6 +31,53 @@ public sealed class KerasModelTests
         Assert.Equal((size + stride - 1) / stride, KerasPadding.OutputSize(size, kernel, stride, same: true));
     }
 
+    private const string TinyConfig = """
+        {"class_name": "Model", "config": {"name": "tiny", "layers": [
+          {"name": "input_1", "class_name": "InputLayer", "config": {"batch_input_shape": [null, 6, 6, 2]}, "inbound_nodes": []},
+          {"name": "conv", "class_name": "Conv2D", "config": {"filters": 3, "kernel_size": [3, 3], "strides": [2, 2], "padding": "same",
+            "data_format": "channels_last", "use_bias": true, "activation": "relu"}, "inbound_nodes": [[["input_1", 0, 0, {}]]]},
+          {"name": "bn", "class_name": "BatchNormalization", "config": {"axis": -1, "epsilon": 0.25}, "inbound_nodes": [[["conv", 0, 0, {}]]]},
+          {"name": "add", "class_name": "Add", "config": {}, "inbound_nodes": [[["conv", 0, 0, {}], ["bn", 0, 0, {}]]]},
+          {"name": "flat", "class_name": "Flatten", "config": {}, "inbound_nodes": [[["add", 0, 0, {}]]]},
+          {"name": "out", "class_name": "Dense", "config": {"units": 4, "activation": "softmax"}, "inbound_nodes": [[["flat", 0, 0, {}]]]}],
+          "input_layers": [["input_1", 0, 0]], "output_layers": [["out", 0, 0]]}}
+        """;
+
+    [Fact]
+    public void RebuildsASmallGraphWithTensorFlowPaddingEpsilonAndChannelsLastFlatten()
+    {
+        using var model = KerasModel.FromConfig(TinyConfig);
+        Assert.Equal(4, model.ClassCount);
+        Assert.Equal(new InputShape(2, 6, 6), model.Input);
+        Assert.Equal("bn", model.ResolveLayer("2"));
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var state = model.state_dict();
+        foreach (var (name, t) in state)
+        {
+            t.copy_(name.EndsWith("running_var", StringComparison.Ordinal) ? rand(t.shape) + 0.5 : randn(t.shape));
+        }
+
+        var x = randn(2, 2, 6, 6);
+        var expected = Reference(x, state);
+        var actual = nn.functional.softmax(model.Logits(x), 1);
+        Assert.True(actual.allclose(expected, rtol: 1e-4, atol: 1e-6), "the graph equals a hand-written forward pass");
+
+        var unsupported = TinyConfig.Replace("\"Flatten\"", "\"Reshape\"", StringComparison.Ordinal);
+        Assert.Contains("'flat' is a Reshape", Assert.Throws<KerasModelException>(() => KerasModel.FromConfig(unsupported)).Message, StringComparison.Ordinal);
+    }
+
+    /// <summary>The tiny graph by hand: pad bottom/right only (6 → 3 with stride 2), BN with ε = 0.25, Flatten in H, W, C order.</summary>
+    private static Tensor Reference(Tensor x, IReadOnlyDictionary<string, Tensor> state)
+    {
+        var padded = nn.functional.pad(x, [0, 1, 0, 1]);
+        var conv = nn.functional.relu(nn.functional.conv2d(padded, state["conv.weight"], state["conv.bias"], strides: [2, 2]));
+        var scale = state["bn.weight"] / (state["bn.running_var"] + 0.25).sqrt();
+        var bn = ((conv - state["bn.running_mean"].view(1, 3, 1, 1)) * scale.view(1, 3, 1, 1)) + state["bn.bias"].view(1, 3, 1, 1);
+        var flat = (conv + bn).permute(0, 2, 3, 1).reshape(2, -1);
+        return nn.functional.softmax(nn.functional.linear(flat, state["out.weight"], state["out.bias"]), 1);
+    }
+
     [Fact]
     public void ReadsTheAuthorsResNet20AndAddressesLayersByIndex()
     {
