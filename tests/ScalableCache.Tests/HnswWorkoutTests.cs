@@ -12,7 +12,9 @@ public sealed class HnswWorkoutTests
     {
         const int classes = 7;
         var data = HnswTestData.Clustered(seed: 31, n: 900, dimension: 24, classes, clusters: 20);
-        var factory = new HnswCacheMemoryFactory(new HnswCacheOptions { TopK = 30, Threads = 2 });
+        // One insert thread: a multi-threaded build's graph depends on the interleaving, and on a loaded machine it has
+        // left a cluster poorly linked (recall@30 0.937 on CI), which is HNSW's approximation, not a save/restore defect.
+        var factory = new HnswCacheMemoryFactory(new HnswCacheOptions { TopK = 30, Threads = 1 });
         using var original = factory.CreateHnsw(data.Dimension, classes);
         using (var keys = data.KeysTensor(0, 600))
         using (var labels = data.LabelsTensor(0, 600))
@@ -42,8 +44,10 @@ public sealed class HnswWorkoutTests
             restored.Add(keys, labels);
         }
 
-        // Later inserts are multi-threaded, so the two graphs may now differ: both must still find the exact top-k.
         Assert.Equal(900, restored.Count);
+        Assert.Equal(original.ClassLogMass(q, thetas).data<float>().ToArray(), restored.ClassLogMass(q, thetas).data<float>().ToArray());
+
+        // Both must still find the exact top-k after growing.
         var queries = data.Queries(33, 25);
         foreach (var memory in new[] { original, restored })
         {
