@@ -222,14 +222,28 @@ public sealed class CacheFitter
     }
 
     /// <summary>Keys of <paramref name="layers"/> composed by the recipe, probabilities and labels of <paramref name="data"/>.</summary>
-    public FeatureTable Extract(IImageSource data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default)
+    public FeatureTable Extract(IImageSource data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default) =>
+        Extract(data, layers, _input, label, cancellationToken);
+
+    /// <summary>
+    /// Keys of the horizontal flips of <paramref name="data"/> (the paper's C-10+ cache), as flipping the <em>normalised</em> images
+    /// gives them: with per-pixel statistics that is the flipped image normalised with mirrored statistics (Orhan's scripts flip after
+    /// normalising); with per-channel statistics the order does not matter.
+    /// </summary>
+    public FeatureTable ExtractFlipped(ImageDataset data, IReadOnlyList<string> layers, string label = "images (flipped)", CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        return Extract(data.WithHorizontalFlips().Slice(data.Count, data.Count), layers, _input.Mirrored(), label, cancellationToken);
+    }
+
+    private FeatureTable Extract(IImageSource data, IReadOnlyList<string> layers, InputNormalization input, string label, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(layers);
         CheckShape(data);
         using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
         var step = _options.Progress?.Step($"{label} [{string.Join(",", layers)}]", data.Count);
-        using var features = DatasetFeatureExtractor.Extract(extractor, data, _input, ExtractionOptions(), Adapt(step), cancellationToken);
+        using var features = DatasetFeatureExtractor.Extract(extractor, data, input, ExtractionOptions(), Adapt(step), cancellationToken);
         return new FeatureTable(features.Keys, features.Probabilities, features.Labels!, features.Layers);
     }
 
@@ -361,8 +375,7 @@ public sealed class CacheFitter
         using (unflipped)
         {
             var watch = Stopwatch.StartNew();
-            var flippedImages = train!.WithHorizontalFlips().Slice(train.Count, train.Count);
-            using var flipped = Extract(flippedImages, layers, "train (flipped)", cancellationToken);
+            using var flipped = ExtractFlipped(train!, layers, "train (flipped)", cancellationToken);
             seconds["extractFlipped"] = watch.Elapsed.TotalSeconds;
             return FeatureTable.Concat(unflipped, flipped);
         }

@@ -113,6 +113,14 @@ public sealed class CacheClassifierTests : IDisposable
         var normalised = recipe.Input.Normalize(x);
         Assert.Equal((0.5f - mean[5]) / std[5], normalised[0, 0, 1, 1].item<float>(), 1e-5f);
         Assert.Throws<ArgumentException>(() => recipe.Input.Normalize(rand(1, 2, 5, 5)));
+
+        // Flipping after normalising (Orhan's cache) = normalising the flipped image with mirrored statistics.
+        var some = rand(3, 2, 4, 4);
+        var flippedAfter = recipe.Input.Normalize(some).flip(3);
+        var mirrored = recipe.Input.Mirrored().Normalize(some.flip(3));
+        Assert.True(mirrored.allclose(flippedAfter, rtol: 1e-6, atol: 1e-6), "mirrored statistics");
+        Assert.False(recipe.Input.Normalize(some.flip(3)).allclose(flippedAfter, rtol: 1e-3, atol: 1e-3), "per-pixel statistics are not symmetric here");
+        Assert.Same(InputNormalization.ImageNet, InputNormalization.ImageNet.Mirrored());
     }
 
     [Fact]

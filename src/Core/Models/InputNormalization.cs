@@ -111,6 +111,38 @@ public sealed record InputNormalization
         return (x - mean).div_(std).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The statistics mirrored left to right: normalising a horizontally flipped image with them gives the flip of the normalised
+    /// image (Orhan's scripts flip images after per-pixel normalisation). A per-channel normalisation is its own mirror.
+    /// </summary>
+    public InputNormalization Mirrored()
+    {
+        if (PixelShape is not { } shape)
+        {
+            return this;
+        }
+
+        float[] Mirror(IReadOnlyList<float> values)
+        {
+            var result = new float[values.Count];
+            for (var c = 0; c < shape.Channels; c++)
+            {
+                for (var y = 0; y < shape.Height; y++)
+                {
+                    var row = ((c * shape.Height) + y) * shape.Width;
+                    for (var x = 0; x < shape.Width; x++)
+                    {
+                        result[row + x] = values[row + shape.Width - 1 - x];
+                    }
+                }
+            }
+
+            return result;
+        }
+
+        return PerPixel(Mirror(Mean), Mirror(Std), shape);
+    }
+
     /// <summary>The normalisation in words, for people and cache-file descriptions (per-pixel statistics are summarised).</summary>
     public string Describe()
     {

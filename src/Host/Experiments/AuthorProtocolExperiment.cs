@@ -117,10 +117,10 @@ internal sealed class AuthorProtocolExperiment(ExperimentSession session)
             memory.Add(part.Keys, part.Labels);
         }
 
-        var flipped = train.WithHorizontalFlips().Slice(train.Count, train.Count);
-        for (var start = 0; start < flipped.Count; start += Chunk)
+        for (var start = 0; start < train.Count; start += Chunk)
         {
-            using var part = fitter.Extract(flipped.Slice(start, Math.Min(Chunk, flipped.Count - start)), authorLayers, "train (flipped)", cancellationToken);
+            // His flips mirror the normalised images (cifar_utils.py normalises, then flips).
+            using var part = fitter.ExtractFlipped(train.Slice(start, Math.Min(Chunk, train.Count - start)), authorLayers, "train (flipped)", cancellationToken);
             memory.Add(part.Keys, part.Labels);
         }
 
