@@ -26,3 +26,16 @@ public sealed class OrleansHnswConformanceTests(SharedOrleansCluster cluster) : 
 
     protected override ICacheMemory CreateMemory(int dimension, int classCount) => _factory.Value.Create(dimension, classCount);
 }
+
+/// <summary>The Orleans store over random-projection shards (d → d/2, one seeded matrix, so every shard projects alike): approximate scores.</summary>
+[Collection(OrleansClusterCollection.Name)]
+public sealed class OrleansRandomProjectionConformanceTests(SharedOrleansCluster cluster) : CacheMemoryConformanceTests
+{
+    private readonly Lazy<ICacheMemoryFactory> _factory = new(() => cluster.Cluster.Factory("RandomProjection"));
+
+    protected override string ExpectedProvider => "Orleans";
+
+    protected override bool ExactScores => false;
+
+    protected override ICacheMemory CreateMemory(int dimension, int classCount) => _factory.Value.Create(dimension, classCount);
+}
