@@ -102,16 +102,19 @@ public sealed class OrleansCacheMemoryFactory : ICacheMemoryFactory, IDisposable
             {
                 try
                 {
-                    using var connect = new CancellationTokenSource(OrleansClusterSetup.MaintenanceTimeout(_options));
+                    using var connect = new CancellationTokenSource(OrleansClusterSetup.ConnectTimeout(_options));
                     _client = Task.Run(() => OrleansClusterSetup.StartClientAsync(_options, connect.Token)).GetAwaiter().GetResult();
                 }
                 catch (Exception e) when (e is not OutOfMemoryException)
                 {
+                    var why = e is OperationCanceledException or TimeoutException
+                        ? $"no gateway answered within {OrleansClusterSetup.ConnectTimeout(_options).TotalSeconds} s."
+                        : e.Message;
                     var where = _options.Clustering == OrleansClustering.Redis
                         ? $"Redis clustering at '{_options.RedisConfiguration}'"
                         : $"localhost clustering, gateway ports {string.Join(", ", _options.GatewayPorts.Count > 0 ? _options.GatewayPorts : [_options.GatewayPort])}";
                     throw new InvalidOperationException(
-                        $"Cannot reach the Orleans cluster '{_options.ClusterId}' ({where}): {e.Message} Start the silos (scache silo) or set Cache:Orleans:Clustering and its settings.",
+                        $"Cannot reach the Orleans cluster '{_options.ClusterId}' ({where}): {why} Start the silos (scache silo) or set Cache:Orleans:Clustering and its settings.",
                         e);
                 }
             }

@@ -9,6 +9,9 @@ namespace ScalableCache.Orleans;
 /// <summary>The clustering every silo and client of a cache cluster shares, from <see cref="OrleansCacheOptions"/>.</summary>
 internal static class OrleansClusterSetup
 {
+    /// <summary>Bound on a client's first connection to the cluster (three call timeouts, at least 15 s).</summary>
+    public static TimeSpan ConnectTimeout(OrleansCacheOptions options) => TimeSpan.FromSeconds(Math.Max(3 * options.CallTimeoutSeconds, 15));
+
     /// <summary>Bound on restores, checkpoints and opens, which read or write a shard's whole store.</summary>
     public static TimeSpan MaintenanceTimeout(OrleansCacheOptions options) =>
         TimeSpan.FromSeconds(Math.Max(options.CallTimeoutSeconds, 300));
@@ -68,7 +71,7 @@ internal static class OrleansClusterSetup
             .Build();
         try
         {
-            await host.StartAsync(cancellationToken).ConfigureAwait(false);
+            await host.StartAsync(cancellationToken).WaitAsync(cancellationToken).ConfigureAwait(false);
             return host;
         }
         catch

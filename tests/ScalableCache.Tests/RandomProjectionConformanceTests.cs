@@ -34,9 +34,12 @@ public sealed class RandomProjectionConformanceTests : CacheMemoryConformanceTes
     protected override ICacheMemory CreateMemory(int dimension, int classCount) => Factory.Value.Create(dimension, classCount);
 
     /// <summary><c>R x</c> in double, rescaled to <c>‖x‖</c> when the memory renormalises.</summary>
-    protected override (float[] Rows, int Dimension) ScoredVectors(ICacheMemory memory, float[] rows)
+    protected override (float[] Rows, int Dimension) ScoredVectors(ICacheMemory memory, float[] rows) =>
+        Project((IRandomProjectionCacheMemory)memory, rows);
+
+    /// <summary><c>R x</c> of <paramref name="projected"/>'s matrix in double, rescaled to <c>‖x‖</c> when it renormalises.</summary>
+    internal static (float[] Rows, int Dimension) Project(IRandomProjectionCacheMemory projected, float[] rows)
     {
-        var projected = (IRandomProjectionCacheMemory)memory;
         var (d, k) = (projected.Projection.InputDimension, projected.Projection.OutputDimension);
         var matrix = projected.Projection.ToArray(); // [k, d], row-major
         var n = rows.Length / d;
