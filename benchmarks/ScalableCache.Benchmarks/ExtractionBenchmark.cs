@@ -80,7 +80,7 @@ internal static class ExtractionBenchmark
         var options = new FeatureExtractionOptions { BatchSize = settings.Batch, Device = device };
         var warmUp = train.Slice(0, Math.Min(settings.Batch, train.Count));
         PlainPass(model, warmUp, normalization, settings.Batch, device);
-        DatasetFeatureExtractor.Extract(extractor, warmUp.Pixels, warmUp.Labels, input, normalization, options).Dispose();
+        DatasetFeatureExtractor.Extract(extractor, warmUp, normalization, options).Dispose();
 
         // Interleaved batch by batch (alternating which side goes first), so that load from other processes on a shared machine
         // hits both sides alike; each side's time is the sum over the batches of one pass.
@@ -94,7 +94,7 @@ internal static class ExtractionBenchmark
                 var batch = train.Slice(start, Math.Min(settings.Batch, train.Count - start));
                 double Plain() => Time(() => PlainPass(model, batch, normalization, settings.Batch, device));
                 double Taps() => Time(() =>
-                    DatasetFeatureExtractor.Extract(extractor, batch.Pixels, batch.Labels, input, normalization, options).Dispose());
+                    DatasetFeatureExtractor.Extract(extractor, batch, normalization, options).Dispose());
                 if (b % 2 == 0)
                 {
                     plainTotal += Plain();
@@ -112,7 +112,7 @@ internal static class ExtractionBenchmark
         }
 
         // One uninterrupted pass of the driver over the whole set, as a caller runs it (keys preallocated for all images).
-        var wholePass = Time(() => DatasetFeatureExtractor.Extract(extractor, train.Pixels, train.Labels, input, normalization, options).Dispose());
+        var wholePass = Time(() => DatasetFeatureExtractor.Extract(extractor, train, normalization, options).Dispose());
 
         double plain = Median(plainTimes), taps = Median(tapTimes);
         var overhead = (taps / plain) - 1;

@@ -1,3 +1,4 @@
+using ScalableCache.Core.Data;
 using ScalableCache.Core.Features;
 using ScalableCache.Core.Models;
 using TorchSharp;
@@ -159,13 +160,15 @@ public sealed class FeatureExtractionTests
         var options = new FeatureExtractionOptions { BatchSize = 128 };
         var ct = TestContext.Current.CancellationToken;
 
-        using var features = DatasetFeatureExtractor.Extract(
-            extractor, test.Pixels, test.Labels, InputShape.Cifar, loaded.Spec.Normalization, options, progress, ct);
+        using var features = DatasetFeatureExtractor.Extract(extractor, test, loaded.Spec.Normalization, options, progress, ct);
         Assert.Equal(count, features.Count);
         Assert.Equal(8256, features.Dimension);
         Assert.Equal([new(128, count), new(256, count), new(count, count)], reports);
         Assert.Equal(test.Labels.ToArray().Select(l => (long)l), features.Labels!.data<long>().ToArray());
         Assert.Equal(["layer3.1", "layer3.2", "avgpool"], features.Layers);
+        Assert.Equal(count, features.Throughput!.Images);
+        Assert.InRange(features.Throughput.ReadSeconds, 0, features.Throughput.Seconds);
+        Assert.InRange(features.Throughput.WaitSeconds, 0, features.Throughput.Seconds);
 
         using var scope = NewDisposeScope();
         var x = ModelTestSupport.NormalizedTestImages(128, 128);
@@ -193,18 +196,19 @@ public sealed class FeatureExtractionTests
         using var extractor = new LayerTapExtractor(model, ["avgpool"]);
         var normalization = InputNormalization.ImageNet;
         var ct = TestContext.Current.CancellationToken;
+        ImageDataset Images(int count) => new(new byte[3072 * count], new int[count], 3, 32, 32, ["a", "b"]);
         Assert.Throws<ArgumentException>(() => DatasetFeatureExtractor.Extract(
-            extractor, new byte[3072 + 5], [], InputShape.Cifar, normalization, cancellationToken: ct));
+            extractor, Images(0), normalization, cancellationToken: ct));
         Assert.Throws<ArgumentException>(() => DatasetFeatureExtractor.Extract(
-            extractor, new byte[3072 * 2], [1], InputShape.Cifar, normalization, cancellationToken: ct));
-        Assert.Throws<ArgumentException>(() => DatasetFeatureExtractor.Extract(
-            extractor, new byte[3072], [1], InputShape.Cifar, new InputNormalization([0.5f], [0.5f]), cancellationToken: ct));
+            extractor, Images(1), new InputNormalization([0.5f], [0.5f]), cancellationToken: ct));
         Assert.Throws<ArgumentOutOfRangeException>(() => DatasetFeatureExtractor.Extract(
-            extractor, new byte[3072], [1], InputShape.Cifar, normalization, new FeatureExtractionOptions { BatchSize = 0 }, cancellationToken: ct));
+            extractor, Images(1), normalization, new FeatureExtractionOptions { BatchSize = 0 }, cancellationToken: ct));
+        Assert.Throws<ArgumentException>(() => DatasetFeatureExtractor.ExtractPerLayer(
+            extractor, Images(1), normalization, storage: ScalarType.Float64, cancellationToken: ct));
         using var cts = new CancellationTokenSource();
         cts.Cancel();
         Assert.Throws<OperationCanceledException>(() => DatasetFeatureExtractor.Extract(
-            extractor, new byte[3072], [1], InputShape.Cifar, normalization, cancellationToken: cts.Token));
+            extractor, Images(1), normalization, cancellationToken: cts.Token));
     }
 
     private sealed class SynchronousProgress(Action<ExtractionProgress> report) : IProgress<ExtractionProgress>

@@ -15,7 +15,7 @@ namespace ScalableCache.Tests;
 /// </summary>
 public sealed class ImageNetFolderTests
 {
-    private static readonly string[] Wnids = ["n01440764", "n02692877", "n04037443"];
+    internal static readonly string[] Wnids = ["n01440764", "n02692877", "n04037443"];
 
     [Fact]
     public void GroundTruthFixtureIndexesTheSortedWnids()
@@ -74,7 +74,7 @@ public sealed class ImageNetFolderTests
         using var extractor = new LayerTapExtractor(model, ["layer4", "avgpool"]);
         var options = new FeatureExtractionOptions { BatchSize = 4 };
         using var streamed = DatasetFeatureExtractor.Extract(extractor, train, InputNormalization.ImageNet, options, cancellationToken: TestContext.Current.CancellationToken);
-        using var held = DatasetFeatureExtractor.Extract(extractor, inMemory.Pixels, inMemory.Labels, InputShape.ImageNet, InputNormalization.ImageNet, options, cancellationToken: TestContext.Current.CancellationToken);
+        using var held = DatasetFeatureExtractor.Extract(extractor, inMemory, InputNormalization.ImageNet, options, cancellationToken: TestContext.Current.CancellationToken);
         Assert.Equal(0f, (streamed.Keys - held.Keys).abs().max().item<float>());
         Assert.Equal(held.Labels!.data<long>().ToArray(), streamed.Labels!.data<long>().ToArray());
     }
@@ -115,9 +115,10 @@ public sealed class ImageNetFolderTests
     }
 
     /// <summary>
-    /// train/&lt;wnid&gt;/ with two fixture JPEGs per class; val/ flat with a ground-truth file (labels 2, 0, 1) or in wnid folders.
+    /// train/&lt;wnid&gt;/ with two fixture JPEGs per class; val/ flat with a ground-truth file (labels 2, 0, 1, repeated
+    /// <paramref name="validationRounds"/> times) or in wnid folders (labels 0, 1, 2, repeated).
     /// </summary>
-    private static CheckpointTempFolder TinyImageNet(bool flatValidation)
+    internal static CheckpointTempFolder TinyImageNet(bool flatValidation, int validationRounds = 1)
     {
         var folder = new CheckpointTempFolder();
         var fixtures = Directory.GetFiles(SharedData.ImageNetFixtures, "*.JPEG").Order(StringComparer.Ordinal).ToArray();
@@ -130,14 +131,15 @@ public sealed class ImageNetFolderTests
         }
 
         var val = Directory.CreateDirectory(Path.Combine(folder.Path, "val")).FullName;
-        int[] labels = flatValidation ? [2, 0, 1] : [0, 1, 2];
+        int[] round = flatValidation ? [2, 0, 1] : [0, 1, 2];
         var lines = new List<string>();
-        for (var i = 0; i < labels.Length; i++)
+        for (var i = 0; i < round.Length * validationRounds; i++)
         {
+            var label = round[i % round.Length];
             var name = $"ILSVRC2012_val_{i + 1:D8}.JPEG";
-            var target = flatValidation ? Path.Combine(val, name) : Path.Combine(Directory.CreateDirectory(Path.Combine(val, Wnids[labels[i]])).FullName, name);
-            File.Copy(Fixture(Wnids[labels[i]]), target);
-            lines.Add($"{name} {labels[i]}");
+            var target = flatValidation ? Path.Combine(val, name) : Path.Combine(Directory.CreateDirectory(Path.Combine(val, Wnids[label])).FullName, name);
+            File.Copy(Fixture(Wnids[label], i / round.Length), target);
+            lines.Add($"{name} {label}");
         }
 
         if (flatValidation)

@@ -198,4 +198,37 @@ public sealed class TorchVisionModelTests
         private static float[][] Matrix(JsonElement rows) =>
             [.. rows.EnumerateArray().Select(r => r.EnumerateArray().Select(v => v.GetSingle()).ToArray())];
     }
+
+    [Fact]
+    public void DefaultCandidatesPoolTheWideLastStageAndKeepCifarBlocksWhole()
+    {
+        using var resnet50 = new ModelRegistry().Create("torchvision:resnet50");
+        Assert.Equal(["layer4.0:avg", "layer4.1:avg", "avgpool"], CandidateLayers.Default(resnet50, InputShape.ImageNet));
+        using var densenet = new ModelRegistry().Create("torchvision:densenet121");
+        Assert.Equal(["features.transition3:avg", "features.denseblock4:avg", "avgpool"], CandidateLayers.Default(densenet, InputShape.ImageNet));
+        using var cifar = new ModelRegistry().Create("resnet20");
+        Assert.Equal(["layer3.0", "layer3.1", "layer3.2", "avgpool"], CandidateLayers.Default(cifar, InputShape.Cifar));
+    }
+
+    [Fact]
+    public void PooledTapAveragesTheModuleOutputOverSpace()
+    {
+        manual_seed(3);
+        using var model = new ModelRegistry().Create("torchvision:resnet18", classCount: 4);
+        using var scope = NewDisposeScope();
+        var x = randn(2, 3, 64, 64);
+        using var whole = new LayerTapExtractor(model, ["layer4.1"]);
+        using var pooled = new LayerTapExtractor(model, ["layer4.1:avg", "layer3.1:avg"]);
+        var (_, full) = whole.ForwardActivations(x);
+        var (_, parts) = pooled.ForwardActivations(x);
+        Assert.Equal([2L, 512], parts[0].shape);
+        Assert.Equal([2L, 256], parts[1].shape);
+        var expected = full[0].reshape(2, 512, -1).mean([2]);
+        Assert.True(allclose(expected, parts[0], rtol: 1e-5, atol: 1e-6));
+
+        // layer4.1 pooled is what avgpool computes: the same key.
+        using var avgpool = new LayerTapExtractor(model, ["avgpool"]);
+        Assert.True(allclose(avgpool.ForwardActivations(x).Activations[0], parts[0], rtol: 1e-5, atol: 1e-6));
+        Assert.Throws<ArgumentException>(() => new LayerTapExtractor(model, ["layer9:avg"]));
+    }
 }

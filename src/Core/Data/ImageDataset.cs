@@ -140,16 +140,7 @@ public sealed class ImageDataset : IImageSource
     }
 
     /// <summary>Number of images of each class, indexed by label (length <see cref="ClassCount"/>).</summary>
-    public int[] CountPerClass()
-    {
-        var counts = new int[ClassCount];
-        foreach (var label in _labels)
-        {
-            counts[label]++;
-        }
-
-        return counts;
-    }
+    public int[] CountPerClass() => ImageSourceSelection.CountPerClass(this);
 
     /// <summary>Images <c>[start, start + count)</c> as a new data set.</summary>
     public ImageDataset Slice(int start, int count)
@@ -206,40 +197,9 @@ public sealed class ImageDataset : IImageSource
         return new ImageDataset(pixels, labels, Channels, Height, Width, _classNames, validateLabels: false);
     }
 
-    /// <summary>
-    /// Indices of <paramref name="perClass"/> images of every class that has images, ascending. The choice walks one seeded
-    /// permutation of <c>0 … Count−1</c> and keeps the first <paramref name="perClass"/> images met of each class, so for one seed a
-    /// smaller selection is contained in a larger one (nested cache-size sweeps). Classes with no images are skipped.
-    /// </summary>
+    /// <summary>Indices of <paramref name="perClass"/> images of every class that has images, ascending; see <see cref="ImageSourceSelection.ClassBalancedIndices"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="perClass"/> is not positive or exceeds the smallest non-empty class.</exception>
-    public int[] ClassBalancedIndices(int perClass, int seed)
-    {
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(perClass);
-        var counts = CountPerClass();
-        for (var c = 0; c < counts.Length; c++)
-        {
-            if (counts[c] > 0 && counts[c] < perClass)
-            {
-                throw new ArgumentOutOfRangeException(
-                    nameof(perClass), $"Class {c} ({_classNames[c]}) has {counts[c]} images, fewer than the {perClass} asked for per class.");
-            }
-        }
-
-        var taken = new int[ClassCount];
-        var selected = new List<int>();
-        foreach (var index in SplitMix64.Permutation(Count, seed))
-        {
-            var label = _labels[index];
-            if (taken[label] < perClass)
-            {
-                taken[label]++;
-                selected.Add(index);
-            }
-        }
-
-        selected.Sort();
-        return [.. selected];
-    }
+    public int[] ClassBalancedIndices(int perClass, int seed) => ImageSourceSelection.ClassBalancedIndices(this, perClass, seed);
 
     /// <summary>A class-balanced subset of <paramref name="perClass"/> images per class; see <see cref="ClassBalancedIndices"/>.</summary>
     public ImageDataset ClassBalancedSubset(int perClass, int seed) => Subset(ClassBalancedIndices(perClass, seed));
@@ -271,25 +231,10 @@ public sealed class ImageDataset : IImageSource
     }
 
     /// <summary>
-    /// Splits <c>0 … Count−1</c> at random into two disjoint index sets that together cover every image: <see cref="DatasetSplit.First"/>
-    /// holds <c>round(fraction · Count)</c> indices (midpoint away from zero), <see cref="DatasetSplit.Second"/> the rest; both ascending.
-    /// Used for the validation/report halves of a test set. Deterministic for a seed (see the type's remarks).
+    /// Splits <c>0 … Count−1</c> at random into two disjoint index sets that together cover every image (the validation/report halves
+    /// of a test set); see <see cref="ImageSourceSelection.SeededSplit"/>. Deterministic for a seed (see the type's remarks).
     /// </summary>
-    public DatasetSplit SeededSplit(int seed, double fraction)
-    {
-        if (!(fraction >= 0 && fraction <= 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(fraction), fraction, "The fraction must lie in [0, 1].");
-        }
-
-        var permutation = SplitMix64.Permutation(Count, seed);
-        var firstCount = (int)Math.Round(fraction * Count, MidpointRounding.AwayFromZero);
-        var first = permutation[..firstCount];
-        var second = permutation[firstCount..];
-        Array.Sort(first);
-        Array.Sort(second);
-        return new DatasetSplit(first, second);
-    }
+    public DatasetSplit SeededSplit(int seed, double fraction) => ImageSourceSelection.SeededSplit(this, seed, fraction);
 
     /// <summary>
     /// Images <c>[start, start + count)</c> as a float32 tensor <c>[count, Channels, Height, Width]</c> on <paramref name="device"/>

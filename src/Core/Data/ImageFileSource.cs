@@ -81,7 +81,16 @@ public sealed class ImageFileSource : IImageSource
         }
 
         var images = new byte[count][];
-        Parallel.For(0, count, i => images[i] = Transform.Apply(_files[start + i]));
+        try
+        {
+            Parallel.For(0, count, i => images[i] = Transform.Apply(_files[start + i]));
+        }
+        catch (AggregateException e) when (e.InnerExceptions.OfType<DatasetFormatException>().FirstOrDefault() is { } bad)
+        {
+            // The file's own error (naming it), not the parallel loop's wrapper.
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(bad);
+        }
+
         for (var i = 0; i < count; i++)
         {
             images[i].CopyTo(destination.Slice(i * size, size));

@@ -31,6 +31,9 @@ public sealed class PerLayerKeys : IDisposable
     /// <summary>Labels <c>[n]</c> (int64).</summary>
     public Tensor Labels { get; }
 
+    /// <summary>How fast the extraction that made these keys ran; <see langword="null"/> for keys made otherwise (e.g. <see cref="Rows"/>).</summary>
+    public Features.ExtractionThroughput? Throughput { get; internal set; }
+
     /// <summary>Number of rows.</summary>
     public long Count => Labels.shape[0];
 

@@ -41,6 +41,12 @@ public static partial class CandidateLayers
     /// and the pooled features (an <see cref="ImageClassifier"/>'s <see cref="ImageClassifier.PooledFeaturesLayer"/>,
     /// else a module named <c>avgpool</c>) — the region near the output where the paper found the useful keys.
     /// </summary>
+    /// <remarks>
+    /// A block whose flattened output is wider than <see cref="MaxUnpooledWidth"/> (the last stage of an ImageNet network at 224×224:
+    /// 2,048 × 7 × 7 for ResNet-50) is a candidate globally average-pooled (<c>layer4.1:avg</c>, see
+    /// <see cref="LayerTapExtractor.PooledSuffix"/>), as in Orhan's ImageNet caches; the last block is then left out when the
+    /// pooled-features layer directly follows it (it would be the same key). The CIFAR networks' blocks are narrower and stay whole.
+    /// </remarks>
     /// <exception cref="ArgumentException">The module has neither ResNet-style blocks nor pooled features: name the candidates.</exception>
     public static IReadOnlyList<string> Default(nn.Module<Tensor, Tensor> model, InputShape input, int lastBlocks = 4)
     {
@@ -48,13 +54,25 @@ public static partial class CandidateLayers
         var layers = LayerInspector.ListLayers(model, input);
         var blocks = Blocks(model, layers);
         var candidates = new List<string>();
+        var pooled = Pooled(model, layers);
         if (blocks.Count > 0)
         {
-            var lastStage = blocks.Reverse().TakeWhile(b => SameSpatialSize(b, blocks[^1])).Reverse();
-            candidates.AddRange(lastStage.Select(b => b.Name).TakeLast(lastBlocks));
+            var lastStage = blocks.Reverse().TakeWhile(b => SameSpatialSize(b, blocks[^1])).Reverse().TakeLast(lastBlocks).ToList();
+            foreach (var block in lastStage)
+            {
+                if (block.FeatureCount <= MaxUnpooledWidth || block.OutputShape.Count < 2)
+                {
+                    candidates.Add(block.Name);
+                }
+                else if (!(block.Name == blocks[^1].Name && pooled is not null && NextOutside(layers, block.Name) == pooled))
+                {
+                    // Too wide to key on whole (ImageNet's 2,048 × 7 × 7): its channels averaged over space, unless that is what the
+                    // pooled-features layer right after it computes anyway.
+                    candidates.Add(block.Name + LayerTapExtractor.PooledSuffix);
+                }
+            }
         }
 
-        var pooled = Pooled(model, layers);
         if (pooled is not null)
         {
             candidates.Add(pooled);
@@ -83,6 +101,20 @@ public static partial class CandidateLayers
         result.AddRange(layers.Where(l => l.Name == pooled));
         result.AddRange(layers.Where(l => l.Name == "linear" || l.Name == "fc").Take(1));
         return result;
+    }
+
+    /// <summary>
+    /// Widest block output (flattened elements per image) a default candidate keys on whole; wider ones are pooled. Above CIFAR
+    /// DenseNet-BC-100's last blocks (342 × 8 × 8 = 21,888), below the last stage of the torchvision ImageNet models (ResNet-18:
+    /// 512 × 7 × 7 = 25,088; ResNet-50: 100,352).
+    /// </summary>
+    public const long MaxUnpooledWidth = 24_576;
+
+    /// <summary>The first module that starts after <paramref name="name"/> and is not inside it.</summary>
+    private static string? NextOutside(IReadOnlyList<LayerInfo> layers, string name)
+    {
+        var index = layers.ToList().FindIndex(l => l.Name == name);
+        return layers.Skip(index + 1).FirstOrDefault(l => !l.Name.StartsWith(name + ".", StringComparison.Ordinal))?.Name;
     }
 
     private static bool SameSpatialSize(LayerInfo a, LayerInfo b) =>

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using ScalableCache.Core.Data;
 using ScalableCache.Core.Evaluation;
 using ScalableCache.Core.Models;
@@ -20,6 +21,24 @@ public sealed class FeatureExtractionOptions
 /// <param name="Processed">Images processed.</param>
 /// <param name="Total">Images in the data set.</param>
 public readonly record struct ExtractionProgress(long Processed, long Total);
+
+/// <summary>
+/// How fast a streamed extraction ran: the loader (the source's <see cref="IImageSource.Read"/>, decoding on every core) and the whole
+/// pass with the network. Reads of batch i + 1 overlap the network's pass over batch i, so <see cref="ReadSeconds"/> is the loader's
+/// time while it shares the cores with the network, and <see cref="WaitSeconds"/> is how long the network sat idle waiting for it.
+/// </summary>
+/// <param name="Images">Images extracted.</param>
+/// <param name="Seconds">Wall time of the whole extraction.</param>
+/// <param name="ReadSeconds">Time spent in the source's reads, summed over the batches.</param>
+/// <param name="WaitSeconds">Time the network waited for a batch to be read (the first batch included).</param>
+public sealed record ExtractionThroughput(long Images, double Seconds, double ReadSeconds, double WaitSeconds)
+{
+    /// <summary>Images per second of the whole pass, network included.</summary>
+    public double ImagesPerSecond => Seconds > 0 ? Images / Seconds : 0;
+
+    /// <summary>Images per second of the loader alone: <see cref="Images"/> over <see cref="ReadSeconds"/>.</summary>
+    public double LoaderImagesPerSecond => ReadSeconds > 0 ? Images / ReadSeconds : 0;
+}
 
 /// <summary>
 /// Keys, classifier outputs and labels of a whole data set, on the CPU, row i belonging to image i. Owns its tensors (detached from
@@ -51,6 +70,9 @@ public sealed class ExtractedFeatures : IDisposable
     /// <summary>The labels given, <c>[N]</c> int64; <see langword="null"/> when none were given.</summary>
     public Tensor? Labels { get; }
 
+    /// <summary>How fast the extraction ran; <see langword="null"/> for the tensor overload.</summary>
+    public ExtractionThroughput? Throughput { get; internal set; }
+
     /// <summary>Number of images N.</summary>
     public long Count => Keys.shape[0];
 
@@ -68,7 +90,8 @@ public sealed class ExtractedFeatures : IDisposable
 }
 
 /// <summary>
-/// Runs a <see cref="LayerTapExtractor"/> over a whole data set in batches: uint8 NCHW pixels (or a tensor) are normalised per batch,
+/// Runs a <see cref="LayerTapExtractor"/> over a whole data set in batches: uint8 NCHW pixels from an <see cref="IImageSource"/> (an
+/// in-memory <see cref="ImageDataset"/> or a streaming source; one code path for both), or a tensor, are normalised per batch,
 /// sent to the device, passed through the model once, and the keys, logits and probabilities are copied into CPU tensors
 /// preallocated for the whole set.
 /// </summary>
@@ -79,30 +102,6 @@ public sealed class ExtractedFeatures : IDisposable
 /// </remarks>
 public static class DatasetFeatureExtractor
 {
-    /// <summary>Extracts keys for <c>pixels.Length / shape.Size</c> uint8 images stored NCHW (image-major, then channel, row, column).</summary>
-    /// <param name="extractor">The tapped model.</param>
-    /// <param name="pixels">All images, <c>N · C · H · W</c> bytes.</param>
-    /// <param name="labels">One label per image, or empty for none.</param>
-    /// <param name="shape">Shape of one image.</param>
-    /// <param name="normalization">The model's input normalisation.</param>
-    /// <param name="options">Batch size and device; defaults when <see langword="null"/>.</param>
-    /// <param name="progress">Told after every batch.</param>
-    /// <param name="cancellationToken">Checked before every batch.</param>
-    public static ExtractedFeatures Extract(
-        LayerTapExtractor extractor,
-        ReadOnlySpan<byte> pixels,
-        ReadOnlySpan<int> labels,
-        InputShape shape,
-        InputNormalization normalization,
-        FeatureExtractionOptions? options = null,
-        IProgress<ExtractionProgress>? progress = null,
-        CancellationToken cancellationToken = default)
-    {
-        var sink = new KeySink(extractor);
-        Run(extractor, pixels, labels, shape, normalization, options, sink, progress, cancellationToken);
-        return sink.Finish();
-    }
-
     /// <summary>Extracts keys for images <c>[N, C, H, W]</c>: uint8 pixels, or floating point already in <c>[0, 1]</c>.</summary>
     /// <param name="extractor">The tapped model.</param>
     /// <param name="images">All images, on any device.</param>
@@ -122,42 +121,6 @@ public static class DatasetFeatureExtractor
     {
         var sink = new KeySink(extractor);
         Run(extractor, images, labels, normalization, options, sink, progress, cancellationToken);
-        return sink.Finish();
-    }
-
-    /// <summary>
-    /// Each tapped layer's own unit keys and activation norms (for layer searches: any layer set's keys are then composed without
-    /// another forward pass, see <see cref="PerLayerKeys.Compose"/>), with the network's probabilities and the labels, for
-    /// <c>pixels.Length / shape.Size</c> uint8 NCHW images. Keys are stored as <paramref name="storage"/> (float16 halves memory).
-    /// </summary>
-    /// <param name="extractor">The tapped model (its layers are the candidates).</param>
-    /// <param name="pixels">All images, <c>N · C · H · W</c> bytes.</param>
-    /// <param name="labels">One label per image (required).</param>
-    /// <param name="shape">Shape of one image.</param>
-    /// <param name="normalization">The model's input normalisation.</param>
-    /// <param name="options">Batch size and device; defaults when <see langword="null"/>.</param>
-    /// <param name="storage">Element type of the stored unit keys: float32 or float16.</param>
-    /// <param name="progress">Told after every batch.</param>
-    /// <param name="cancellationToken">Checked before every batch.</param>
-    public static PerLayerKeys ExtractPerLayer(
-        LayerTapExtractor extractor,
-        ReadOnlySpan<byte> pixels,
-        ReadOnlySpan<int> labels,
-        InputShape shape,
-        InputNormalization normalization,
-        FeatureExtractionOptions? options = null,
-        ScalarType storage = ScalarType.Float32,
-        IProgress<ExtractionProgress>? progress = null,
-        CancellationToken cancellationToken = default)
-    {
-        CheckStorage(storage);
-        if (labels.IsEmpty)
-        {
-            throw new ArgumentException("Per-layer keys need one label per image.", nameof(labels));
-        }
-
-        var sink = new LayerSink(extractor, storage);
-        Run(extractor, pixels, labels, shape, normalization, options, sink, progress, cancellationToken);
         return sink.Finish();
     }
 
@@ -240,13 +203,21 @@ public static class DatasetFeatureExtractor
         }
 
         var batchSize = sink.Start(normalization, shape.Channels, count, options);
+        var wall = Stopwatch.StartNew();
+        long readTicks = 0, waitTicks = 0;
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
         sink.Labels = LabelTensor(source.Labels);
         var capacity = Math.Min(batchSize, count);
         byte[][] buffers = [new byte[(long)capacity * shape.Size], new byte[(long)capacity * shape.Size]];
-        Task ReadAsync(int start, byte[] buffer) =>
-            Task.Run(() => source.Read(start, Math.Min(batchSize, count - start), buffer), cancellationToken);
+        Task ReadAsync(int start, byte[] buffer) => Task.Run(
+            () =>
+            {
+                var began = Stopwatch.GetTimestamp();
+                source.Read(start, Math.Min(batchSize, count - start), buffer);
+                readTicks += Stopwatch.GetTimestamp() - began; // one read in flight at a time; its completion publishes the sum
+            },
+            cancellationToken);
 
         var pending = ReadAsync(0, buffers[0]);
         try
@@ -254,7 +225,9 @@ public static class DatasetFeatureExtractor
             for (int start = 0, i = 0; start < count; start += batchSize, i++)
             {
                 cancellationToken.ThrowIfCancellationRequested();
+                var waitBegan = Stopwatch.GetTimestamp();
                 pending.GetAwaiter().GetResult();
+                waitTicks += Stopwatch.GetTimestamp() - waitBegan;
                 var n = Math.Min(batchSize, count - start);
                 var current = buffers[i % 2];
                 var next = start + batchSize;
@@ -278,53 +251,8 @@ public static class DatasetFeatureExtractor
         }
 
         sink.Detach(scope);
-    }
-
-    private static void Run(
-        LayerTapExtractor extractor, ReadOnlySpan<byte> pixels, ReadOnlySpan<int> labels, InputShape shape, InputNormalization normalization,
-        FeatureExtractionOptions? options, Sink sink, IProgress<ExtractionProgress>? progress, CancellationToken cancellationToken)
-    {
-        ArgumentNullException.ThrowIfNull(extractor);
-        ArgumentNullException.ThrowIfNull(normalization);
-        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(shape.Size, nameof(shape));
-        if (pixels.Length % shape.Size != 0)
-        {
-            throw new ArgumentException($"{pixels.Length} pixel bytes are not a whole number of {shape} images.", nameof(pixels));
-        }
-
-        var count = pixels.Length / shape.Size;
-        if (!labels.IsEmpty && labels.Length != count)
-        {
-            throw new ArgumentException($"{labels.Length} labels for {count} images.", nameof(labels));
-        }
-
-        var batchSize = sink.Start(normalization, shape.Channels, count, options);
-        using var noGrad = no_grad();
-        using var scope = NewDisposeScope();
-        if (!labels.IsEmpty)
-        {
-            var longs = new long[count];
-            for (var i = 0; i < count; i++)
-            {
-                longs[i] = labels[i];
-            }
-
-            sink.Labels = tensor(longs, [count]);
-        }
-
-        var buffer = new byte[Math.Min(batchSize, Math.Max(count, 1)) * shape.Size];
-        for (var start = 0; start < count; start += batchSize)
-        {
-            cancellationToken.ThrowIfCancellationRequested();
-            var n = Math.Min(batchSize, count - start);
-            pixels.Slice(start * shape.Size, n * shape.Size).CopyTo(buffer);
-            var batch = empty([n, shape.Channels, shape.Height, shape.Width], ScalarType.Byte);
-            batch.bytes = buffer.AsSpan(0, n * shape.Size);
-            sink.Add(batch, start, scope);
-            progress?.Report(new ExtractionProgress(start + n, count));
-        }
-
-        sink.Detach(scope);
+        sink.Throughput = new ExtractionThroughput(
+            count, wall.Elapsed.TotalSeconds, (double)readTicks / Stopwatch.Frequency, (double)waitTicks / Stopwatch.Frequency);
     }
 
     private static void Run(
@@ -375,6 +303,8 @@ public static class DatasetFeatureExtractor
         protected long Count { get; private set; }
 
         public Tensor? Labels { get; set; }
+
+        public ExtractionThroughput? Throughput { get; set; }
 
         protected Tensor? Probabilities { get; set; }
 
@@ -435,7 +365,7 @@ public static class DatasetFeatureExtractor
         private Tensor? _keys;
         private Tensor? _logits;
 
-        public ExtractedFeatures Finish() => new(Extractor.Layers, _keys!, _logits!, Probabilities!, Labels);
+        public ExtractedFeatures Finish() => new(Extractor.Layers, _keys!, _logits!, Probabilities!, Labels) { Throughput = Throughput };
 
         protected override void Keep(Tensor logits, Tensor[] activations, long start, long n)
         {
@@ -462,7 +392,10 @@ public static class DatasetFeatureExtractor
                 layers.Select((l, i) => (l, _keys![i])).ToDictionary(p => p.l, p => p.Item2, StringComparer.Ordinal),
                 layers.Select((l, i) => (l, _norms![i])).ToDictionary(p => p.l, p => p.Item2, StringComparer.Ordinal),
                 Probabilities!,
-                Labels!);
+                Labels!)
+            {
+                Throughput = Throughput,
+            };
         }
 
         protected override void Keep(Tensor logits, Tensor[] activations, long start, long n)

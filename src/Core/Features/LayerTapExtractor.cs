@@ -41,7 +41,8 @@ public sealed class LayerTapExtractor : IDisposable
 
     /// <summary>Creates the extractor and hooks the named modules of <paramref name="model"/>.</summary>
     /// <param name="model">The model, images → logits (not owned: the caller disposes it after this extractor).</param>
-    /// <param name="layers">Module names to tap, in key order, at least one, no duplicates (see <see cref="LayerInspector.ListLayers"/>).</param>
+    /// <param name="layers">Module names to tap, in key order, at least one, no duplicates (see <see cref="LayerInspector.ListLayers"/>); a name
+    /// ending in <see cref="PooledSuffix"/> taps the module's globally average-pooled output.</param>
     /// <param name="keyNormalization">How the activations become one key.</param>
     /// <exception cref="ArgumentException">An unknown or repeated layer name; the message lists the valid names.</exception>
     public LayerTapExtractor(nn.Module<Tensor, Tensor> model, IEnumerable<string> layers, KeyNormalization keyNormalization = KeyNormalization.PerLayer)
@@ -65,7 +66,7 @@ public sealed class LayerTapExtractor : IDisposable
         var modules = model.named_modules()
             .Where(m => m.module is nn.Module<Tensor, Tensor>)
             .ToDictionary(m => m.name, m => (nn.Module<Tensor, Tensor>)m.module, StringComparer.Ordinal);
-        var unknown = _layers.Where(l => !modules.ContainsKey(l)).ToList();
+        var unknown = _layers.Where(l => !modules.ContainsKey(ModuleName(l))).ToList();
         if (unknown.Count > 0)
         {
             throw new ArgumentException(
@@ -79,13 +80,34 @@ public sealed class LayerTapExtractor : IDisposable
         for (var i = 0; i < _layers.Length; i++)
         {
             var slot = i;
-            var hook = modules[_layers[i]].register_forward_hook((_, _, output) =>
+            var hook = modules[ModuleName(_layers[i])].register_forward_hook((_, _, output) =>
             {
                 Capture(slot, output);
                 return output;
             });
             _removers.Add(hook.remove);
         }
+    }
+
+    /// <summary>
+    /// Suffix of a pooled tap: <c>layer4.1:avg</c> taps module <c>layer4.1</c> and averages its output over the spatial dimensions
+    /// (global average pooling, <c>[b, C, H, W]</c> → <c>[b, C]</c>) before it becomes part of a key, as Orhan's ImageNet caches pool
+    /// the last blocks of ResNet-50. An output without spatial dimensions is used as it is.
+    /// </summary>
+    public const string PooledSuffix = ":avg";
+
+    /// <summary>The module a layer reference taps: the name without <see cref="PooledSuffix"/>.</summary>
+    public static string ModuleName(string layer)
+    {
+        ArgumentNullException.ThrowIfNull(layer);
+        return IsPooled(layer) ? layer[..^PooledSuffix.Length] : layer;
+    }
+
+    /// <summary>Whether a layer reference asks for the globally average-pooled output (<see cref="PooledSuffix"/>).</summary>
+    public static bool IsPooled(string layer)
+    {
+        ArgumentNullException.ThrowIfNull(layer);
+        return layer.EndsWith(PooledSuffix, StringComparison.Ordinal);
     }
 
     /// <summary>The model tapped.</summary>
@@ -152,7 +174,10 @@ public sealed class LayerTapExtractor : IDisposable
                 var activation = _captured[i]!;
                 _captured[i] = null;
                 scope.Attach(activation);
-                parts[i] = activation.reshape(activation.shape[0], -1).MoveToOuterDisposeScope();
+                var tapped = IsPooled(_layers[i]) && activation.dim() > 2
+                    ? activation.mean([.. Enumerable.Range(2, (int)activation.dim() - 2).Select(d => (long)d)])
+                    : activation;
+                parts[i] = tapped.reshape(activation.shape[0], -1).MoveToOuterDisposeScope();
             }
 
             return (logits.MoveToOuterDisposeScope(), parts);

@@ -28,6 +28,7 @@ public sealed partial class TorchVisionDenseNet : ImageClassifier
     private readonly AdaptiveAvgPool2d avgpool;
     private readonly Linear classifier;
 #pragma warning restore IDE1006
+    private readonly List<string> _blockOutputs = [];
 
     /// <summary>Builds an untrained DenseNet.</summary>
     /// <param name="growthRate">Channels each dense layer adds (32; 48 for DenseNet-161).</param>
@@ -63,6 +64,7 @@ public sealed partial class TorchVisionDenseNet : ImageClassifier
         {
             var k = (b + 1).ToString(CultureInfo.InvariantCulture);
             modules.Add(("denseblock" + k, new TorchVisionDenseBlock(blocks[b], channels, growthRate, bottleneckSize)));
+            _blockOutputs.Add("features.denseblock" + k);
             channels += blocks[b] * growthRate;
             if (b != blocks.Count - 1)
             {
@@ -71,6 +73,7 @@ public sealed partial class TorchVisionDenseNet : ImageClassifier
                     ("relu", ReLU()),
                     ("conv", Conv2d(channels, channels / 2, 1, bias: false)),
                     ("pool", AvgPool2d(2, stride: 2)))));
+                _blockOutputs.Add("features.transition" + k);
                 channels /= 2;
             }
         }
@@ -98,6 +101,9 @@ public sealed partial class TorchVisionDenseNet : ImageClassifier
 
     /// <inheritdoc />
     public override string PooledFeaturesLayer => "avgpool";
+
+    /// <summary>The dense blocks and transitions in forward order (<c>features.denseblock1</c>, <c>features.transition1</c>, …, <c>features.denseblock4</c>).</summary>
+    public override IReadOnlyList<string>? BlockOutputs => _blockOutputs;
 
     /// <summary>
     /// The current torchvision name of a checkpoint tensor: <c>…denselayerJ.norm.1.weight</c> → <c>…denselayerJ.norm1.weight</c> (likewise

@@ -19,7 +19,27 @@ internal static class CommonOptions
 
     public static Option<string?> Data() => new("--data")
     {
-        Description = "CIFAR-10 binary folder (cifar-10-batches-bin or its parent). Default: SCACHE_DATA, else Assets:Cifar10.",
+        Description = "CIFAR-10 binary folder (cifar-10-batches-bin or its parent). Default: SCACHE_DATA, else Assets:Cifar10. For ImageNet: the folder holding train/<wnid>/*.JPEG and val/ (required).",
+    };
+
+    public static Option<string?> Dataset() => new Option<string?>("--dataset")
+    {
+        Description = "Data set: cifar10, cifar100 or imagenet. Default: the one the model classifies (ImageNet for 224×224 models such as torchvision:resnet50).",
+    }.AcceptOnlyFromAmong("cifar10", "cifar100", "imagenet");
+
+    public static Option<int?> PerClass() => new Option<int?>("--per-class")
+    {
+        Description = "ImageNet: a seeded class-balanced cache of this many training images per class (the paper used 275); default the whole training set.",
+    }.AtLeast(1);
+
+    /// <summary>The data set a <see cref="Dataset"/> value names, or null when absent.</summary>
+    public static Experiments.DataSetKind? DatasetKind(string? value) => value switch
+    {
+        null => null,
+        "cifar10" => Experiments.DataSetKind.Cifar10,
+        "cifar100" => Experiments.DataSetKind.Cifar100,
+        "imagenet" => Experiments.DataSetKind.ImageNet,
+        _ => throw new UsageException($"Unknown --dataset '{value}': cifar10, cifar100 or imagenet."),
     };
 
     public static Option<string?> Out() => new("--out", "-o")

@@ -16,6 +16,8 @@ internal sealed class EvaluateCommand : IScacheCommand
         var model = CommonOptions.Model();
         var weights = CommonOptions.Weights();
         var data = CommonOptions.Data();
+        var dataset = CommonOptions.Dataset();
+        var perClass = CommonOptions.PerClass();
         var output = CommonOptions.Out();
         var seed = CommonOptions.Seed();
         var flip = CommonOptions.Flip();
@@ -33,9 +35,9 @@ internal sealed class EvaluateCommand : IScacheCommand
         var lambda = CommonOptions.Lambda("Fixed λ in [0, 1] (with --theta); λ = 1 is cache-only.");
         var search = new Option<bool>("--search") { Description = "Search θ and λ on the validation half (the default when neither is given)." };
 
-        Definition = new Command("evaluate", "Baseline, cache model and cache-only model for one model (a Table 1 row), with θ, λ searched on a seeded half of the test set.")
+        Definition = new Command("evaluate", "Baseline, cache model and cache-only model for one model (a Table 1 row), with θ, λ searched on a seeded half of the test set (ImageNet: of the validation set).")
         {
-            model, weights, data, output, seed, flip, layers, theta, lambda, search, thetas, lambdas, includeCacheOnly, widen, candidates, maxLayers, maxTrain, maxTest, cache,
+            model, weights, data, dataset, perClass, output, seed, flip, layers, theta, lambda, search, thetas, lambdas, includeCacheOnly, widen, candidates, maxLayers, maxTrain, maxTest, cache,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("evaluate", async token =>
         {
@@ -62,7 +64,8 @@ internal sealed class EvaluateCommand : IScacheCommand
             var row = await services.GetRequiredService<Table1Experiment>().RunAsync(new Table1Request(
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)),
                 CommonOptions.Names(parse.GetValue(candidates)), parse.GetValue(maxLayers), parse.GetValue(seed), parse.GetValue(flip), grid,
-                fixedTheta, fixedLambda, parse.GetValue(maxTrain), parse.GetValue(maxTest), parse.GetValue(cache)), token).ConfigureAwait(false);
+                fixedTheta, fixedLambda, parse.GetValue(maxTrain), parse.GetValue(maxTest), parse.GetValue(cache),
+                CommonOptions.DatasetKind(parse.GetValue(dataset)), parse.GetValue(perClass)), token).ConfigureAwait(false);
             folder.WriteText("report.md", Table1Report.Markdown([row], $"Cache model evaluation: {row.Model}"));
             Table1Report.Plot(folder, row);
             var result = new EvaluateResult(row, folder.Path);

@@ -16,6 +16,9 @@ internal enum DataSetKind
 
     /// <summary>CIFAR-100 (binary version; the training file may be a subset).</summary>
     Cifar100,
+
+    /// <summary>ImageNet (ILSVRC-2012) folders: <c>train/&lt;wnid&gt;/*.JPEG</c> and <c>val/</c>, streamed from disk (<see cref="ImageNetFolder"/>).</summary>
+    ImageNet,
 }
 
 /// <summary>Loads what the experiment commands share — model, data, features, the configured cache provider — with progress.</summary>
@@ -91,23 +94,37 @@ internal sealed class ExperimentSession(
         }
     }
 
-    /// <summary>The data set a model classifies: CIFAR-10 for 10 classes, CIFAR-100 for 100.</summary>
-    public static DataSetKind DataSetOf(LoadedModel model)
+    /// <summary>
+    /// The data set a model classifies: ImageNet for a model with ImageNet-sized (224×224) inputs, else CIFAR-10 for 10 classes and
+    /// CIFAR-100 for 100; <paramref name="requested"/> (a <c>--dataset</c> flag) must agree with the model.
+    /// </summary>
+    public static DataSetKind DataSetOf(LoadedModel model, DataSetKind? requested = null)
     {
         ArgumentNullException.ThrowIfNull(model);
-        return model.Model.ClassCount switch
-        {
-            10 => DataSetKind.Cifar10,
-            100 => DataSetKind.Cifar100,
-            var n => throw new UsageException($"{model.Spec.Name} has {n} classes; the experiments run on CIFAR-10 (10) and CIFAR-100 (100)."),
-        };
+        var kind = model.Input == InputShape.ImageNet
+            ? DataSetKind.ImageNet
+            : model.Model.ClassCount switch
+            {
+                10 => DataSetKind.Cifar10,
+                100 => DataSetKind.Cifar100,
+                var n => throw new UsageException(
+                    $"{model.Spec.Name} has {n} classes and {model.Input} inputs; the experiments run on CIFAR-10 (10 classes), CIFAR-100 (100) " +
+                    "and ImageNet (models with 224×224 inputs, e.g. torchvision:resnet50)."),
+            };
+        return requested is { } r && r != kind
+            ? throw new UsageException($"--dataset {Name(r)} does not fit {model.Spec.Name} ({model.Model.ClassCount} classes, {model.Input} inputs): it classifies {Name(kind)}.")
+            : kind;
     }
 
-    /// <summary>The test set of the model's data set.</summary>
+    /// <summary>The <c>--dataset</c> name of a data set kind.</summary>
+    public static string Name(DataSetKind kind) => kind.ToString().ToLowerInvariant();
+
+    /// <summary>The test set of the model's data set (CIFAR; ImageNet streams, see <see cref="LoadImageNet"/>).</summary>
     public ImageDataset LoadTest(LoadedModel model, string? data) => DataSetOf(model) switch
     {
         DataSetKind.Cifar10 => Cifar10.LoadTest(assets.Cifar10(data, DatasetParts.Test)),
-        _ => Cifar100.LoadTest(assets.Cifar100(data, DatasetParts.Test)),
+        DataSetKind.Cifar100 => Cifar100.LoadTest(assets.Cifar100(data, DatasetParts.Test)),
+        _ => throw NotInMemory(model),
     };
 
     /// <summary>The training set of the model's data set (for CIFAR-100 whatever <c>train.bin</c> holds: the full set or a subset).</summary>
@@ -116,10 +133,60 @@ internal sealed class ExperimentSession(
         var train = DataSetOf(model) switch
         {
             DataSetKind.Cifar10 => Cifar10.LoadTrain(assets.Cifar10(data, DatasetParts.Train)),
-            _ => Cifar100.LoadFile(Path.Combine(assets.Cifar100(data, DatasetParts.Train), Cifar100.TrainFile)),
+            DataSetKind.Cifar100 => Cifar100.LoadFile(Path.Combine(assets.Cifar100(data, DatasetParts.Train), Cifar100.TrainFile)),
+            _ => throw NotInMemory(model),
         };
         return flips ? train.WithHorizontalFlips() : train;
     }
+
+    /// <summary>
+    /// ImageNet under the paper's protocol, streamed from <paramref name="data"/> (<see cref="ImageNetFolder"/>): the cache images are
+    /// the training set, or a seeded class-balanced subset of <paramref name="perClass"/> images per class (the paper's 275); the test
+    /// set is the validation set (a seeded class-balanced subset when <paramref name="maxTest"/> is given), split by
+    /// <see cref="ValidationFraction"/> into the half that chooses θ, λ and the layers and the half errors are reported on. TrainCount: the
+    /// training images before any subset.
+    /// </summary>
+    /// <exception cref="UsageException">No <paramref name="data"/>, or a model without 224×224 inputs.</exception>
+    /// <exception cref="DatasetFormatException">The folder's classes are not the model's (another count), or a layout problem.</exception>
+    public (IImageSource Train, IImageSource Test, DatasetSplit Split, int TrainCount) LoadImageNet(LoadedModel model, string? data, int seed, int? perClass, int? maxTest)
+    {
+        var validation = ImageNetValidation(model, data, maxTest, seed);
+        var train = ImageNetFolder.Train(data!, validation.Transform);
+        IImageSource cache = perClass is { } k ? train.Subset(train.ClassBalancedIndices(k, seed)) : train;
+        progress.Status(
+            $"ImageNet {Path.GetFullPath(data!)}: {train.ClassNames.Count:N0} classes, cache {cache.Count:N0} of {train.Count:N0} training images" +
+            $"{(perClass is { } p ? $" ({p} per class, seed {seed})" : string.Empty)}, {validation.Count:N0} validation images ({validation.Transform})");
+        return (cache, validation, validation.SeededSplit(seed, ValidationFraction), train.Count);
+    }
+
+    /// <summary>The ImageNet validation images of <paramref name="data"/> (limited as by <see cref="Limit(IImageSource, int?, int)"/>), checked against the model.</summary>
+    public static ImageFileSource ImageNetValidation(LoadedModel model, string? data, int? maxTest, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(model);
+        if (string.IsNullOrWhiteSpace(data))
+        {
+            throw new UsageException("ImageNet needs --data DIR: the folder holding train/<wnid>/*.JPEG and val/ (wnid folders, or flat with " +
+                $"{ImageNetFolder.GroundTruthFile}).");
+        }
+
+        if (model.Input != InputShape.ImageNet)
+        {
+            throw new UsageException($"ImageNet images are {InputShape.ImageNet} but {model.Spec.Name} takes {model.Input}; use an ImageNet model such as torchvision:resnet50.");
+        }
+
+        var validation = ImageNetFolder.Validation(data);
+        if (validation.ClassNames.Count != model.Model.ClassCount)
+        {
+            throw new DatasetFormatException(
+                Path.GetFullPath(data), null,
+                $"has {validation.ClassNames.Count} classes (wnids) but {model.Spec.Name} from its checkpoint outputs {model.Model.ClassCount}; class i is the i-th wnid in sorted order, so the folder must hold every class the model has.");
+        }
+
+        return (ImageFileSource)Limit(validation, maxTest, seed);
+    }
+
+    private static UsageException NotInMemory(LoadedModel model) =>
+        new($"{model.Spec.Name} classifies ImageNet, which this command does not load; ImageNet runs through `evaluate` and `reproduce --dataset imagenet --data DIR`.");
 
     /// <summary>
     /// Per-pixel statistics of the model's data set over all its training and test images (Orhan's preprocessing): computed when
@@ -208,19 +275,24 @@ internal sealed class ExperimentSession(
     }
 
     /// <summary>A seeded class-balanced subset of at most <paramref name="max"/> images (for quick runs), or the set itself.</summary>
-    public static ImageDataset Limit(ImageDataset data, int? max, int seed)
+    public static ImageDataset Limit(ImageDataset data, int? max, int seed) => (ImageDataset)Limit((IImageSource)data, max, seed);
+
+    /// <summary>A seeded class-balanced subset of at most <paramref name="max"/> images of any source (of the same kind), or the source itself.</summary>
+    public static IImageSource Limit(IImageSource data, int? max, int seed)
     {
+        ArgumentNullException.ThrowIfNull(data);
         if (max is null || max >= data.Count)
         {
             return data;
         }
 
-        if (max < data.ClassCount)
+        var classes = data.ClassNames.Count;
+        if (max < classes)
         {
-            throw new UsageException($"A limit of {max} images leaves some of the {data.ClassCount} classes empty.");
+            throw new UsageException($"A limit of {max} images leaves some of the {classes} classes empty.");
         }
 
-        return data.ClassBalancedSubset(max.Value / data.ClassCount, seed);
+        return data.Subset(data.ClassBalancedIndices(max.Value / classes, seed));
     }
 
     /// <summary>

@@ -1,7 +1,9 @@
 using System.Diagnostics;
+using System.Globalization;
 using ScalableCache.Core;
 using ScalableCache.Core.Data;
 using ScalableCache.Core.Evaluation;
+using ScalableCache.Core.Features;
 using ScalableCache.Host.Cli;
 
 namespace ScalableCache.Host.Experiments;
@@ -21,7 +23,9 @@ internal sealed record Table1Request(
     double? Lambda,
     int? MaxTrain = null,
     int? MaxTest = null,
-    string? CacheFile = null);
+    string? CacheFile = null,
+    DataSetKind? Dataset = null,
+    int? PerClass = null);
 
 /// <summary>One Table 1 row with everything needed to reproduce it.</summary>
 internal sealed record Table1Row(
@@ -53,6 +57,18 @@ internal sealed record Table1Row(
 {
     /// <summary>θ values adaptive widening added beyond the configured grid.</summary>
     public int ThetaWidenings { get; init; }
+
+    /// <summary>The data set (<c>cifar10</c>, <c>cifar100</c>, <c>imagenet</c>).</summary>
+    public string Dataset { get; init; } = "";
+
+    /// <summary>Training images the cache was made from, before any per-class subset (equal to <see cref="CacheSize"/> without one, unflipped).</summary>
+    public long TrainCount { get; init; }
+
+    /// <summary>Images per class of the seeded cache subset (<c>--per-class</c>); <see langword="null"/> for the whole training set.</summary>
+    public int? PerClass { get; init; }
+
+    /// <summary>How fast each extraction ran (<c>train</c>, <c>test</c>): images/s of the loader alone and with the network.</summary>
+    public IReadOnlyDictionary<string, ExtractionThroughput> Throughput { get; init; } = new Dictionary<string, ExtractionThroughput>();
 }
 
 /// <summary>
@@ -73,7 +89,30 @@ internal sealed class Table1Experiment(ExperimentSession session)
             return RunFromCacheFile(request, model, total, cancellationToken);
         }
 
-        var (train, test, split) = session.LoadData(model, request.Data, request.Seed, request.MaxTrain, request.MaxTest);
+        var kind = ExperimentSession.DataSetOf(model, request.Dataset);
+        if (kind == DataSetKind.ImageNet && request.Flip)
+        {
+            throw new UsageException("--flip needs the training images in memory; ImageNet's stream from disk.");
+        }
+
+        if (request.PerClass is not null && kind != DataSetKind.ImageNet)
+        {
+            throw new UsageException("--per-class applies to ImageNet; for CIFAR use --max-train.");
+        }
+
+        int trainCount;
+        IImageSource train, test;
+        DatasetSplit split;
+        if (kind == DataSetKind.ImageNet)
+        {
+            (train, test, split, trainCount) = session.LoadImageNet(model, request.Data, request.Seed, request.PerClass, request.MaxTest);
+        }
+        else
+        {
+            (train, test, split) = session.LoadData(model, request.Data, request.Seed, request.MaxTrain, request.MaxTest);
+            trainCount = train.Count;
+        }
+
         var fitter = session.Fitter(model, o =>
         {
             o.Layers = request.Layers?.Select(model.Model.ResolveLayer).ToList(); // a Keras model also takes model.layers indices
@@ -91,8 +130,19 @@ internal sealed class Table1Experiment(ExperimentSession session)
         using var trainKeys = progress.Timed($"{request.Model}: training keys", () => fitter.ExtractLayers(train, candidates, "train", cancellationToken), out var t1);
         using var testKeys = progress.Timed($"{request.Model}: test keys", () => fitter.ExtractLayers(test, candidates, "test", cancellationToken), out var t2);
         using var validationKeys = testKeys.Rows(split.First);
+        var throughput = new Dictionary<string, ExtractionThroughput>();
+        foreach (var (part, keys) in new[] { ("train", trainKeys), ("test", testKeys) })
+        {
+            if (keys.Throughput is { } t)
+            {
+                throughput[part] = t;
+                progress.Status(string.Create(CultureInfo.InvariantCulture,
+                    $"{request.Model}: {part} {t.Images:N0} images, {t.ImagesPerSecond:0.0}/s with the network, loader {t.LoaderImagesPerSecond:0.0}/s alone; the network waited {t.WaitSeconds:0.0} s for images"));
+            }
+        }
+
         using var fit = progress.Timed($"{request.Model}: fit ({(request.Layers is null ? "layer search, " : "")}{provider.Provider} cache, θ/λ search)",
-            () => fitter.Fit(trainKeys, validationKeys, train, cancellationToken), out _);
+            () => fitter.Fit(trainKeys, validationKeys, train as ImageDataset, cancellationToken), out _);
         var layers = fit.Report.Layers;
         using var report = fitter.Compose(testKeys, layers, split.Second);
         var result = progress.Timed($"{request.Model}: report", () => CacheEvaluation.Report(
@@ -105,7 +155,13 @@ internal sealed class Table1Experiment(ExperimentSession session)
             ["total"] = total.Elapsed.TotalSeconds,
         };
         return Row(request, model.Spec.Name, layers, fit.Report.KeyDimension, fit.Report.CacheSize, request.Flip, split, provider.Provider, result,
-            fit.Report.LayerSearch, seconds);
+            fit.Report.LayerSearch, seconds) with
+        {
+            Dataset = ExperimentSession.Name(kind),
+            TrainCount = trainCount,
+            PerClass = request.PerClass,
+            Throughput = throughput,
+        };
     }
 
     /// <summary>
@@ -122,7 +178,10 @@ internal sealed class Table1Experiment(ExperimentSession session)
             throw new UsageException($"The cache file keys layers [{string.Join(", ", recipe.Layers)}], not [{string.Join(", ", wanted)}].");
         }
 
-        var test = ExperimentSession.Limit(session.LoadTest(model, request.Data), request.MaxTest, request.Seed);
+        var kind = ExperimentSession.DataSetOf(model, request.Dataset);
+        IImageSource test = kind == DataSetKind.ImageNet
+            ? ExperimentSession.ImageNetValidation(model, request.Data, request.MaxTest, request.Seed)
+            : ExperimentSession.Limit(session.LoadTest(model, request.Data), request.MaxTest, request.Seed);
         var split = test.SeededSplit(request.Seed, ExperimentSession.ValidationFraction);
         var fitter = session.Fitter(model, o => o.KeyNormalization = recipe.Normalization);
         using var testKeys = progress.Timed($"{request.Model}: test keys", () => fitter.ExtractLayers(test, recipe.Layers, "test", cancellationToken), out var t2);
@@ -145,7 +204,12 @@ internal sealed class Table1Experiment(ExperimentSession session)
             ["total"] = total.Elapsed.TotalSeconds,
         };
         return Row(request, model.Spec.Name, recipe.Layers, classifier.Dimension, classifier.Count, classifier.Flip, split, classifier.Memory.Provider, result,
-            null, seconds);
+            null, seconds) with
+        {
+            Dataset = ExperimentSession.Name(kind),
+            TrainCount = classifier.Count,
+            Throughput = testKeys.Throughput is { } t ? new Dictionary<string, ExtractionThroughput> { ["test"] = t } : new Dictionary<string, ExtractionThroughput>(),
+        };
     }
 
     public static Table1Row Row(

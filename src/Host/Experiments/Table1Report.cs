@@ -13,7 +13,16 @@ internal static class Table1Report
         var sb = new StringBuilder();
         sb.AppendLine(CultureInfo.InvariantCulture, $"# {title}").AppendLine();
         var first = rows.FirstOrDefault();
-        if (first is not null)
+        if (first is { Dataset: "imagenet" })
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture,
+                $"Protocol (the paper's ImageNet protocol): the cache holds {first.CacheSize:N0} keys of training images " +
+                $"({(first.PerClass is { } k ? $"a seeded class-balanced subset of {k} per class (seed {first.Seed}) of {first.TrainCount:N0}" : $"all {first.TrainCount:N0}")}); " +
+                $"the validation set is split at random (seed {first.Seed}) into a half that chooses θ, λ and the layers ({first.ValidationCount:N0} images) " +
+                $"and a half the errors are reported on ({first.ReportCount:N0} images). Images: shorter side to 256 (antialiased bilinear), centre " +
+                $"crop 224, ImageNet mean/std, streamed from disk. Provider {first.Provider}.").AppendLine();
+        }
+        else if (first is not null)
         {
             sb.AppendLine(CultureInfo.InvariantCulture,
                 $"Protocol: the public checkpoints were trained on all 50,000 training images, so θ, λ (and the layers, where searched) are " +
@@ -74,6 +83,23 @@ internal static class Table1Report
             sb.Append(Reports.Markdown.Table(
                 ["layers", "validation error"],
                 r.LayerSearch.Evaluated.Select(s => (IReadOnlyList<string>)[string.Join(", ", s.Layers), Reports.Markdown.Percent(s.Error)])));
+            sb.AppendLine();
+        }
+
+        var loading = rows.SelectMany(r => r.Throughput.Select(t => (r.Model, Part: t.Key, t.Value))).ToList();
+        if (loading.Count > 0)
+        {
+            sb.AppendLine("## Image loading").AppendLine();
+            sb.AppendLine("Batch i + 1 is read (decoded and resized on every core) while the network runs batch i; the loader's rate is measured " +
+                "while it shares the cores with the network.").AppendLine();
+            sb.Append(Reports.Markdown.Table(
+                ["model", "images", "count", "images/s with the network", "loader images/s", "network waited (s)"],
+                loading.Select(l => (IReadOnlyList<string>)
+                [
+                    l.Model, l.Part, l.Value.Images.ToString("N0", CultureInfo.InvariantCulture),
+                    l.Value.ImagesPerSecond.ToString("0.0", CultureInfo.InvariantCulture), l.Value.LoaderImagesPerSecond.ToString("0.0", CultureInfo.InvariantCulture),
+                    l.Value.WaitSeconds.ToString("0.0", CultureInfo.InvariantCulture),
+                ])));
             sb.AppendLine();
         }
 
