@@ -53,6 +53,22 @@ public sealed class ImageNetFolderTests
     }
 
     [Fact]
+    public void WnidsFileDefinesTheClassesAndRejectsOtherFolders()
+    {
+        using var folder = TinyImageNet(flatValidation: false);
+        File.WriteAllLines(Path.Combine(folder.Path, ImageNetFolder.WnidsFile), ["n04037443 racer", "n00000001 first", "n01440764 tench", "n02692877 airship", "n09999998 last"]);
+        var train = ImageNetFolder.Train(folder.Path);
+        Assert.Equal(["n00000001", "n01440764", "n02692877", "n04037443", "n09999998"], train.ClassNames);
+        Assert.Equal([1, 1, 2, 2, 3, 3], train.Labels); // classes without images keep their numbers
+        Assert.Equal([1, 2, 3], ImageNetFolder.Validation(folder.Path).Labels);
+
+        Directory.CreateDirectory(Path.Combine(folder.Path, "train", "n05555555"));
+        var error = Assert.Throws<DatasetFormatException>(() => ImageNetFolder.Train(folder.Path));
+        Assert.Contains("n05555555", error.Message);
+        Assert.Contains(ImageNetFolder.WnidsFile, error.Message);
+    }
+
+    [Fact]
     public void FlatValidationWithoutGroundTruthFailsNamingTheFile()
     {
         using var folder = TinyImageNet(flatValidation: true);

@@ -7,9 +7,11 @@ namespace ScalableCache.Core.Data;
 /// <c>ImageFolder</c> numbers them. Images stream through <see cref="ImageFileSource"/> with the evaluation transform.
 /// </summary>
 /// <remarks>
-/// The wnids are the sub-folders of <c>train/</c>; without <c>train/</c>, those of <c>val/</c>; without either, the first word of
-/// each line of <see cref="WnidsFile"/> in <c>ROOT</c>. Files and folders whose name starts with '.' are ignored; image files are
-/// <see cref="ImageFolder.Extensions"/> (any case), in ordinal name order per class.
+/// The wnids (the classes) are the first word of each line of <see cref="WnidsFile"/> in <c>ROOT</c> when it exists — then every
+/// class folder under <c>train/</c> and <c>val/</c> must be one of them, and a folder holding only some classes keeps the full
+/// numbering (a 1,000-class model's labels); else the sub-folders of <c>train/</c>; without <c>train/</c>, those of <c>val/</c>.
+/// Files and folders whose name starts with '.' are ignored; image files are <see cref="ImageFolder.Extensions"/> (any case), in
+/// ordinal name order per class.
 /// </remarks>
 public static class ImageNetFolder
 {
@@ -113,6 +115,16 @@ public static class ImageNetFolder
 
     private static List<string> Wnids(string root)
     {
+        var wnids = Path.Combine(root, WnidsFile);
+        if (File.Exists(wnids))
+        {
+            var listed = File.ReadLines(wnids).Select(l => l.Trim()).Where(l => l.Length > 0).Select(l => l.Split(' ', 2)[0]).Order(StringComparer.Ordinal).ToList();
+            var repeated = listed.GroupBy(w => w, StringComparer.Ordinal).FirstOrDefault(g => g.Count() > 1);
+            return listed.Count == 0 ? throw new DatasetFormatException(wnids, null, "lists no wnids.")
+                : repeated is not null ? throw new DatasetFormatException(wnids, null, $"lists wnid {repeated.Key} {repeated.Count()} times.")
+                : listed;
+        }
+
         foreach (var split in new[] { "train", "val" })
         {
             var folder = Path.Combine(root, split);
@@ -126,13 +138,7 @@ public static class ImageNetFolder
             }
         }
 
-        var wnids = Path.Combine(root, WnidsFile);
-        if (!File.Exists(wnids))
-        {
-            throw new DatasetFormatException(root, null, $"has no class folders under train/ or val/ and no {WnidsFile}.");
-        }
-
-        return [.. File.ReadLines(wnids).Select(l => l.Trim()).Where(l => l.Length > 0).Select(l => l.Split(' ', 2)[0]).Order(StringComparer.Ordinal)];
+        throw new DatasetFormatException(root, null, $"has no class folders under train/ or val/ and no {WnidsFile}.");
     }
 
     private static (List<string> Files, List<int> Labels) ClassFolders(string folder, List<string> wnids)
@@ -143,7 +149,8 @@ public static class ImageNetFolder
         var unknown = folders.Keys.Except(wnids, StringComparer.Ordinal).Order(StringComparer.Ordinal).Take(3).ToList();
         if (unknown.Count > 0)
         {
-            throw new DatasetFormatException(folder, null, $"holds class folders {string.Join(", ", unknown)} that are not among the {wnids.Count} training classes.");
+            var source = File.Exists(Path.Combine(Path.GetDirectoryName(folder)!, WnidsFile)) ? WnidsFile : "train/";
+            throw new DatasetFormatException(folder, null, $"holds class folders {string.Join(", ", unknown)} that are not among the {wnids.Count} classes (from {source}).");
         }
 
         for (var label = 0; label < wnids.Count; label++)
