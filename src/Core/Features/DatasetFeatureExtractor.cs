@@ -38,6 +38,26 @@ public sealed record ExtractionThroughput(long Images, double Seconds, double Re
 
     /// <summary>Images per second of the loader alone: <see cref="Images"/> over <see cref="ReadSeconds"/>.</summary>
     public double LoaderImagesPerSecond => ReadSeconds > 0 ? Images / ReadSeconds : 0;
+
+    /// <summary>
+    /// Images per second of <paramref name="source"/>'s reads with nothing else running: the first <paramref name="images"/> images
+    /// (at most all) read in batches of <paramref name="batchSize"/>, as an extraction reads them, and thrown away.
+    /// </summary>
+    public static double MeasureLoader(IImageSource source, int images, int batchSize)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(images);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
+        var count = Math.Min(images, source.Count);
+        var buffer = new byte[(long)Math.Min(batchSize, Math.Max(count, 1)) * source.Shape.Size];
+        var watch = Stopwatch.StartNew();
+        for (var start = 0; start < count; start += batchSize)
+        {
+            source.Read(start, Math.Min(batchSize, count - start), buffer);
+        }
+
+        return count / Math.Max(watch.Elapsed.TotalSeconds, 1e-9);
+    }
 }
 
 /// <summary>

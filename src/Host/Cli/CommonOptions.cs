@@ -32,6 +32,11 @@ internal static class CommonOptions
         Description = "ImageNet: a seeded class-balanced cache of this many training images per class (the paper used 275); default the whole training set.",
     }.AtLeast(1);
 
+    public static Option<bool> HalfKeys() => new("--half-keys")
+    {
+        Description = "Hold the per-layer keys of the training and test images as float16 (halves their memory, e.g. for the full ImageNet training set); the cache is composed from them.",
+    };
+
     /// <summary>The data set a <see cref="Dataset"/> value names, or null when absent.</summary>
     public static Experiments.DataSetKind? DatasetKind(string? value) => value switch
     {

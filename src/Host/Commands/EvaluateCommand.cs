@@ -18,6 +18,7 @@ internal sealed class EvaluateCommand : IScacheCommand
         var data = CommonOptions.Data();
         var dataset = CommonOptions.Dataset();
         var perClass = CommonOptions.PerClass();
+        var halfKeys = CommonOptions.HalfKeys();
         var output = CommonOptions.Out();
         var seed = CommonOptions.Seed();
         var flip = CommonOptions.Flip();
@@ -37,7 +38,7 @@ internal sealed class EvaluateCommand : IScacheCommand
 
         Definition = new Command("evaluate", "Baseline, cache model and cache-only model for one model (a Table 1 row), with θ, λ searched on a seeded half of the test set (ImageNet: of the validation set).")
         {
-            model, weights, data, dataset, perClass, output, seed, flip, layers, theta, lambda, search, thetas, lambdas, includeCacheOnly, widen, candidates, maxLayers, maxTrain, maxTest, cache,
+            model, weights, data, dataset, perClass, halfKeys, output, seed, flip, layers, theta, lambda, search, thetas, lambdas, includeCacheOnly, widen, candidates, maxLayers, maxTrain, maxTest, cache,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("evaluate", async token =>
         {
@@ -65,7 +66,7 @@ internal sealed class EvaluateCommand : IScacheCommand
                 parse.GetValue(model)!, parse.GetValue(weights), parse.GetValue(data), CommonOptions.Names(parse.GetValue(layers)),
                 CommonOptions.Names(parse.GetValue(candidates)), parse.GetValue(maxLayers), parse.GetValue(seed), parse.GetValue(flip), grid,
                 fixedTheta, fixedLambda, parse.GetValue(maxTrain), parse.GetValue(maxTest), parse.GetValue(cache),
-                CommonOptions.DatasetKind(parse.GetValue(dataset)), parse.GetValue(perClass)), token).ConfigureAwait(false);
+                CommonOptions.DatasetKind(parse.GetValue(dataset)), parse.GetValue(perClass), parse.GetValue(halfKeys)), token).ConfigureAwait(false);
             folder.WriteText("report.md", Table1Report.Markdown([row], $"Cache model evaluation: {row.Model}"));
             Table1Report.Plot(folder, row);
             var result = new EvaluateResult(row, folder.Path);

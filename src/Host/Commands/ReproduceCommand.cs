@@ -20,6 +20,7 @@ internal sealed class ReproduceCommand : IScacheCommand
         var dataset = CommonOptions.Dataset();
         var weights = CommonOptions.Weights();
         var perClass = CommonOptions.PerClass();
+        var halfKeys = CommonOptions.HalfKeys();
         var candidates = CommonOptions.Candidates();
         var maxTest = CommonOptions.MaxTest();
         var output = CommonOptions.Out();
@@ -35,7 +36,7 @@ internal sealed class ReproduceCommand : IScacheCommand
             "Table 1 on CIFAR-10: network, cache and cache-only errors for ResNet-20, -32 and -56, layers chosen by greedy search; " +
             "with --dataset imagenet --data DIR --weights FILE the ImageNet row (torchvision:resnet50 unless --models names another).")
         {
-            models, quick, data, dataset, weights, perClass, candidates, maxTest, output, seed, flip, thetas, lambdas, includeCacheOnly, widen, maxLayers,
+            models, quick, data, dataset, weights, perClass, halfKeys, candidates, maxTest, output, seed, flip, thetas, lambdas, includeCacheOnly, widen, maxLayers,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("reproduce", async token =>
         {
@@ -59,7 +60,8 @@ internal sealed class ReproduceCommand : IScacheCommand
             {
                 rows.Add(await experiment.RunAsync(new Table1Request(
                     name, checkpoint, parse.GetValue(data), null, CommonOptions.Names(parse.GetValue(candidates)), parse.GetValue(maxLayers), parse.GetValue(seed),
-                    parse.GetValue(flip), grid, null, null, MaxTest: parse.GetValue(maxTest), Dataset: kind, PerClass: parse.GetValue(perClass)),
+                    parse.GetValue(flip), grid, null, null, MaxTest: parse.GetValue(maxTest), Dataset: kind, PerClass: parse.GetValue(perClass),
+                    HalfKeys: parse.GetValue(halfKeys)),
                     token).ConfigureAwait(false));
                 Table1Report.Plot(folder, rows[^1]);
 

@@ -90,10 +90,15 @@ internal static class Table1Report
         if (loading.Count > 0)
         {
             sb.AppendLine("## Image loading").AppendLine();
-            sb.AppendLine("Batch i + 1 is read (decoded and resized on every core) while the network runs batch i; the loader's rate is measured " +
-                "while it shares the cores with the network.").AppendLine();
+            sb.AppendLine("Batch i + 1 is read (decoded and resized on every core) while the network runs batch i. \"Loader beside the network\" is the " +
+                "loader's rate while it shares the cores with the network; \"loader alone\" reads the first two training batches with nothing else running.").AppendLine();
+            foreach (var r in rows.Where(r => r.LoaderAloneImagesPerSecond is not null))
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture, $"Loader alone ({r.Model}): {r.LoaderAloneImagesPerSecond:0.0} images/s.").AppendLine();
+            }
+
             sb.Append(Reports.Markdown.Table(
-                ["model", "images", "count", "images/s with the network", "loader images/s", "network waited (s)"],
+                ["model", "images", "count", "images/s with the network", "loader images/s beside it", "network waited (s)"],
                 loading.Select(l => (IReadOnlyList<string>)
                 [
                     l.Model, l.Part, l.Value.Images.ToString("N0", CultureInfo.InvariantCulture),
@@ -126,7 +131,7 @@ internal static class Table1Report
         }
 
         series.Add(new PlotSeries("network", row.Thetas, row.Thetas.Select(_ => row.ValidationBaselineError * 100).ToList(), Markers: false));
-        PlotWriter.Lines(folder.File($"{row.Model}-theta-lambda.png"), $"{row.Model}: validation error over the θ × λ grid",
+        PlotWriter.Lines(folder.File($"{row.Model.Replace(':', '-')}-theta-lambda.png"), $"{row.Model}: validation error over the θ × λ grid",
             "θ", "validation error (%)", series);
     }
 }
