@@ -69,6 +69,28 @@ public sealed class ImageNetFolderTests
     }
 
     [Fact]
+    public void ProtocolSubsetsTheCachePerClassAndSplitsTheValidationImages()
+    {
+        using var folder = TinyImageNet(flatValidation: true, validationRounds: 3);
+        var run = ImageNetFolder.Protocol(folder.Path, perClass: 1, seed: 4, maxValidation: 6);
+        Assert.Equal(6, run.TrainCount);
+        Assert.Equal([0, 1, 2], run.Cache.Labels);
+        Assert.Equal([2, 2, 2], run.Validation.CountPerClass());
+        Assert.Equal(3, run.Split.First.Count);
+        Assert.Equal(3, run.Split.Second.Count);
+        Assert.Equal(Enumerable.Range(0, 6), run.Split.First.Concat(run.Split.Second).Order());
+
+        // A streamed source and an in-memory data set with the same labels make the same seeded selections.
+        var train = ImageNetFolder.Train(folder.Path);
+        var inMemory = new ImageDataset(new byte[train.Count * 3], train.Labels.ToArray(), 3, 1, 1, train.ClassNames);
+        Assert.Equal(inMemory.ClassBalancedIndices(1, 4), train.ClassBalancedIndices(1, 4));
+        Assert.Equal(inMemory.SeededSplit(9, 0.5), train.SeededSplit(9, 0.5), (a, b) => a.First.SequenceEqual(b.First) && a.Second.SequenceEqual(b.Second));
+        Assert.Equal(run.Cache.Files, train.Subset(train.ClassBalancedIndices(1, 4)).Files);
+        Assert.Throws<ArgumentOutOfRangeException>(() => ImageNetFolder.Protocol(folder.Path, perClass: 3));
+        Assert.Throws<ArgumentOutOfRangeException>(() => train.ClassBalancedIndicesAtMost(2, 0));
+    }
+
+    [Fact]
     public void FlatValidationWithoutGroundTruthFailsNamingTheFile()
     {
         using var folder = TinyImageNet(flatValidation: true);

@@ -70,6 +70,32 @@ public static class ImageNetFolder
         return new ImageFileSource(images, [.. images.Select(f => truth[Path.GetFileName(f)])], wnids, transform);
     }
 
+    /// <summary>
+    /// The paper's ImageNet protocol over <paramref name="root"/>: the cache images are the training set, or a seeded class-balanced
+    /// subset of <paramref name="perClass"/> images per class (Orhan used 275; <see cref="ImageSourceSelection.ClassBalancedIndices"/>);
+    /// the validation images are split at random into <see cref="ImageNetProtocol.Split"/>.First (a <paramref name="validationFraction"/>
+    /// share: chooses θ, λ and the layers) and .Second (errors are reported on it). Nothing is decoded here.
+    /// </summary>
+    /// <param name="root">The folder holding <c>train/</c> and <c>val/</c>.</param>
+    /// <param name="perClass">Training images per class in the cache; <see langword="null"/> for all.</param>
+    /// <param name="seed">Seed of the subset and the split.</param>
+    /// <param name="maxValidation">A seeded class-balanced subset of at most this many validation images (quick runs); <see langword="null"/> for all.</param>
+    /// <param name="validationFraction">Share of the validation images that selects θ, λ and the layers.</param>
+    /// <param name="transform">The image transform; torchvision's evaluation transform when <see langword="null"/>.</param>
+    public static ImageNetProtocol Protocol(
+        string root, int? perClass = null, int seed = 0, int? maxValidation = null, double validationFraction = 0.5, ImageNetTransform? transform = null)
+    {
+        var validation = Validation(root, transform);
+        if (maxValidation is { } max && max < validation.Count)
+        {
+            validation = validation.Subset(validation.ClassBalancedIndicesAtMost(max, seed));
+        }
+
+        var train = Train(root, validation.Transform);
+        var cache = perClass is { } k ? train.Subset(train.ClassBalancedIndices(k, seed)) : train;
+        return new ImageNetProtocol(cache, validation, validation.SeededSplit(seed, validationFraction), train.Count);
+    }
+
     /// <summary>Reads a ground-truth file: file name → label, every label in <c>[0, classCount)</c>.</summary>
     /// <exception cref="DatasetFormatException">A malformed line or a label out of range; the message names the line.</exception>
     public static IReadOnlyDictionary<string, int> ReadGroundTruth(string path, int classCount)
@@ -180,3 +206,10 @@ public static class ImageNetFolder
 
     private static IEnumerable<string> Visible(IEnumerable<string> paths) => paths.Where(p => !Path.GetFileName(p).StartsWith('.'));
 }
+
+/// <summary>The images of one ImageNet Table 1 row (<see cref="ImageNetFolder.Protocol"/>).</summary>
+/// <param name="Cache">The training images whose keys form the cache (all, or the per-class subset).</param>
+/// <param name="Validation">The validation images.</param>
+/// <param name="Split">Indices into <paramref name="Validation"/>: First selects θ, λ and the layers, Second is reported on.</param>
+/// <param name="TrainCount">Training images in the folder, before any subset.</param>
+public sealed record ImageNetProtocol(ImageFileSource Cache, ImageFileSource Validation, DatasetSplit Split, int TrainCount);

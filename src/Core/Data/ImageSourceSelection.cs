@@ -63,6 +63,25 @@ public static class ImageSourceSelection
     }
 
     /// <summary>
+    /// Indices of a seeded class-balanced subset of at most <paramref name="max"/> images: <c>⌊max / m⌋</c> images of each of the
+    /// m classes that have images (<see cref="ClassBalancedIndices"/>); all indices when <paramref name="max"/> is at least the count.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="max"/> is below the number of classes with images.</exception>
+    public static int[] ClassBalancedIndicesAtMost(this IImageSource source, int max, int seed)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        if (max >= source.Count)
+        {
+            return [.. Enumerable.Range(0, source.Count)];
+        }
+
+        var classes = source.CountPerClass().Count(c => c > 0);
+        return max < classes
+            ? throw new ArgumentOutOfRangeException(nameof(max), max, $"A limit of {max} images leaves some of the {classes} classes empty.")
+            : source.ClassBalancedIndices(max / classes, seed);
+    }
+
+    /// <summary>
     /// Splits <c>0 … Count−1</c> at random into two disjoint index sets that together cover every image: <see cref="DatasetSplit.First"/>
     /// holds <c>round(fraction · Count)</c> indices (midpoint away from zero), <see cref="DatasetSplit.Second"/> the rest; both ascending.
     /// Used for the validation/report halves of a test set.

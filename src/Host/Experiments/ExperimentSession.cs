@@ -150,17 +150,25 @@ internal sealed class ExperimentSession(
     /// <exception cref="DatasetFormatException">The folder's classes are not the model's (another count), or a layout problem.</exception>
     public (IImageSource Train, IImageSource Test, DatasetSplit Split, int TrainCount) LoadImageNet(LoadedModel model, string? data, int seed, int? perClass, int? maxTest)
     {
-        var validation = ImageNetValidation(model, data, maxTest, seed);
-        var train = ImageNetFolder.Train(data!, validation.Transform);
-        IImageSource cache = perClass is { } k ? train.Subset(train.ClassBalancedIndices(k, seed)) : train;
+        CheckImageNet(model, data);
+        var run = ImageNetFolder.Protocol(data!, perClass, seed, maxTest, ValidationFraction);
+        CheckClasses(model, data!, run.Validation);
         progress.Status(
-            $"ImageNet {Path.GetFullPath(data!)}: {train.ClassNames.Count:N0} classes, cache {cache.Count:N0} of {train.Count:N0} training images" +
-            $"{(perClass is { } p ? $" ({p} per class, seed {seed})" : string.Empty)}, {validation.Count:N0} validation images ({validation.Transform})");
-        return (cache, validation, validation.SeededSplit(seed, ValidationFraction), train.Count);
+            $"ImageNet {Path.GetFullPath(data!)}: {run.Validation.ClassNames.Count:N0} classes, cache {run.Cache.Count:N0} of {run.TrainCount:N0} training images" +
+            $"{(perClass is { } p ? $" ({p} per class, seed {seed})" : string.Empty)}, {run.Validation.Count:N0} validation images ({run.Validation.Transform})");
+        return (run.Cache, run.Validation, run.Split, run.TrainCount);
     }
 
-    /// <summary>The ImageNet validation images of <paramref name="data"/> (limited as by <see cref="Limit(IImageSource, int?, int)"/>), checked against the model.</summary>
+    /// <summary>The ImageNet validation images of <paramref name="data"/> (limited as by <see cref="ImageNetFolder.Protocol"/>), checked against the model.</summary>
     public static ImageFileSource ImageNetValidation(LoadedModel model, string? data, int? maxTest, int seed)
+    {
+        CheckImageNet(model, data);
+        var validation = ImageNetFolder.Validation(data!);
+        CheckClasses(model, data!, validation);
+        return (ImageFileSource)Limit(validation, maxTest, seed);
+    }
+
+    private static void CheckImageNet(LoadedModel model, string? data)
     {
         ArgumentNullException.ThrowIfNull(model);
         if (string.IsNullOrWhiteSpace(data))
@@ -173,16 +181,16 @@ internal sealed class ExperimentSession(
         {
             throw new UsageException($"ImageNet images are {InputShape.ImageNet} but {model.Spec.Name} takes {model.Input}; use an ImageNet model such as torchvision:resnet50.");
         }
+    }
 
-        var validation = ImageNetFolder.Validation(data);
+    private static void CheckClasses(LoadedModel model, string data, IImageSource validation)
+    {
         if (validation.ClassNames.Count != model.Model.ClassCount)
         {
             throw new DatasetFormatException(
                 Path.GetFullPath(data), null,
                 $"has {validation.ClassNames.Count} classes (wnids) but {model.Spec.Name} from its checkpoint outputs {model.Model.ClassCount}; class i is the i-th wnid in sorted order, so the folder must hold every class the model has.");
         }
-
-        return (ImageFileSource)Limit(validation, maxTest, seed);
     }
 
     private static UsageException NotInMemory(LoadedModel model) =>
@@ -286,13 +294,10 @@ internal sealed class ExperimentSession(
             return data;
         }
 
-        var classes = data.ClassNames.Count;
-        if (max < classes)
-        {
-            throw new UsageException($"A limit of {max} images leaves some of the {classes} classes empty.");
-        }
-
-        return data.Subset(data.ClassBalancedIndices(max.Value / classes, seed));
+        var classes = data.CountPerClass().Count(c => c > 0);
+        return max < classes
+            ? throw new UsageException($"A limit of {max} images leaves some of the {classes} classes empty.")
+            : data.Subset(data.ClassBalancedIndicesAtMost(max.Value, seed));
     }
 
     /// <summary>
