@@ -90,7 +90,7 @@ internal static class Table1Report
         if (loading.Count > 0)
         {
             sb.AppendLine("## Image loading").AppendLine();
-            sb.AppendLine("Batch i + 1 is read (decoded and resized on every core) while the network runs batch i. \"Loader beside the network\" is the " +
+            sb.AppendLine("Batch i + 1 is read (from memory, or from disk decoded and resized on every core) while the network runs batch i. \"Loader beside the network\" is the " +
                 "loader's rate while it shares the cores with the network; \"loader alone\" reads the first two training batches with nothing else running.").AppendLine();
             foreach (var r in rows.Where(r => r.LoaderAloneImagesPerSecond is not null))
             {
