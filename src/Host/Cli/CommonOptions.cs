@@ -65,7 +65,7 @@ internal static class CommonOptions
 
     public static Option<string?> Layers() => new Option<string?>("--layers", "-l")
     {
-        Description = "Comma-separated layer names to key the cache on (see `scache layers`). Default: chosen by greedy search on the validation half.",
+        Description = "Comma-separated layer names to key the cache on (see `scache layers`; NAME:avg for NAME globally average-pooled). Default: chosen by greedy search on the validation half.",
     }.NameList();
 
     public static Option<string?> Thetas() => new Option<string?>("--thetas")
@@ -96,7 +96,7 @@ internal static class CommonOptions
 
     public static Option<string?> Candidates() => new Option<string?>("--candidates")
     {
-        Description = "Comma-separated candidate layers for the combination search. Default: the blocks of the last stage and the pooled features.",
+        Description = "Comma-separated candidate layers for the combination search (NAME:avg taps NAME globally average-pooled). Default: the blocks of the last stage (pooled, NAME:avg, when wider than 24,576 values, as in the ImageNet models) and the pooled features.",
     }.NameList();
 
     public static Option<int?> MaxTrain() => new Option<int?>("--max-train")
