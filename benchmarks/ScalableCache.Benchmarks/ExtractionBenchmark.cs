@@ -21,7 +21,8 @@ namespace ScalableCache.Benchmarks;
 /// Arguments (all optional): <c>--images N</c> (50000, the first N CIFAR-10 training images), <c>--batch B</c> (256),
 /// <c>--repeats R</c> (1), <c>--layers a,b,c</c>, <c>--model NAME</c> (resnet20), <c>--weights FILE</c> (resnet20.safetensors in
 /// <c>shared/models/cifar10</c>), <c>--data FOLDER</c> (<c>SCACHE_DATA</c>, else <c>shared/data/cifar10</c> beside the
-/// repository), <c>--device cpu|cuda[:N]</c> (cpu).
+/// repository), <c>--device cpu|cuda[:N]</c> (cpu), <c>--no-anchor</c> (skip PyTorch's forward pass on the same images, which
+/// runs when Debian's <c>python3-torch</c> is installed: images/s and the ratio, goal ≥ 0.95).
 /// </remarks>
 internal static class ExtractionBenchmark
 {
@@ -125,9 +126,11 @@ internal static class ExtractionBenchmark
         Console.WriteLine(Line($"{"tap overhead",-30} {overhead * 100,8:F1} %   goal ≤ {OverheadGoal * 100:F0} %  {(overhead <= OverheadGoal ? "met" : "MISSED")}"));
         Console.WriteLine(Line($"{"peak working set (process)",-30} {process.PeakWorkingSet64 / 1048576.0,9:F0} MiB   keys alone: {train.Count * dimension * 4 / 1048576.0:F0} MiB"));
 
+        var anchor = settings.NoAnchor ? null : TorchAnchor(settings, dataPath, train.Count, normalization, train.Count / wholePass, train.Count / plain);
         Console.WriteLine(JsonSerializer.Serialize(new Dictionary<string, object?>
         {
             ["benchmark"] = Name,
+            ["pytorch"] = anchor,
             ["model"] = settings.Model,
             ["images"] = train.Count,
             ["batch"] = settings.Batch,
@@ -145,6 +148,51 @@ internal static class ExtractionBenchmark
             ["goal_met"] = overhead <= OverheadGoal,
         }));
         return Program.Success;
+    }
+
+    /// <summary>
+    /// PyTorch's forward pass (Debian's <c>python3-torch</c>, same threads) over the same images from the same <c>.th</c>
+    /// checkpoint, and our driver's and plain pass's images/s over its. Only for the akamaster CIFAR ResNets (<c>resnetN</c>).
+    /// </summary>
+    private static Dictionary<string, object>? TorchAnchor(
+        Settings settings, string dataPath, int images, InputNormalization normalization, double driver, double plain)
+    {
+        var depth = settings.Model.StartsWith("resnet", StringComparison.Ordinal) && int.TryParse(settings.Model.AsSpan(6), out var d) ? d : 0;
+        var folder = Directory.GetFiles(dataPath, "data_batch_1.bin", SearchOption.AllDirectories).FirstOrDefault() is { } first ? Path.GetDirectoryName(first) : null;
+        var checkpoint = settings.Weights is { } w && w.EndsWith(".th", StringComparison.Ordinal) ? w
+            : BenchmarkText.SharedFolder() is { } shared && Directory.Exists(Path.Combine(shared, "models", "cifar10"))
+                ? Directory.GetFiles(Path.Combine(shared, "models", "cifar10"), $"{settings.Model}-*.th").FirstOrDefault()
+                : null;
+        if (depth == 0 || folder is null || checkpoint is null || normalization.IsPerPixel)
+        {
+            Console.WriteLine($"PyTorch anchor skipped: it runs the akamaster CIFAR ResNets from their .th file on the CIFAR-10 binary batches ({settings.Model}).");
+            return null;
+        }
+
+        if (!PythonAnchor.Available("torch", out var why))
+        {
+            Console.WriteLine($"PyTorch anchor skipped: {why} (apt-get install python3-torch)");
+            return null;
+        }
+
+        string Join(IReadOnlyList<float> values) => string.Join(",", values.Select(v => v.ToString("R", Invariant)));
+        Console.WriteLine($"PyTorch ({PythonAnchor.Interpreter}) on the same {images:N0} images from {Path.GetFileName(checkpoint)} …");
+        var result = PythonAnchor.Run(
+            "torch_forward_anchor.py",
+            [folder, images.ToString(Invariant), settings.Batch.ToString(Invariant), depth.ToString(Invariant),
+                get_num_threads().ToString(Invariant), checkpoint, Join(normalization.Mean), Join(normalization.Std)],
+            TimeSpan.FromHours(2));
+        var rate = result.GetProperty("imagesPerSecond").GetDouble();
+        var (version, cpu, errors) = (result.GetProperty("torch").GetString(), result.GetProperty("cpuSeconds").GetDouble(), result.GetProperty("errors").GetInt32());
+        Console.WriteLine(Line($"PyTorch {version}: {rate:F0} images/s ({cpu:F1} s CPU, {errors} errors); ours / PyTorch: driver ×{driver / rate:F2}, plain pass ×{plain / rate:F2} (goal ≥ 0.95)"));
+        return new Dictionary<string, object>
+        {
+            ["version"] = result.GetProperty("torch").GetString() ?? "?",
+            ["images_per_s"] = Math.Round(rate, 1),
+            ["errors"] = result.GetProperty("errors").GetInt32(),
+            ["driver_ratio"] = Math.Round(driver / rate, 3),
+            ["plain_ratio"] = Math.Round(plain / rate, 3),
+        };
     }
 
     /// <summary>The driver's loop without taps: same batches and normalisation, logits and probabilities copied into CPU tensors.</summary>
@@ -190,7 +238,7 @@ internal static class ExtractionBenchmark
     private static string Line(FormattableString text) => text.ToString(Invariant);
 
     private sealed record Settings(
-        int Images, int Batch, int Repeats, IReadOnlyList<string> Layers, string Model, string? Weights, string? Data, string Device)
+        int Images, int Batch, int Repeats, IReadOnlyList<string> Layers, string Model, string? Weights, string? Data, string Device, bool NoAnchor)
     {
         public static Settings Parse(string[] args)
         {
@@ -211,7 +259,8 @@ internal static class ExtractionBenchmark
                 Value("--model") ?? "resnet20",
                 Value("--weights"),
                 Value("--data"),
-                Value("--device") ?? "cpu");
+                Value("--device") ?? "cpu",
+                args.Contains("--no-anchor"));
         }
     }
 }

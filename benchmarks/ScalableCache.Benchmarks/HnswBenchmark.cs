@@ -1,7 +1,11 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
 using ScalableCache.Core;
+using ScalableCache.Core.Data;
+using ScalableCache.Core.Models;
+using ScalableCache.Exact;
 using ScalableCache.Hnsw;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -11,15 +15,20 @@ using static ScalableCache.Benchmarks.BenchmarkText;
 namespace ScalableCache.Benchmarks;
 
 /// <summary>
-/// HNSW key store against the exact store on synthetic clustered unit keys: build time with one native thread and with
-/// all of them, query throughput of <see cref="ICacheMemory.ClassLogMass"/> for both stores (ratio measured in the same
-/// run), recall@k of the retrieved neighbours against exact top-k, top-1 class agreement with the exact log-mass, and
-/// memory (native index bytes and process resident set).
+/// HNSW key store against hnswlib (the anchor, when Debian's <c>python3-hnswlib</c> is installed) and against the exact store,
+/// on the same keys in the same run: build keys/s with one native thread and with all of them, query throughput of
+/// <see cref="ICacheMemory.ClassLogMass"/> (search plus the top-k log-mass, at 1 θ and at 9 θ), recall@k of the retrieved
+/// neighbours against exact top-k, top-1 class agreement with the exact log-mass, memory, and the SIMD target of USearch's
+/// distance kernel.
 /// </summary>
 /// <remarks>
-/// Arguments (all optional): <c>--keys N</c> (default 200000, up to 1000000), <c>--dim d</c> (256), <c>--classes C</c>
-/// (100), <c>--clusters K</c> (1000), <c>--queries Q</c> (1000), <c>--topk k</c> (50), <c>--ef efSearch</c> (64),
-/// <c>--theta θ</c> (50), <c>--seed s</c> (1), <c>--skip-single-thread</c>.
+/// Arguments (all optional): <c>--keys N</c> (default 200000, up to 1000000), <c>--dim d</c> (256), <c>--classes C</c> (100),
+/// <c>--clusters K</c> (1000), <c>--queries Q</c> (1000), <c>--topk k</c> (100), <c>--ef efSearch</c> (128), <c>--efc
+/// efConstruction</c> (128), <c>--m M</c> (16), <c>--theta θ</c> (50), <c>--seed s</c> (1), <c>--threads T</c> (all cores),
+/// <c>--skip-single-thread</c>, <c>--no-anchor</c>, <c>--json FILE</c>, <c>--kernel Native|Float32|both</c> (both: USearch's
+/// float32 distance kernel and this library's, one after the other on the same keys); <c>--real N</c> takes, instead of synthetic keys, the
+/// ResNet-20 keys (layers <c>layer3.0, layer3.2</c>, d = 8,192) of the first N CIFAR-10 training images from <c>../shared</c>,
+/// and the keys of the first Q test images as queries.
 /// </remarks>
 internal static class HnswBenchmark
 {
@@ -27,6 +36,7 @@ internal static class HnswBenchmark
     public const string Name = "hnsw";
 
     private static readonly CultureInfo Invariant = CultureInfo.InvariantCulture;
+    private static readonly double[] NineThetas = [10, 20, 30, 40, 50, 60, 70, 80, 90];
 
     public static int Run(string[] args)
     {
@@ -38,86 +48,190 @@ internal static class HnswBenchmark
             return 2;
         }
 
-        var allThreads = Environment.ProcessorCount;
-        Console.WriteLine(
-            $"HNSW benchmark: N={settings.Keys:N0} keys, d={settings.Dimension}, C={settings.Classes}, clusters={settings.Clusters}, " +
-            $"Q={settings.Queries}, TopK={settings.TopK}, efSearch={settings.ExpansionSearch}, θ={settings.Theta}, cores={allThreads}");
-        Console.WriteLine($"USearch {HnswVersion()}; TorchSharp threads {torch.get_num_threads()}");
-
+        var threads = settings.Threads;
         using var scope = NewDisposeScope();
-        var (keys, labels, queries, _) = SyntheticKeys.Generate(
-            settings.Keys, settings.Queries, settings.Dimension, settings.Clusters, settings.Classes, settings.Seed);
-        Console.WriteLine($"Data generated: resident {Resident()}");
-
-        using var services = new ServiceCollection()
-            .AddExactCache()
-            .AddHnswCache(o =>
-            {
-                o.TopK = settings.TopK;
-                o.ExpansionSearch = Math.Max(settings.ExpansionSearch, settings.TopK);
-                o.Threads = allThreads;
-            })
-            .BuildServiceProvider();
-        var factories = services.GetServices<ICacheMemoryFactory>().ToList();
-        var hnswFactory = (HnswCacheMemoryFactory)factories.Single(f => f.Provider == HnswCacheMemoryFactory.ProviderName);
-        var exactFactory = factories.Single(f => f.Provider == "Exact");
-
-        // Build: one native thread, then all cores (ratio from the same run).
-        double? singleSeconds = null;
-        if (!settings.SkipSingleThread)
+        var (keys, labels, queries, source) = settings.Real is { } real ? RealKeys(real, settings.Queries) : Synthetic(settings);
+        var (n, d) = ((int)keys.shape[0], (int)keys.shape[1]);
+        var classes = settings.Real is null ? settings.Classes : 10;
+        Console.WriteLine(
+            $"HNSW benchmark: {source}: N={n:N0} keys, d={d}, C={classes}, Q={queries.shape[0]}, M={settings.Connectivity}, " +
+            $"efConstruction={settings.ExpansionAdd}, efSearch={settings.ExpansionSearch}, k={settings.TopK}, θ={settings.Theta}, threads={threads}");
+        Console.WriteLine($"USearch {HnswVersion()}; TorchSharp threads {torch.get_num_threads()}; load {Load()}; resident {Resident()}");
+        var results = new Dictionary<string, object?>
         {
-            var one = new HnswCacheMemoryFactory(new HnswCacheOptions
-            {
-                TopK = settings.TopK,
-                ExpansionSearch = Math.Max(settings.ExpansionSearch, settings.TopK),
-                Threads = 1,
-            });
-            using var single = one.CreateHnsw(settings.Dimension, settings.Classes);
-            singleSeconds = Time(() => single.Add(keys, labels));
-            Console.WriteLine($"Build, 1 thread:        {singleSeconds:F2} s  ({settings.Keys / singleSeconds:N0} keys/s)");
+            ["source"] = source, ["keys"] = n, ["dimension"] = d, ["queries"] = queries.shape[0], ["topK"] = settings.TopK,
+            ["connectivity"] = settings.Connectivity, ["expansionAdd"] = settings.ExpansionAdd, ["expansionSearch"] = settings.ExpansionSearch,
+            ["threads"] = threads, ["loadBefore"] = Load(),
+        };
+
+        HnswCacheOptions Options(int t, HnswDistanceKernel kernel) => new()
+        {
+            TopK = settings.TopK,
+            ExpansionSearch = Math.Max(settings.ExpansionSearch, settings.TopK),
+            ExpansionAdd = settings.ExpansionAdd,
+            Connectivity = settings.Connectivity,
+            Threads = t,
+            DistanceKernel = kernel,
+        };
+
+        using var exact = new ExactCacheMemory(d, classes);
+        exact.Add(keys, labels);
+        double[] one = [settings.Theta];
+        using (var warm = queries.narrow(0, 0, Math.Min(16, queries.shape[0])))
+        {
+            exact.ClassLogMass(warm, one).Dispose();
         }
 
-        var before = Environment.WorkingSet;
-        using var hnsw = hnswFactory.CreateHnsw(settings.Dimension, settings.Classes);
-        var allSeconds = Time(() => hnsw.Add(keys, labels));
-        Console.WriteLine(
-            $"Build, {allThreads} threads:       {allSeconds:F2} s  ({settings.Keys / allSeconds:N0} keys/s)" +
-            (singleSeconds is { } s1 ? $"  speed-up ×{s1 / allSeconds:F2}" : string.Empty));
-        Console.WriteLine(
-            $"HNSW memory: native index {Mib(hnsw.NativeMemoryBytes)}, resident +{Mib(Environment.WorkingSet - before)} " +
-            $"(keys alone {Mib((long)settings.Keys * settings.Dimension * sizeof(float))} as float32)");
+        var q = queries.shape[0];
+        Tensor exactLogMass = null!;
+        var (exactSeconds, _) = Time("Queries, Exact, 1 θ", () => exactLogMass = exact.ClassLogMass(queries, one));
+        results["exactQueriesPerSecond"] = q / exactSeconds;
 
-        before = Environment.WorkingSet;
-        using var exact = exactFactory.Create(settings.Dimension, settings.Classes);
-        var exactBuild = Time(() => exact.Add(keys, labels));
-        Console.WriteLine($"Exact store add:        {exactBuild:F2} s, resident +{Mib(Environment.WorkingSet - before)}");
-
-        // Query throughput (one warm-up call each, then the timed call over all queries).
-        double[] thetas = [settings.Theta];
-        using (var warm = queries.narrow(0, 0, Math.Min(16, settings.Queries)))
+        // Each distance kernel in turn on the same keys: build (one native thread, then all), queries, recall.
+        var measured = new Dictionary<HnswDistanceKernel, (double Build, double Queries, double Recall)>();
+        foreach (var kernel in settings.Kernels)
         {
-            hnsw.ClassLogMass(warm, thetas).Dispose();
-            exact.ClassLogMass(warm, thetas).Dispose();
+            Console.WriteLine($"-- distance kernel {kernel}");
+            var figures = new Dictionary<string, object?>();
+            if (!settings.SkipSingleThread)
+            {
+                using var single = HnswCacheMemory.Create(d, classes, Options(1, kernel));
+                var (wall, _) = Time("Build, 1 thread", () => single.Add(keys, labels));
+                Console.WriteLine($"  {n / wall:N0} keys/s");
+                figures["buildKeysPerSecondOneThread"] = n / wall;
+            }
+
+            var before = Environment.WorkingSet;
+            using var hnsw = HnswCacheMemory.Create(d, classes, Options(threads, kernel));
+            var (buildWall, buildCpu) = Time($"Build, {threads} threads", () => hnsw.Add(keys, labels));
+            Console.WriteLine($"  {n / buildWall:N0} keys/s; USearch kernel target {hnsw.HardwareAcceleration}; native index {Mib(hnsw.NativeMemoryBytes)}, resident +{Mib(Environment.WorkingSet - before)}");
+            figures["buildKeysPerSecond"] = n / buildWall;
+            figures["buildCpuSeconds"] = buildCpu;
+            figures["usearchTarget"] = hnsw.HardwareAcceleration;
+
+            using (var warm = queries.narrow(0, 0, Math.Min(16, queries.shape[0])))
+            {
+                hnsw.ClassLogMass(warm, one).Dispose();
+            }
+
+            Tensor hnswLogMass = null!;
+            var (oneTheta, oneCpu) = Time("Queries, HNSW, 1 θ", () => hnswLogMass = hnsw.ClassLogMass(queries, one));
+            var (nineThetas, _) = Time("Queries, HNSW, 9 θ", () => hnsw.ClassLogMass(queries, NineThetas).Dispose());
+            Console.WriteLine($"  HNSW {q / oneTheta:N0} q/s at 1 θ, {q / nineThetas:N0} q/s at 9 θ; Exact {q / exactSeconds:N0} q/s; HNSW / Exact ×{exactSeconds / oneTheta:F2}");
+            figures["queriesPerSecond"] = q / oneTheta;
+            figures["queryCpuSeconds"] = oneCpu;
+            figures["queriesPerSecondNineThetas"] = q / nineThetas;
+
+            var recall = HnswRecall.AtK(hnsw, queries, keys, settings.TopK);
+            var agree = hnswLogMass[0].argmax(1).eq(exactLogMass[0].argmax(1)).to_type(ScalarType.Float32).mean().item<float>();
+            Console.WriteLine($"  Recall@{settings.TopK} {recall:F4}; top-1 class agreement with Exact {agree:F4}; resident {Resident()}");
+            figures["recall"] = recall;
+            figures["top1AgreementWithExact"] = agree;
+            results[$"kernel{kernel}"] = figures;
+            measured[kernel] = (n / buildWall, q / oneTheta, recall);
         }
 
-        Tensor hnswLogMass = null!, exactLogMass = null!;
-        var hnswSeconds = Time(() => hnswLogMass = hnsw.ClassLogMass(queries, thetas));
-        var exactSeconds = Time(() => exactLogMass = exact.ClassLogMass(queries, thetas));
-        Console.WriteLine($"Queries, HNSW:          {settings.Queries / hnswSeconds:N0} queries/s ({hnswSeconds * 1e3 / settings.Queries:F3} ms each)");
-        Console.WriteLine($"Queries, Exact:         {settings.Queries / exactSeconds:N0} queries/s ({exactSeconds * 1e3 / settings.Queries:F3} ms each)");
-        Console.WriteLine($"HNSW / Exact throughput: ×{exactSeconds / hnswSeconds:F2}");
+        if (measured.TryGetValue(HnswDistanceKernel.Native, out var native) && measured.TryGetValue(HnswDistanceKernel.Float32, out var own))
+        {
+            Console.WriteLine(string.Create(Invariant,
+                $"Float32 kernel / USearch's: build ×{own.Build / native.Build:F2}, queries ×{own.Queries / native.Queries:F2}, recall {own.Recall:F4} vs {native.Recall:F4}"));
+        }
 
-        // Quality: recall@k of the retrieved ids against exact top-k, and top-1 class agreement with the exact log-mass.
-        var recall = HnswRecall.AtK(hnsw, queries, keys, settings.TopK);
-        var agree = hnswLogMass[0].argmax(1).eq(exactLogMass[0].argmax(1)).to_type(ScalarType.Float32).mean().item<float>();
-        Console.WriteLine($"Recall@{settings.TopK}:              {recall:F4}");
-        Console.WriteLine($"Top-1 class agreement with Exact: {agree:F4}");
-        Console.WriteLine($"Resident at end:        {Resident()}");
+        var ours = measured.TryGetValue(HnswDistanceKernel.Float32, out var f) ? f : measured.Values.Last();
+        if (!settings.NoAnchor)
+        {
+            results["hnswlib"] = Anchor(settings, keys, queries, threads, ours.Build, ours.Queries, ours.Recall);
+        }
+
+        results["loadAfter"] = Load();
+        if (settings.Json is { } json)
+        {
+            File.WriteAllText(json, JsonSerializer.Serialize(results, new JsonSerializerOptions { WriteIndented = true }));
+            Console.WriteLine($"Wrote {json}");
+        }
+
         return 0;
     }
 
-    /// <summary>Wall-clock seconds of <paramref name="action"/>; also prints the process CPU seconds it used (other load skews wall time).</summary>
-    private static double Time(Action action)
+    /// <summary>hnswlib on the same keys and queries (files in a temporary folder), its figures and ours over its.</summary>
+    private static object? Anchor(Settings settings, Tensor keys, Tensor queries, int threads, double ourBuild, double ourQueries, double ourRecall)
+    {
+        if (!PythonAnchor.Available("hnswlib", out var why))
+        {
+            Console.WriteLine($"hnswlib anchor skipped: {why} (apt-get install python3-hnswlib)");
+            return null;
+        }
+
+        var folder = Directory.CreateTempSubdirectory("scache-hnsw-anchor-");
+        try
+        {
+            var keyFile = Path.Combine(folder.FullName, "keys.f32");
+            var queryFile = Path.Combine(folder.FullName, "queries.f32");
+            File.WriteAllBytes(keyFile, keys.contiguous().bytes.ToArray());
+            File.WriteAllBytes(queryFile, queries.contiguous().bytes.ToArray());
+            Console.WriteLine($"hnswlib ({PythonAnchor.Interpreter}) on the same keys and queries …");
+            var result = PythonAnchor.Run(
+                "hnswlib_anchor.py",
+                [keyFile, queryFile, .. new long[]
+                {
+                    keys.shape[0], keys.shape[1], queries.shape[0], settings.TopK, settings.Connectivity, settings.ExpansionAdd,
+                    Math.Max(settings.ExpansionSearch, settings.TopK), threads,
+                }.Select(v => v.ToString(Invariant))],
+                TimeSpan.FromHours(2));
+            var build = keys.shape[0] / result.GetProperty("buildSeconds").GetDouble();
+            var query = queries.shape[0] / result.GetProperty("querySeconds").GetDouble();
+            var recall = result.GetProperty("recall").GetDouble();
+            Console.WriteLine(string.Create(Invariant,
+                $"  hnswlib {result.GetProperty("hnswlib").GetString()}: build {build:N0} keys/s [{result.GetProperty("buildCpuSeconds").GetDouble():F2} s CPU], " +
+                $"query {query:N0} q/s [{result.GetProperty("queryCpuSeconds").GetDouble():F2} s CPU], recall@{settings.TopK} {recall:F4}"));
+            Console.WriteLine(string.Create(Invariant,
+                $"Ours / hnswlib: build ×{ourBuild / build:F2}, query ×{ourQueries / query:F2} (ours includes the top-k log-mass), recall {ourRecall:F4} vs {recall:F4}"));
+            return new Dictionary<string, object>
+            {
+                ["version"] = result.GetProperty("hnswlib").GetString() ?? "?",
+                ["buildKeysPerSecond"] = build,
+                ["queriesPerSecond"] = query,
+                ["recall"] = recall,
+                ["buildRatio"] = ourBuild / build,
+                ["queryRatio"] = ourQueries / query,
+            };
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
+
+    private static (Tensor Keys, Tensor Labels, Tensor Queries, string Source) Synthetic(Settings settings)
+    {
+        var (keys, labels, queries, _) = SyntheticKeys.Generate(
+            settings.Keys, settings.Queries, settings.Dimension, settings.Clusters, settings.Classes, settings.Seed);
+        return (keys, labels, queries, $"synthetic clustered unit keys ({settings.Clusters} clusters)");
+    }
+
+    /// <summary>ResNet-20 keys of CIFAR-10 training images and test-image queries, as <c>scache reproduce</c> makes them.</summary>
+    private static (Tensor Keys, Tensor Labels, Tensor Queries, string Source) RealKeys(int train, int test)
+    {
+        string[] layers = ["layer3.0", "layer3.2"];
+        var shared = SharedFolder() ?? throw new DirectoryNotFoundException("No shared/ folder beside the repository.");
+        using var loaded = new ModelRegistry().Load("resnet20", Path.Combine(shared, "models", "cifar10", "resnet20.safetensors"));
+        var fitter = new CacheFitter(loaded.Model, new CacheFitOptions
+        {
+            Store = new ExactCacheMemoryFactory(new ExactCacheOptions()),
+            Input = loaded.Spec.Normalization,
+            InputShape = loaded.Spec.Input,
+        });
+        var cifar = DatasetLocator.ResolveCifar10(Path.Combine(shared, "data", "cifar10"), DatasetParts.Train | DatasetParts.Test);
+        var watch = Stopwatch.StartNew();
+        using var keys = fitter.Extract(Cifar10.LoadTrain(cifar).Slice(0, train), layers, "train");
+        using var queries = fitter.Extract(Cifar10.LoadTest(cifar).Slice(0, test), layers, "test");
+        Console.WriteLine($"Extracted {train:N0} + {test:N0} ResNet-20 keys in {watch.Elapsed.TotalSeconds:F0} s");
+        return (keys.Keys.contiguous().MoveToOuterDisposeScope(), keys.Labels.clone().MoveToOuterDisposeScope(),
+            queries.Keys.contiguous().MoveToOuterDisposeScope(), $"ResNet-20 keys of {train:N0} CIFAR-10 training images (layer3.0, layer3.2)");
+    }
+
+    /// <summary>Wall and process CPU seconds of <paramref name="action"/>, printed (other load skews wall time, CPU time less so).</summary>
+    private static (double Wall, double Cpu) Time(string label, Action action)
     {
         using var process = Process.GetCurrentProcess();
         var cpu = process.TotalProcessorTime;
@@ -125,10 +239,12 @@ internal static class HnswBenchmark
         action();
         var wall = watch.Elapsed.TotalSeconds;
         process.Refresh();
-        Console.WriteLine(string.Create(Invariant, $"  [{wall:F2} s wall, {(process.TotalProcessorTime - cpu).TotalSeconds:F2} s CPU]"));
-        return wall;
+        var used = (process.TotalProcessorTime - cpu).TotalSeconds;
+        Console.WriteLine(string.Create(Invariant, $"{label}: {wall:F2} s wall, {used:F2} s CPU"));
+        return (wall, used);
     }
 
+    private static string Load() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "?";
 
     private static string Resident() => Mib(Environment.WorkingSet);
 
@@ -136,11 +252,12 @@ internal static class HnswBenchmark
         System.Runtime.InteropServices.Marshal.PtrToStringUTF8(USearchNative.Version()) ?? "?";
 
     private sealed record Settings(
-        int Keys, int Dimension, int Classes, int Clusters, int Queries, int TopK, int ExpansionSearch, double Theta, int Seed, bool SkipSingleThread)
+        int Keys, int Dimension, int Classes, int Clusters, int Queries, int TopK, int ExpansionSearch, int ExpansionAdd, int Connectivity,
+        double Theta, int Seed, int Threads, bool SkipSingleThread, bool NoAnchor, int? Real, string? Json, HnswDistanceKernel[] Kernels)
     {
         public static Settings Parse(string[] args)
         {
-            string? Value(string name) => BenchmarkText.ArgValue(args, name);
+            string? Value(string name) => ArgValue(args, name);
 
             int Int(string name, int fallback) => Value(name) is { } v ? int.Parse(v, Invariant) : fallback;
 
@@ -150,11 +267,20 @@ internal static class HnswBenchmark
                 Int("--classes", 100),
                 Int("--clusters", 1000),
                 Int("--queries", 1000),
-                Int("--topk", 50),
-                Int("--ef", 64),
+                Int("--topk", 100),
+                Int("--ef", 128),
+                Int("--efc", 128),
+                Int("--m", 16),
                 Value("--theta") is { } theta ? double.Parse(theta, Invariant) : 50,
                 Int("--seed", 1),
-                args.Contains("--skip-single-thread"));
+                Int("--threads", Environment.ProcessorCount),
+                args.Contains("--skip-single-thread"),
+                args.Contains("--no-anchor"),
+                Value("--real") is { } real ? int.Parse(real, Invariant) : null,
+                Value("--json"),
+                Value("--kernel") is { } kernel && !kernel.Equals("both", StringComparison.OrdinalIgnoreCase)
+                    ? [Enum.Parse<HnswDistanceKernel>(kernel, ignoreCase: true)]
+                    : [HnswDistanceKernel.Native, HnswDistanceKernel.Float32]);
         }
     }
 }

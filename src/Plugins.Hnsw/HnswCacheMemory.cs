@@ -62,6 +62,12 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         ClassCount = classCount;
         _labelBuffer = labels;
         _snapshot = new Snapshot(count, labels);
+        if (options.ScalarKind == HnswScalarKind.Float32 && options.DistanceKernel == HnswDistanceKernel.Float32)
+        {
+            nint error = 0;
+            USearchNative.ChangeMetric(_index, InnerProductKernel.Pointer, dimension, USearchNative.MetricKind.InnerProduct, ref error);
+            USearchNative.Check(error, "change_metric");
+        }
     }
 
     public string Provider => HnswCacheMemoryFactory.ProviderName;
@@ -89,6 +95,19 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             var bytes = USearchNative.MemoryUsage(_index, ref error);
             USearchNative.Check(error, "memory_usage");
             return (long)bytes;
+        }
+    }
+
+    /// <inheritdoc />
+    public string HardwareAcceleration
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            nint error = 0;
+            var name = USearchNative.HardwareAcceleration(_index, ref error);
+            USearchNative.Check(error, "hardware_acceleration");
+            return Marshal.PtrToStringUTF8(name) ?? "unknown";
         }
     }
 

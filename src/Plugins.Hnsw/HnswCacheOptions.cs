@@ -38,6 +38,14 @@ public sealed class HnswCacheOptions
     /// <summary>How the graph stores keys: <see cref="HnswScalarKind.Float32"/> (exact similarities) or a smaller, lossy kind.</summary>
     public HnswScalarKind ScalarKind { get; set; } = HnswScalarKind.Float32;
 
+    /// <summary>
+    /// The float32 distance kernel: <see cref="HnswDistanceKernel.Float32"/> (default: float32 multiply–add, four vector
+    /// accumulators) or USearch's own (<see cref="HnswDistanceKernel.Native"/>, which accumulates in float64). Float32
+    /// storage only; the smaller kinds always use USearch's kernels. Not stored with the graph: a restored memory takes it
+    /// from the factory's options.
+    /// </summary>
+    public HnswDistanceKernel DistanceKernel { get; set; } = HnswDistanceKernel.Float32;
+
     /// <summary>Keys to reserve room for when the memory is created, in keys (0 = grow on the first <c>Add</c>).</summary>
     public long InitialCapacity { get; set; }
 
@@ -76,6 +84,11 @@ public sealed class HnswCacheOptions
                 "the search keeps ExpansionSearch candidates and returns the best TopK of them.");
         }
 
+        if (!Enum.IsDefined(DistanceKernel))
+        {
+            errors.Add($"Cache:Hnsw:DistanceKernel must be Float32 or Native (got {(int)DistanceKernel}).");
+        }
+
         if (Threads < 0)
         {
             errors.Add($"Cache:Hnsw:Threads must be 0 (one per processor) or positive (got {Threads}).");
@@ -109,4 +122,14 @@ public enum HnswScalarKind
 
     /// <summary>1 byte per component: each key is scaled to [−127, 127] (cosine metric); coarsest similarities.</summary>
     Int8,
+}
+
+/// <summary>Which inner-product kernel a float32 HNSW graph measures distances with.</summary>
+public enum HnswDistanceKernel
+{
+    /// <summary>Float32 multiply–add with four vector accumulators (this library's kernel).</summary>
+    Float32 = 0,
+
+    /// <summary>USearch's built-in kernel (NumKong; float64 accumulation in USearch 2.26).</summary>
+    Native = 1,
 }

@@ -15,6 +15,12 @@ public interface IHnswCacheMemory : ICacheMemory
     long NativeMemoryBytes { get; }
 
     /// <summary>
+    /// The SIMD target USearch picked for this index's distance kernel on this CPU (<c>serial</c> when none applies, e.g.
+    /// <c>genoa</c> or <c>haswell</c> otherwise), as <c>usearch_hardware_acceleration</c> reports it.
+    /// </summary>
+    string HardwareAcceleration { get; }
+
+    /// <summary>
     /// Changes the search settings — the neighbours summed over (<see cref="HnswCacheOptions.TopK"/>) and the candidate list of the
     /// graph walk (<see cref="HnswCacheOptions.ExpansionSearch"/>) — without rebuilding the graph. Waits for running queries;
     /// queries that start afterwards use both new values.

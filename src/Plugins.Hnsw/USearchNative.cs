@@ -85,6 +85,18 @@ internal static unsafe partial class USearchNative
     [LibraryImport(Library, EntryPoint = "usearch_memory_usage")]
     public static partial nuint MemoryUsage(nint index, ref nint error);
 
+    /// <summary>
+    /// Replaces the index's distance function. With a non-null <paramref name="state"/> USearch calls
+    /// <c>float metric(void const* a, void const* b, void* state)</c>; <paramref name="kind"/> is what a saved index records.
+    /// A loaded index gets its built-in metric back, so this is applied again after every <see cref="LoadBuffer"/>.
+    /// </summary>
+    [LibraryImport(Library, EntryPoint = "usearch_change_metric")]
+    public static partial void ChangeMetric(nint index, nint metric, nint state, MetricKind kind, ref nint error);
+
+    /// <summary>The SIMD target of the index's metric kernel (e.g. <c>genoa</c>, <c>haswell</c>, <c>serial</c>); a static C string.</summary>
+    [LibraryImport(Library, EntryPoint = "usearch_hardware_acceleration")]
+    public static partial nint HardwareAcceleration(nint index, ref nint error);
+
     [LibraryImport(Library, EntryPoint = "usearch_add")]
     public static partial void Add(nint index, ulong key, void* vector, ScalarKind vectorKind, ref nint error);
 

@@ -59,6 +59,48 @@ public sealed class HnswWorkoutTests
     }
 
     [Fact]
+    public void Float32KernelMatchesUSearchsKernelAndBruteForce()
+    {
+        // The library's float32 distance kernel against USearch's (float64 accumulation) on the same keys, one insert thread:
+        // similarities within float32 rounding of the brute-force dot products, the same neighbours, and recall alike.
+        const int classes = 5, k = 20;
+        var data = HnswTestData.Clustered(seed: 61, n: 700, dimension: 40, classes, clusters: 15); // 40: vector and scalar tails
+        var queries = data.Queries(62, 30);
+        var results = new Dictionary<HnswDistanceKernel, (ulong[] Keys, float[] Similarities)[]>();
+        foreach (var kernel in new[] { HnswDistanceKernel.Native, HnswDistanceKernel.Float32 })
+        {
+            using var memory = (HnswCacheMemory)new HnswCacheMemoryFactory(
+                new HnswCacheOptions { TopK = k, Threads = 1, DistanceKernel = kernel }).CreateHnsw(data.Dimension, classes);
+            using (var keys = data.KeysTensor())
+            using (var labels = data.LabelsTensor())
+            {
+                memory.Add(keys, labels);
+            }
+
+            Assert.Equal(kernel == HnswDistanceKernel.Native ? memory.HardwareAcceleration : "serial", memory.HardwareAcceleration);
+            using var q = data.QueriesTensor(queries);
+            results[kernel] = memory.Neighbours(q);
+        }
+
+        double overlap = 0;
+        for (var i = 0; i < queries.Length / data.Dimension; i++)
+        {
+            var similarities = data.Similarities(queries, i);
+            var own = results[HnswDistanceKernel.Float32][i];
+            for (var j = 0; j < own.Keys.Length; j++)
+            {
+                Assert.InRange(own.Similarities[j] - similarities[(int)own.Keys[j]], -2e-6, 2e-6);
+            }
+
+            overlap += own.Keys.Intersect(results[HnswDistanceKernel.Native][i].Keys).Count() / (double)k;
+            var recall = HnswTestData.TopK(similarities, k).Intersect(own.Keys.Select(key => (int)key)).Count() / (double)k;
+            Assert.True(recall >= 0.9, $"query {i}: recall@{k} {recall:F2} with the float32 kernel");
+        }
+
+        Assert.True(overlap / (queries.Length / data.Dimension) >= 0.97, $"neighbour overlap between the kernels {overlap / (queries.Length / data.Dimension):F3}");
+    }
+
+    [Fact]
     public void RestoreTakesScalarKindFromTheGraphAndSearchSettingsFromTheFactory()
     {
         var data = HnswTestData.Clustered(seed: 41, n: 200, dimension: 16, classes: 3, clusters: 6);
