@@ -222,7 +222,7 @@ internal sealed class CacheCoordinatorGrain : Grain, ICacheCoordinatorGrain
 
     private ICacheShardGrain Shard(int shard) => GrainFactory.GetGrain<ICacheShardGrain>(ShardKeys.Shard(_cacheId, shard));
 
-    private static CacheDescriptor Describe(CacheManifest manifest) => new(manifest.Spec, manifest.Version, [.. manifest.ShardCounts]);
+    private CacheDescriptor Describe(CacheManifest manifest) => new(manifest.Spec, manifest.Version, [.. manifest.ShardCounts], _folder is not null);
 
     private void ThrowIfBroken()
     {

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
+using ScalableCache.Core.Persistence;
 
 namespace ScalableCache.Orleans;
 
@@ -91,7 +92,12 @@ internal sealed class CacheStateFolder
         }
 
         var body = buffer.ToArray();
-        Directory.CreateDirectory(ShardFolder(shard));
+        if (!Directory.Exists(ShardFolder(shard)))
+        {
+            Directory.CreateDirectory(ShardFolder(shard));
+            MemoryLog.FlushFolder(Root);
+        }
+
         WriteAtomically(PartPath(shard, version), [.. body, .. SHA256.HashData(body)]);
     }
 
@@ -185,6 +191,7 @@ internal sealed class CacheStateFolder
             }
 
             File.Move(temp, path, overwrite: true);
+            MemoryLog.FlushFolder(Path.GetDirectoryName(path)!); // the rename survives a power loss before the write is acknowledged
         }
         finally
         {

@@ -1,6 +1,8 @@
 using System.Text.RegularExpressions;
 using Orleans;
+using System.Globalization;
 using ScalableCache.Core;
+using ScalableCache.Core.Persistence;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -36,9 +38,14 @@ namespace ScalableCache.Orleans;
 /// <para><b>Thread-safety and ownership</b> are those of <see cref="ICacheMemory"/>: queries run concurrently with each other
 /// and with one add; adds are serialised (across clients by the lease). Answers carry no gradient (queries that require
 /// one are refused). A memory made by <see cref="Create"/> without a cache id is dropped from the cluster by
-/// <see cref="Dispose"/>; a named or opened one stays until <see cref="Drop"/>.</para>
+/// <see cref="Dispose"/> unless it was <see cref="Retain"/>ed; a named or opened one stays until <see cref="Drop"/>.</para>
+/// <para><b>Durable by itself</b> (<see cref="IDurableCacheMemory"/>): on silos with a state folder every add is on disk on every
+/// shard and in the manifest before <see cref="Add"/> returns (<see cref="PersistsAdds"/>), and <see cref="Open"/> (or the
+/// factory's <see cref="OrleansCacheMemoryFactory.Reopen"/>) by <see cref="CacheId"/> brings it back after any restart. So a
+/// <c>DurableCacheClassifier</c> (<c>scache serve</c>) over it keeps no log; its cache file names the cache
+/// (<see cref="ExportState"/> exports that reference, never the keys).</para>
 /// </remarks>
-public sealed partial class OrleansCacheMemory : ICacheMemory
+public sealed partial class OrleansCacheMemory : IDurableCacheMemory, IPersistentCacheMemory
 {
     /// <summary>Provider name registered by this backend.</summary>
     public const string ProviderName = "Orleans";
@@ -49,7 +56,8 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
     private readonly ICacheCoordinatorGrain _coordinator;
     private readonly ICacheShardGrain[] _shards;
     private readonly OrleansCacheOptions _options;
-    private readonly bool _owned;
+    private readonly bool _persisted;
+    private volatile bool _owned;
     private readonly IDisposable? _lifetime;
     private readonly SemaphoreSlim _addGate = new(1, 1);
     private readonly Lock _stateGate = new();
@@ -71,6 +79,7 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
         _shards = [.. Enumerable.Range(0, spec.ShardCount).Select(i => grains.GetGrain<ICacheShardGrain>(ShardKeys.Shard(CacheId, i)))];
         _version = descriptor.Version;
         _counts = descriptor.ShardCounts;
+        _persisted = descriptor.Persisted;
     }
 
     /// <inheritdoc />
@@ -102,6 +111,15 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
 
     /// <summary>Provider of each shard's store.</summary>
     public string InnerProvider { get; }
+
+    /// <summary>
+    /// Whether every add is on disk before <see cref="Add"/> returns: the silos keep state (<see cref="OrleansCacheOptions.StateDirectory"/>),
+    /// as the cache's coordinator reported when this client attached.
+    /// </summary>
+    public bool PersistsAdds => _persisted;
+
+    /// <summary>The id that reopens the cache: <see cref="CacheId"/>.</summary>
+    string IDurableCacheMemory.DurableId => CacheId;
 
     /// <summary>The highest committed version this client knows (0 for an empty cache; each add adds one).</summary>
     public long Version => Interlocked.Read(ref _version);
@@ -261,6 +279,39 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Observe(Run(() => ShardCalls.Bounded(_coordinator.Checkpoint(), OrleansClusterSetup.MaintenanceTimeout(_options))));
+    }
+
+    /// <summary>Keeps the cache on the cluster when this memory is disposed (a cache made without an id would be dropped).</summary>
+    public void Retain() => _owned = false;
+
+    /// <summary>Checkpoints every shard (<see cref="Checkpoint"/>): restores and reopening then replay no staged parts.</summary>
+    void IDurableCacheMemory.Compact() => Checkpoint();
+
+    /// <summary>
+    /// A reference to the cache for a cache file: cache id, inner provider, shards and the committed version, with no keys (they stay
+    /// on the cluster). Reopen it with <see cref="Open"/>; <c>DurableCacheClassifier</c> does so for a file it wrote.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The cache is dropped when this memory is disposed (made without an id and not retained),
+    /// so no file may name it.</exception>
+    public CacheState ExportState()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_owned)
+        {
+            throw new NotSupportedException(
+                $"A cache file cannot hold an Orleans memory's keys (they stay on the cluster), and this cache ('{CacheId}') is dropped when the memory " +
+                "is disposed, so no file may name it: create it with a cache id, or retain it (scache serve does), to write a file that refers to it.");
+        }
+
+        lock (_stateGate)
+        {
+            var state = new CacheState(ProviderName, Dimension, _counts.Sum());
+            state.Properties["cacheId"] = CacheId;
+            state.Properties["inner"] = InnerProvider;
+            state.Properties["shards"] = ShardCount.ToString(CultureInfo.InvariantCulture);
+            state.Properties["version"] = _version.ToString(CultureInfo.InvariantCulture);
+            return state;
+        }
     }
 
     /// <summary>Each shard's condition: the version it has applied, its keys and the silo it runs on.</summary>

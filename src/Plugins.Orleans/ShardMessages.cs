@@ -106,12 +106,16 @@ internal sealed record ShardCheckpoint(
     [property: Id(3)] string File,
     [property: Id(4)] string Sha256);
 
-/// <summary>The cache as the coordinator knows it: its spec, the last committed version and the keys per shard.</summary>
+/// <summary>
+/// The cache as the coordinator knows it: its spec, the last committed version, the keys per shard, and whether it persists its
+/// adds (its silos have a state folder: every committed add is on disk before the commit returns).
+/// </summary>
 [GenerateSerializer, Immutable]
 internal sealed record CacheDescriptor(
     [property: Id(0)] ShardSpec Spec,
     [property: Id(1)] long Version,
-    [property: Id(2)] long[] ShardCounts);
+    [property: Id(2)] long[] ShardCounts,
+    [property: Id(3)] bool Persisted);
 
 /// <summary>
 /// The right to write one add: its version, the attempt (a version refused or abandoned is retried under a higher one)
