@@ -99,6 +99,14 @@ internal sealed class ServeCommand : IScacheCommand
             DurableCacheClassifier durable;
             if (header is not null)
             {
+                if (!header.Metadata.ContainsKey(DurableCacheClassifier.MemoryIdKey)
+                    && !string.Equals(session.Provider.Provider, header.Provider, StringComparison.OrdinalIgnoreCase))
+                {
+                    logger.LogWarning(
+                        "{File} holds a '{FileProvider}' memory, which is served as it is; the configured provider '{Provider}' applies when serve builds a new cache file",
+                        full, header.Provider, session.Provider.Provider);
+                }
+
                 durable = session.Progress.Timed($"open {full} and replay its log",
                     () => DurableCacheClassifier.Open(full, loaded.Model, session.LoadOptions(loaded), options.Durability, logger, token), out _);
                 classNames = ClassNames(header.Metadata, header.ClassCount);
