@@ -307,9 +307,21 @@ public sealed class CacheClassifier : IDisposable
     /// <exception cref="CacheFileException">The file is unreadable, or does not fit the backbone.</exception>
     public static CacheClassifier Load(string path, nn.Module<Tensor, Tensor> backbone, CacheLoadOptions options, CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(options);
+        return LoadWithMemory(path, backbone, options, _ => CacheFile.Load(path, options.Providers, cancellationToken).Memory);
+    }
+
+    /// <summary>
+    /// As <see cref="Load"/>, checking the file the same way,
+    /// but the memory comes from <paramref name="memory"/> (given the file's header) instead of the file's payload; it must have the
+    /// file's dimension and class count.
+    /// </summary>
+    internal static CacheClassifier LoadWithMemory(string path, nn.Module<Tensor, Tensor> backbone, CacheLoadOptions options, Func<CacheFileHeader, ICacheMemory> memory)
+    {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         ArgumentNullException.ThrowIfNull(backbone);
         ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(memory);
         var header = CacheFile.ReadHeader(path);
         CacheFileException Mismatch(string detail) => new(path, CacheFileProblem.Mismatch, detail);
         var recipe = header.Recipe ?? options.Recipe
@@ -346,21 +358,27 @@ public sealed class CacheClassifier : IDisposable
             throw Mismatch($"the file holds keys of dimension {header.Dimension} but the backbone's layers [{string.Join(", ", recipe.Layers)}] make {dimension}.");
         }
 
-        var loaded = CacheFile.Load(path, options.Providers, cancellationToken);
+        var loaded = memory(header);
         try
         {
-            return new CacheClassifier(backbone, recipe, loaded.Memory, loaded.Header.Theta, loaded.Header.Lambda, new CacheClassifierOptions
+            if (loaded.Dimension != header.Dimension || loaded.ClassCount != header.ClassCount)
+            {
+                throw Mismatch($"the file holds keys of dimension {header.Dimension} and {header.ClassCount} classes, but its '{loaded.Provider}' memory " +
+                    $"has dimension {loaded.Dimension} and {loaded.ClassCount} classes.");
+            }
+
+            return new CacheClassifier(backbone, recipe, loaded, header.Theta, header.Lambda, new CacheClassifierOptions
             {
                 BatchSize = options.BatchSize,
                 Device = options.Device,
-                Model = options.Model ?? loaded.Header.Model,
-                Flip = loaded.Header.Flip,
+                Model = options.Model ?? header.Model,
+                Flip = header.Flip,
                 OwnsBackbone = options.OwnsBackbone,
             });
         }
         catch
         {
-            loaded.Memory.Dispose();
+            loaded.Dispose();
             throw;
         }
     }

@@ -33,6 +33,13 @@ public sealed class DurableCacheOptions
     /// <summary>Whether each group commit is flushed to the disk (fsync) before its adds are acknowledged (default; see <see cref="MemoryLogOptions.FlushToDisk"/>).</summary>
     public bool FlushToDisk { get; set; } = true;
 
+    /// <summary>
+    /// Whether to serve a memory that keeps itself (<see cref="IDurableCacheMemory"/>) although it does not persist its adds
+    /// (<see cref="IDurableCacheMemory.PersistsAdds"/> false: e.g. an Orleans cluster whose silos have no state folder): adds are then
+    /// acknowledged once the memory holds them, and are lost with it. Default false: such a memory is refused.
+    /// </summary>
+    public bool AllowNonDurableMemory { get; set; }
+
     /// <summary>Checks the settings; returns the problems found (empty when valid).</summary>
     public IReadOnlyList<string> Validate()
     {
@@ -61,16 +68,18 @@ public sealed class DurableCacheOptions
     }
 }
 
-/// <summary>An acknowledged add: its rows are on disk (in the log) and in the memory.</summary>
-/// <param name="FirstKey">Index of the add's first row in the memory (its log offset).</param>
+/// <summary>An acknowledged add: its rows are on disk (in the log, or persisted by a memory that keeps itself) and in the memory.</summary>
+/// <param name="FirstKey">Index of the add's first row in the memory (its log offset; for a memory that keeps itself, as this object
+/// counts its keys: other writers to the same memory shift it).</param>
 /// <param name="Count">Rows added.</param>
 /// <param name="KeyCount">Keys in the memory right after the add's group commit.</param>
 public sealed record DurableAddResult(long FirstKey, int Count, long KeyCount);
 
 /// <summary>What opening a <see cref="DurableCacheClassifier"/> found and did.</summary>
-/// <param name="SnapshotKeys">Keys in the snapshot (cache file).</param>
-/// <param name="Log">What the log held, and any torn tail dropped.</param>
-/// <param name="ReplayedKeys">Log rows added on top of the snapshot.</param>
+/// <param name="SnapshotKeys">Keys in the snapshot (cache file; for a memory that keeps itself, the keys the file last recorded).</param>
+/// <param name="Log">What the log held, and any torn tail dropped (nothing, for a memory that keeps itself).</param>
+/// <param name="ReplayedKeys">Log rows added on top of the snapshot (for a memory that keeps itself: the keys it holds beyond the
+/// file's record, which it restored by itself).</param>
 /// <param name="SkippedKeys">Log rows the snapshot already held (records from before it).</param>
 public sealed record DurableCacheRecovery(long SnapshotKeys, MemoryLogRecovery Log, long ReplayedKeys, long SkippedKeys);
 
@@ -97,6 +106,12 @@ public sealed record DurableCacheStatistics(
 /// <remarks>
 /// <para><b>Files.</b> The snapshot is the cache file at <see cref="Path"/>; the log's segments are <c>PATH.log.000001</c>, … beside
 /// it. The snapshot's metadata records the log's id (<c>memoryLog.id</c>), so a log is never replayed over another cache.</para>
+/// <para><b>A memory that keeps itself</b> (<see cref="IDurableCacheMemory"/>, e.g. the Orleans cluster with a state folder, which
+/// persists each add before it returns) needs no log: an add is acknowledged once the memory has it. The cache file then holds the
+/// classifier's configuration (model, recipe, θ, λ, checkpoint digest) and the memory's id (metadata <c>memory.durableId</c>; the
+/// keys stay in the memory), and opening it reopens that memory by id with its provider's <see cref="IDurableCacheMemoryFactory"/>.
+/// A snapshot compacts the memory (<see cref="IDurableCacheMemory.Compact"/>) and rewrites the file with the key count. A memory that
+/// does not persist its adds is refused unless <see cref="DurableCacheOptions.AllowNonDurableMemory"/> is set.</para>
 /// <para><b>Thread-safety.</b> Any number of threads may predict and add at once; adds are acknowledged in log order, and a query
 /// sees each add wholly or not at all. Adds are visible to queries only once durable. <see cref="DisposeAsync"/> must not race
 /// with other calls.</para>
@@ -107,11 +122,15 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
     /// <summary>The snapshot metadata key that names the log's id.</summary>
     public const string LogIdKey = "memoryLog.id";
 
+    /// <summary>The cache file metadata key that names the id of a memory that keeps itself (<see cref="IDurableCacheMemory.DurableId"/>).</summary>
+    public const string MemoryIdKey = "memory.durableId";
+
     private const string LogSegmentKey = "memoryLog.segment";
     private const int ReplayBatchRows = 4096;
 
     private readonly CacheClassifier _classifier;
-    private readonly MemoryLog _log;
+    private readonly MemoryLog? _log;
+    private readonly IDurableCacheMemory? _self;
     private readonly DurableCacheOptions _options;
     private readonly ILogger _logger;
     private readonly Dictionary<string, string> _metadata;
@@ -134,15 +153,21 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
     private bool _disposed;
 
     private DurableCacheClassifier(
-        string path, CacheClassifier classifier, MemoryLog log, IReadOnlyDictionary<string, string> metadata, DateTime snapshotUtc, long snapshotKeys,
+        string path, CacheClassifier classifier, MemoryLog? log, IReadOnlyDictionary<string, string> metadata, DateTime snapshotUtc, long snapshotKeys,
         DurableCacheRecovery recovery, DurableCacheOptions options, ILogger logger)
     {
         Path = path;
         _classifier = classifier;
         _log = log;
+        _self = log is null ? (IDurableCacheMemory)classifier.Memory : null;
         _options = options;
         _logger = logger;
-        _metadata = new Dictionary<string, string>(metadata, StringComparer.Ordinal) { [LogIdKey] = log.Id.ToString("N") };
+        _metadata = new Dictionary<string, string>(metadata, StringComparer.Ordinal);
+        if (log is not null)
+        {
+            _metadata[LogIdKey] = log.Id.ToString("N");
+        }
+
         _lastSnapshotTicks = snapshotUtc.Ticks;
         _lastSnapshotKeys = snapshotKeys;
         Recovery = recovery;
@@ -158,8 +183,14 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
     /// <summary>The snapshot (cache file).</summary>
     public string Path { get; }
 
-    /// <summary>The log's base path: <c>PATH.log</c> (segments <c>PATH.log.000001</c>, …).</summary>
-    public string LogPath => _log.Path;
+    /// <summary>The log's base path: <c>PATH.log</c> (segments <c>PATH.log.000001</c>, …); <see langword="null"/> for a memory that keeps itself.</summary>
+    public string? LogPath => _log?.Path;
+
+    /// <summary>The id of the memory that keeps itself (<see cref="IDurableCacheMemory"/>), or <see langword="null"/> when the log makes adds durable.</summary>
+    public string? MemoryId => _self?.DurableId;
+
+    /// <summary>Whether an acknowledged add is persisted: always with the log; for a memory that keeps itself, when it persists its adds.</summary>
+    public bool AddsPersisted => _self?.PersistsAdds ?? true;
 
     /// <summary>What opening found (snapshot keys, log records, replayed and skipped rows, a dropped torn tail).</summary>
     public DurableCacheRecovery Recovery { get; }
@@ -199,7 +230,7 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
 
     /// <summary>Counters since opening (after disposal: as they were at the end, the last snapshot included).</summary>
     public DurableCacheStatistics Statistics => _final ?? new(
-        Count, Interlocked.Read(ref _addedKeys), Interlocked.Read(ref _adds), Interlocked.Read(ref _commits), _log.Bytes,
+        Count, Interlocked.Read(ref _addedKeys), Interlocked.Read(ref _adds), Interlocked.Read(ref _commits), _log?.Bytes ?? 0,
         Interlocked.Read(ref _snapshots), Interlocked.Read(ref _snapshotFailures),
         new DateTime(Interlocked.Read(ref _lastSnapshotTicks), DateTimeKind.Utc), Interlocked.Read(ref _lastSnapshotKeys));
 
@@ -208,9 +239,12 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
 
     /// <summary>
     /// Makes <paramref name="classifier"/> durable at <paramref name="path"/>: writes it as the first snapshot, then starts an empty
-    /// log. Takes ownership of the classifier (disposed with this object, or on failure).
+    /// log. A memory that keeps itself (<see cref="IDurableCacheMemory"/>) is retained instead and the file records its id (no log).
+    /// Takes ownership of the classifier (disposed with this object, or on failure).
     /// </summary>
     /// <exception cref="IOException">A cache file or log already exists there (open it with <see cref="Open"/> instead).</exception>
+    /// <exception cref="InvalidOperationException">The memory keeps itself but does not persist its adds, and
+    /// <see cref="DurableCacheOptions.AllowNonDurableMemory"/> is not set.</exception>
     public static DurableCacheClassifier Create(
         string path, CacheClassifier classifier, DurableCacheOptions? options = null, IReadOnlyDictionary<string, string>? metadata = null,
         ILogger? logger = null, CancellationToken cancellationToken = default)
@@ -226,8 +260,21 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
                 throw new IOException($"'{full}' or its memory log already exists: open it instead of creating it.");
             }
 
+            if (classifier.Memory is IDurableCacheMemory self)
+            {
+                CheckPersists(self, options, full);
+                self.Retain(); // from now on the file names it: disposing must not delete it
+                var selfMeta = new Dictionary<string, string>(metadata ?? new Dictionary<string, string>(), StringComparer.Ordinal) { [MemoryIdKey] = self.DurableId };
+                selfMeta.Remove(LogIdKey);
+                var written = classifier.Save(full, selfMeta, cancellationToken);
+                MemoryLog.FlushFolder(System.IO.Path.GetDirectoryName(full)!);
+                return new DurableCacheClassifier(full, classifier, null, selfMeta, written.CreatedUtc, written.Count,
+                    new DurableCacheRecovery(written.Count, NoLog, 0, 0), options, logger ?? NullLogger.Instance);
+            }
+
             var id = Guid.NewGuid();
             var meta = new Dictionary<string, string>(metadata ?? new Dictionary<string, string>(), StringComparer.Ordinal) { [LogIdKey] = id.ToString("N") };
+            meta.Remove(MemoryIdKey);
             var header = classifier.Save(full, meta, cancellationToken);
             MemoryLog.FlushFolder(System.IO.Path.GetDirectoryName(full)!);
             var log = MemoryLog.Open(LogPathFor(full), classifier.Dimension, classifier.ClassCount, null, LogOptions(options), logger, id);
@@ -249,6 +296,9 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
     /// <exception cref="CacheFileException">The snapshot is unreadable or does not fit the backbone.</exception>
     /// <exception cref="MemoryLogException">The log is damaged (other than a torn tail), belongs to another snapshot, or does not
     /// continue the snapshot (records missing).</exception>
+    /// <remarks>A file that names a memory that keeps itself (<see cref="MemoryIdKey"/>) is opened by reopening that memory with its
+    /// provider's <see cref="IDurableCacheMemoryFactory"/> among <see cref="CacheLoadOptions.Providers"/>; the memory must hold at least
+    /// the keys the file last recorded.</remarks>
     public static DurableCacheClassifier Open(
         string path, nn.Module<Tensor, Tensor> backbone, CacheLoadOptions load, DurableCacheOptions? options = null, ILogger? logger = null,
         CancellationToken cancellationToken = default)
@@ -261,6 +311,11 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
         var full = System.IO.Path.GetFullPath(path);
         var header = CacheFile.ReadHeader(full);
         DeleteInterruptedSnapshots(full, logger);
+        if (header.Metadata.TryGetValue(MemoryIdKey, out var memoryId))
+        {
+            return OpenSelfDurable(full, header, memoryId, backbone, load, options, logger);
+        }
+
         var classifier = CacheClassifier.Load(full, backbone, load, cancellationToken);
         try
         {
@@ -289,6 +344,73 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
         {
             classifier.Dispose();
             throw;
+        }
+    }
+
+    private static DurableCacheClassifier OpenSelfDurable(
+        string full, CacheFileHeader header, string memoryId, nn.Module<Tensor, Tensor> backbone, CacheLoadOptions load, DurableCacheOptions options, ILogger logger)
+    {
+        if (MemoryLog.FindSegments(LogPathFor(full)).Count > 0)
+        {
+            throw new MemoryLogException(LogPathFor(full),
+                $"'{full}' names a '{header.Provider}' memory that keeps itself (id '{memoryId}'), which is never logged, yet a memory log lies beside it.");
+        }
+
+        var stopwatch = Stopwatch.StartNew();
+        var classifier = CacheClassifier.LoadWithMemory(full, backbone, load, h =>
+        {
+            if (CacheProviderSelector.Find([.. load.Providers], h.Provider) is not IDurableCacheMemoryFactory factory)
+            {
+                throw new CacheFileException(full, CacheFileProblem.UnknownProvider,
+                    $"its keys live in a '{h.Provider}' memory (id '{memoryId}'), but that provider's factory cannot reopen a memory by id.");
+            }
+
+            IDurableCacheMemory memory;
+            try
+            {
+                memory = factory.Reopen(memoryId);
+            }
+            catch (Exception e) when (e is not (OperationCanceledException or OutOfMemoryException))
+            {
+                throw new InvalidOperationException($"'{full}' keeps its keys in the '{h.Provider}' memory '{memoryId}', which cannot be reopened: {e.Message}", e);
+            }
+
+            if (memory.Count < h.Count)
+            {
+                memory.Dispose();
+                throw new CacheFileException(full, CacheFileProblem.Mismatch,
+                    $"the file last recorded {h.Count} keys in its '{h.Provider}' memory '{memoryId}', which now holds {memory.Count}: keys were lost.");
+            }
+
+            return memory;
+        });
+        try
+        {
+            var self = (IDurableCacheMemory)classifier.Memory;
+            CheckPersists(self, options, full);
+            var recovery = new DurableCacheRecovery(header.Count, NoLog, self.Count - header.Count, 0);
+            logger.LogInformation(
+                "Opened {Path}: reopened its '{Provider}' memory '{Id}' with {Keys} keys ({Recorded} when the file was written) in {Seconds:0.00} s",
+                full, header.Provider, memoryId, self.Count, header.Count, stopwatch.Elapsed.TotalSeconds);
+            return new DurableCacheClassifier(full, classifier, null, header.Metadata, header.CreatedUtc, header.Count, recovery, options, logger);
+        }
+        catch
+        {
+            classifier.Dispose();
+            throw;
+        }
+    }
+
+    private static readonly MemoryLogRecovery NoLog = new(0, 0, 0, 0, null);
+
+    private static void CheckPersists(IDurableCacheMemory memory, DurableCacheOptions options, string path)
+    {
+        if (!memory.PersistsAdds && !options.AllowNonDurableMemory)
+        {
+            throw new InvalidOperationException(
+                $"The '{memory.Provider}' memory '{memory.DurableId}' of '{path}' does not persist its adds (for Orleans: the silos have no " +
+                "Cache:Orleans:StateDirectory), so an acknowledged add could be lost. Give the silos a state folder, or allow non-durable adds " +
+                "(Serve:Durability:AllowNonDurableMemory=true).");
         }
     }
 
@@ -415,16 +537,16 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
                 {
                     SnapshotNow(CancellationToken.None);
                 }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException or NotSupportedException)
                 {
-                    _logger.LogWarning(e, "The last snapshot of {Path} failed; the log still holds every add", Path);
+                    _logger.LogWarning(e, "The last snapshot of {Path} failed; the log (or the memory that keeps itself) still holds every add", Path);
                 }
             }
         }
         finally
         {
             _final = Statistics;
-            _log.Dispose();
+            _log?.Dispose();
             _classifier.Dispose();
             _stopping.Dispose();
             _snapshotGate.Dispose();
@@ -468,6 +590,12 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
     private void SnapshotNow(CancellationToken cancellationToken)
     {
         var stopwatch = Stopwatch.StartNew();
+        if (_log is null)
+        {
+            CompactSelf(_self!, stopwatch, cancellationToken);
+            return;
+        }
+
         int segment;
         lock (_commitGate)
         {
@@ -487,6 +615,31 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
         _logger.LogInformation("Snapshot of {Keys} keys to {Path} in {Seconds:0.00} s", header.Count, Path, stopwatch.Elapsed.TotalSeconds);
     }
 
+    /// <summary>The snapshot of a memory that keeps itself: compact it, then rewrite the cache file with its key count.</summary>
+    private void CompactSelf(IDurableCacheMemory self, Stopwatch stopwatch, CancellationToken cancellationToken)
+    {
+        if (!self.PersistsAdds)
+        {
+            return; // nothing persisted to compact (AllowNonDurableMemory)
+        }
+
+        try
+        {
+            self.Compact();
+        }
+        catch (Exception e) when (e is not (OperationCanceledException or OutOfMemoryException or InvalidOperationException or NotSupportedException or IOException))
+        {
+            throw new InvalidOperationException($"Compacting the '{self.Provider}' memory '{self.DurableId}' failed: {e.Message}", e);
+        }
+
+        var header = _classifier.Save(Path, _metadata, cancellationToken);
+        MemoryLog.FlushFolder(System.IO.Path.GetDirectoryName(Path)!);
+        Interlocked.Exchange(ref _lastSnapshotKeys, header.Count);
+        Interlocked.Exchange(ref _lastSnapshotTicks, header.CreatedUtc.Ticks);
+        Interlocked.Increment(ref _snapshots);
+        _logger.LogInformation("Compacted the '{Provider}' memory of {Path} at {Keys} keys in {Seconds:0.00} s", self.Provider, Path, header.Count, stopwatch.Elapsed.TotalSeconds);
+    }
+
     private async Task CommitLoopAsync()
     {
         var reader = _pending.Reader;
@@ -502,7 +655,7 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
             }
 
             Commit(batch, rows);
-            if (_options.SnapshotLogBytes > 0 && _log.Bytes > _options.SnapshotLogBytes)
+            if (_options.SnapshotLogBytes > 0 && _log is not null && _log.Bytes > _options.SnapshotLogBytes)
             {
                 WantSnapshot();
             }
@@ -545,7 +698,7 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
 
             try
             {
-                _log.Append(entries);
+                _log?.Append(entries);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidOperationException)
             {
@@ -557,6 +710,23 @@ public sealed class DurableCacheClassifier : IDisposable, IAsyncDisposable
             try
             {
                 ApplyRows(_classifier.Memory, entries, rows);
+            }
+            catch (Exception e) when (_self is not null && e is not InvalidOperationException)
+            {
+                // A memory that keeps itself added nothing (its contract): the adds fail, later ones may succeed.
+                _logger.LogError(e, "A group commit of {Adds} adds ({Rows} rows) could not be added to the '{Provider}' memory; they were not acknowledged",
+                    batch.Count, rows, _self.Provider);
+                Fail(batch, e);
+                return;
+            }
+            catch (Exception e) when (_self is not null)
+            {
+                var error = new InvalidOperationException(
+                    $"whether the '{_self.Provider}' memory '{_self.DurableId}' kept a commit is unknown ({e.Message}); reopen the cache to find out.", e);
+                Volatile.Write(ref _fault, error);
+                _logger.LogError(e, "A group commit may or may not have reached the memory; adds are refused until the cache is reopened");
+                Fail(batch, error);
+                return;
             }
             catch (Exception e)
             {

@@ -1,8 +1,9 @@
+using ScalableCache.Core;
 using static TorchSharp.torch;
 
 namespace ScalableCache.Hnsw;
 
-/// <summary>How many of the exact nearest keys an HNSW memory retrieves.</summary>
+/// <summary>How many of the exact nearest keys an HNSW memory (or any <see cref="IKeyRetrievingCacheMemory"/>, such as Orleans over HNSW shards) retrieves.</summary>
 public static class HnswRecall
 {
     /// <summary>
@@ -10,7 +11,7 @@ public static class HnswRecall
     /// <paramref name="keys"/> <c>[N, d]</c>, the keys in insertion order) among the keys <paramref name="memory"/> retrieves;
     /// k is capped at N. The exact top-k comes from matrix products over blocks of queries.
     /// </summary>
-    public static double AtK(IHnswCacheMemory memory, Tensor queries, Tensor keys, int k)
+    public static double AtK(IKeyRetrievingCacheMemory memory, Tensor queries, Tensor keys, int k)
     {
         ArgumentNullException.ThrowIfNull(memory);
         ArgumentNullException.ThrowIfNull(queries);

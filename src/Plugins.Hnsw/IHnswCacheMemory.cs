@@ -4,9 +4,10 @@ namespace ScalableCache.Hnsw;
 
 /// <summary>
 /// An <see cref="ICacheMemory"/> backed by a USearch HNSW graph, with the hooks a cache file format needs to store the
-/// graph and reload it without rebuilding. Created by <see cref="HnswCacheMemoryFactory"/>.
+/// graph and reload it without rebuilding. Created by <see cref="HnswCacheMemoryFactory"/>. Its
+/// <see cref="IKeyRetrievingCacheMemory.RetrievedKeys"/> are the top-k keys of each query, best first.
 /// </summary>
-public interface IHnswCacheMemory : ICacheMemory
+public interface IHnswCacheMemory : IKeyRetrievingCacheMemory
 {
     /// <summary>The settings this memory runs with (a copy; changing it has no effect).</summary>
     HnswCacheOptions Options { get; }
@@ -34,11 +35,6 @@ public interface IHnswCacheMemory : ICacheMemory
     /// </summary>
     HnswGraphSnapshot SaveGraph();
 
-    /// <summary>
-    /// The ids (insertion order, 0-based) of the top-k keys retrieved for each query <c>[b, d]</c>, best first — the neighbours
-    /// <see cref="ICacheMemory.ClassLogMass"/> sums over. Used to measure recall against exact search.
-    /// </summary>
-    IReadOnlyList<long[]> RetrievedKeys(TorchSharp.torch.Tensor queries);
 }
 
 /// <summary>

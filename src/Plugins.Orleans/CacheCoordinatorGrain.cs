@@ -95,13 +95,13 @@ internal sealed class CacheCoordinatorGrain : Grain, ICacheCoordinatorGrain
         var now = DateTime.UtcNow;
         if (_lease is { } held && held.Expires > now)
         {
-            return Task.FromResult(new Reservation(false, 0, 0, []));
+            return Task.FromResult(new Reservation(false, 0, 0, [], 0));
         }
 
         _lastAttempt = Math.Max(_lastAttempt + 1, now.Ticks); // grows across restarts too, so shards never keep a stale part
         var split = Balance(manifest.ShardCounts, rows);
         _lease = new Lease(manifest.Version + 1, _lastAttempt, split, now + lease);
-        return Task.FromResult(new Reservation(true, manifest.Version + 1, _lastAttempt, split));
+        return Task.FromResult(new Reservation(true, manifest.Version + 1, _lastAttempt, split, manifest.ShardCounts.Sum()));
     }
 
     public Task<CacheDescriptor> Commit(long version, long attempt)
@@ -222,7 +222,7 @@ internal sealed class CacheCoordinatorGrain : Grain, ICacheCoordinatorGrain
 
     private ICacheShardGrain Shard(int shard) => GrainFactory.GetGrain<ICacheShardGrain>(ShardKeys.Shard(_cacheId, shard));
 
-    private static CacheDescriptor Describe(CacheManifest manifest) => new(manifest.Spec, manifest.Version, [.. manifest.ShardCounts]);
+    private CacheDescriptor Describe(CacheManifest manifest) => new(manifest.Spec, manifest.Version, [.. manifest.ShardCounts], _folder is not null);
 
     private void ThrowIfBroken()
     {

@@ -28,6 +28,9 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
     private long _applied;
     private Exception? _broken;
 
+    /// <summary>Cache-wide ids of the store's keys, as runs in local order; <see langword="null"/> when unknown (parts or a checkpoint written before ids were recorded).</summary>
+    private List<IdRun>? _ids = [];
+
     public CacheShardGrain(IEnumerable<ICacheMemoryFactory> factories, IOptions<OrleansCacheOptions> options)
     {
         ArgumentNullException.ThrowIfNull(factories);
@@ -88,6 +91,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
         _store = CreateStore(spec);
         _spec = spec;
         _applied = 0;
+        _ids = [];
         return Task.CompletedTask;
     }
 
@@ -154,6 +158,26 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
         return new ShardAnswer(_applied, logMass);
     }
 
+    public async Task<ShardRetrieved> Retrieve(TensorData queries, long version)
+    {
+        ArgumentNullException.ThrowIfNull(queries);
+        var spec = Ready();
+        await ApplyUpTo(version).ConfigureAwait(true);
+        if (_store is not IKeyRetrievingCacheMemory store)
+        {
+            throw new NotSupportedException($"Shard {_shard} of cache '{_cacheId}' holds a '{spec.Inner}' store, which sums over every key: it retrieves none.");
+        }
+
+        var ids = _ids ?? throw new InvalidOperationException(
+            $"Shard {_shard} of cache '{_cacheId}' was restored from files written before key ids were recorded, so it cannot name the keys it retrieves.");
+        var local = await Task.Run(() =>
+        {
+            using var scope = NewDisposeScope();
+            return store.RetrievedKeys(queries.ToTensor());
+        }).ConfigureAwait(true);
+        return new ShardRetrieved(_applied, [.. local.Select(row => Array.ConvertAll(row, k => IdRun.Global(ids, k)))]);
+    }
+
     public async Task<ShardCheckpoint> Checkpoint(long version)
     {
         var spec = Ready();
@@ -178,6 +202,11 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
                 [MetadataVersion] = version.ToString(CultureInfo.InvariantCulture),
             },
         };
+        if (_ids is not null)
+        {
+            header = header with { Metadata = new Dictionary<string, string>(header.Metadata) { [MetadataIds] = IdRun.Format(_ids) } };
+        }
+
         var (count, digest) = await Task.Run(() =>
         {
             Directory.CreateDirectory(Path.GetDirectoryName(path)!);
@@ -205,6 +234,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
         _store?.Dispose();
         _store = null;
         _spec = null;
+        _ids = [];
         _staged.Clear();
         _arriving.Clear();
         _broken = null;
@@ -220,6 +250,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
     internal const string MetadataCache = "orleans.cache";
     internal const string MetadataShard = "orleans.shard";
     internal const string MetadataVersion = "orleans.version";
+    internal const string MetadataIds = "orleans.ids";
 
     /// <summary>Applies staged versions in order up to <paramref name="version"/>; a version with no staged part is an error.</summary>
     private async Task ApplyUpTo(long version)
@@ -244,6 +275,14 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
                     var labels = tensor(Array.ConvertAll(part.Rows.Labels, l => (long)l));
                     store.Add(keys, labels);
                 }).ConfigureAwait(true);
+                if (part.Rows.FirstId < 0)
+                {
+                    _ids = null;
+                }
+                else if (_ids is { } ids)
+                {
+                    ids.Add(new IdRun(ids.Count == 0 ? 0 : ids[^1].End, part.Rows.FirstId, part.Rows.Count));
+                }
             }
 
             _staged.Remove(next);
@@ -263,6 +302,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
 
         ICacheMemory store;
         long applied = 0;
+        List<IdRun>? ids = [];
         if (manifest.Checkpoints.FirstOrDefault(c => c.Shard == _shard) is { } checkpoint)
         {
             var path = Path.Combine(folder.Root, checkpoint.File);
@@ -296,6 +336,15 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
             }
 
             applied = checkpoint.Version;
+            try
+            {
+                ids = meta.TryGetValue(MetadataIds, out var runs) ? IdRun.Parse(runs, store.Count) : null;
+            }
+            catch
+            {
+                store.Dispose();
+                throw;
+            }
         }
         else
         {
@@ -318,6 +367,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
         _store = store;
         _spec = spec;
         _applied = applied;
+        _ids = ids;
     }
 
     private static ShardRows Concatenate(ShardRows?[] pieces, int dimension)
@@ -334,7 +384,7 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
             row += p.Count;
         }
 
-        return new ShardRows(new TensorData { Shape = [rows, dimension], Data = keys }, labels);
+        return new ShardRows(new TensorData { Shape = [rows, dimension], Data = keys }, labels, pieces[0]!.FirstId);
     }
 
     private ICacheMemory CreateStore(ShardSpec spec)
@@ -367,4 +417,61 @@ internal sealed class CacheShardGrain : Grain, ICacheShardGrain
 
     /// <summary>The pieces of one attempt's part received so far.</summary>
     private sealed record Arriving(long Attempt, ShardRows?[] Pieces);
+
+    /// <summary>Keys <c>[Local, Local + Count)</c> of a shard's store have cache-wide ids <c>[Id, Id + Count)</c>.</summary>
+    internal sealed record IdRun(long Local, long Id, long Count)
+    {
+        public long End => Local + Count;
+
+        /// <summary>The cache-wide id of local key <paramref name="local"/>.</summary>
+        public static long Global(List<IdRun> runs, long local)
+        {
+            var (lo, hi) = (0, runs.Count - 1);
+            while (lo <= hi)
+            {
+                var mid = (lo + hi) >>> 1;
+                var run = runs[mid];
+                if (local < run.Local)
+                {
+                    hi = mid - 1;
+                }
+                else if (local >= run.End)
+                {
+                    lo = mid + 1;
+                }
+                else
+                {
+                    return run.Id + (local - run.Local);
+                }
+            }
+
+            throw new InvalidOperationException($"Key {local} of a shard has no recorded id (the runs cover {(runs.Count == 0 ? 0 : runs[^1].End)} keys).");
+        }
+
+        public static string Format(List<IdRun> runs) =>
+            string.Join(',', runs.Select(r => string.Create(CultureInfo.InvariantCulture, $"{r.Local}:{r.Id}:{r.Count}")));
+
+        /// <summary>Reads <see cref="Format"/>'s text; the runs must follow one another from 0 and cover <paramref name="count"/> keys.</summary>
+        public static List<IdRun> Parse(string text, long count)
+        {
+            var runs = new List<IdRun>();
+            foreach (var item in text.Split(',', StringSplitOptions.RemoveEmptyEntries))
+            {
+                var parts = item.Split(':');
+                if (parts.Length != 3 || !long.TryParse(parts[0], NumberStyles.None, CultureInfo.InvariantCulture, out var local)
+                    || !long.TryParse(parts[1], NumberStyles.None, CultureInfo.InvariantCulture, out var id)
+                    || !long.TryParse(parts[2], NumberStyles.None, CultureInfo.InvariantCulture, out var n)
+                    || local != (runs.Count == 0 ? 0 : runs[^1].End))
+                {
+                    throw new InvalidDataException($"its key-id runs ('{MetadataIds}') are malformed at '{item}'.");
+                }
+
+                runs.Add(new IdRun(local, id, n));
+            }
+
+            return (runs.Count == 0 ? 0 : runs[^1].End) == count
+                ? runs
+                : throw new InvalidDataException($"its key-id runs ('{MetadataIds}') cover {(runs.Count == 0 ? 0 : runs[^1].End)} keys; the store holds {count}.");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text.Json;
+using ScalableCache.Core.Persistence;
 
 namespace ScalableCache.Orleans;
 
@@ -11,10 +12,12 @@ namespace ScalableCache.Orleans;
 /// file, flush, rename): provider, inner provider, shards, dimension, classes, the committed version, keys per shard, and
 /// per shard its checkpoint file, the version it holds, its key count and SHA-256.</item>
 /// <item><c>shard-NNN/part-VVVVVVVVVVVV.bin</c> — a shard's part of add V, written before the shard acknowledges staging
-/// it (so a committed add is on disk on every shard): magic <c>SCPART01</c>, shard, version, attempt, rows, dimension
-/// (little-endian integers), the labels (int32), the keys (float32, row-major), then the SHA-256 of everything before it.</item>
+/// it (so a committed add is on disk on every shard): magic <c>SCPART02</c>, shard, version, attempt, rows, dimension, the
+/// cache-wide id of the first row (little-endian integers), the labels (int32), the keys (float32, row-major), then the
+/// SHA-256 of everything before it. <c>SCPART01</c> files (no first-row id) are still read.</item>
 /// <item><c>shard-NNN/checkpoint-VVVVVVVVVVVV.scache</c> — a shard's store at version V as a regular cache file
-/// (<c>CacheFile</c>), its metadata naming the cache, shard and version.</item>
+/// (<c>CacheFile</c>), its metadata naming the cache, shard and version, and the cache-wide ids of its keys as runs
+/// (<c>orleans.ids</c>: <c>local:id:count</c>, comma-separated).</item>
 /// </list>
 /// A shard restores by loading its checkpoint (checked against the manifest's digest, then by the cache-file reader) and
 /// replaying its parts after it up to the committed version; parts beyond it stay staged.
@@ -22,7 +25,8 @@ namespace ScalableCache.Orleans;
 internal sealed class CacheStateFolder
 {
     public const string ManifestFile = "manifest.json";
-    private static readonly byte[] PartMagic = "SCPART01"u8.ToArray();
+    private static readonly byte[] PartMagic = "SCPART02"u8.ToArray();
+    private static readonly byte[] PartMagicV1 = "SCPART01"u8.ToArray();
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = true };
 
     public CacheStateFolder(string stateDirectory, string cacheId)
@@ -82,6 +86,7 @@ internal sealed class CacheStateFolder
             writer.Write(attempt);
             writer.Write(rows.Count);
             writer.Write(rows.Keys.Shape[1]);
+            writer.Write(rows.FirstId);
             foreach (var label in rows.Labels)
             {
                 writer.Write(label);
@@ -91,7 +96,12 @@ internal sealed class CacheStateFolder
         }
 
         var body = buffer.ToArray();
-        Directory.CreateDirectory(ShardFolder(shard));
+        if (!Directory.Exists(ShardFolder(shard)))
+        {
+            Directory.CreateDirectory(ShardFolder(shard));
+            MemoryLog.FlushFolder(Root);
+        }
+
         WriteAtomically(PartPath(shard, version), [.. body, .. SHA256.HashData(body)]);
     }
 
@@ -106,12 +116,20 @@ internal sealed class CacheStateFolder
         }
 
         using var reader = new BinaryReader(new MemoryStream(bytes, 0, bytes.Length - 32));
-        if (!reader.ReadBytes(PartMagic.Length).AsSpan().SequenceEqual(PartMagic))
+        var magic = reader.ReadBytes(PartMagic.Length);
+        var v1 = magic.AsSpan().SequenceEqual(PartMagicV1);
+        if (!v1 && !magic.AsSpan().SequenceEqual(PartMagic))
         {
             throw new InvalidDataException($"'{path}' is not a shard part file.");
         }
 
         var (fileShard, fileVersion, attempt, count, fileDimension) = (reader.ReadInt32(), reader.ReadInt64(), reader.ReadInt64(), reader.ReadInt32(), reader.ReadInt32());
+        var firstId = v1 ? -1 : reader.ReadInt64();
+        if (firstId < -1)
+        {
+            throw new InvalidDataException($"The part file '{path}' gives its first row the id {firstId}.");
+        }
+
         if (fileShard != shard || fileVersion != version || fileDimension != dimension || count < 0
             || reader.BaseStream.Length - reader.BaseStream.Position != (4L * count) + (4L * count * dimension))
         {
@@ -127,7 +145,7 @@ internal sealed class CacheStateFolder
         }
 
         var keys = reader.ReadBytes(4 * count * dimension);
-        return (attempt, new ShardRows(new TensorData { Shape = [count, dimension], Data = keys }, labels));
+        return (attempt, new ShardRows(new TensorData { Shape = [count, dimension], Data = keys }, labels, firstId));
     }
 
     /// <summary>Versions of the part files a shard has on disk, ascending.</summary>
@@ -185,6 +203,7 @@ internal sealed class CacheStateFolder
             }
 
             File.Move(temp, path, overwrite: true);
+            MemoryLog.FlushFolder(Path.GetDirectoryName(path)!); // the rename survives a power loss before the write is acknowledged
         }
         finally
         {

@@ -1,6 +1,8 @@
 using System.Text.RegularExpressions;
 using Orleans;
+using System.Globalization;
 using ScalableCache.Core;
+using ScalableCache.Core.Persistence;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -36,9 +38,14 @@ namespace ScalableCache.Orleans;
 /// <para><b>Thread-safety and ownership</b> are those of <see cref="ICacheMemory"/>: queries run concurrently with each other
 /// and with one add; adds are serialised (across clients by the lease). Answers carry no gradient (queries that require
 /// one are refused). A memory made by <see cref="Create"/> without a cache id is dropped from the cluster by
-/// <see cref="Dispose"/>; a named or opened one stays until <see cref="Drop"/>.</para>
+/// <see cref="Dispose"/> unless it was <see cref="Retain"/>ed; a named or opened one stays until <see cref="Drop"/>.</para>
+/// <para><b>Durable by itself</b> (<see cref="IDurableCacheMemory"/>): on silos with a state folder every add is on disk on every
+/// shard and in the manifest before <see cref="Add"/> returns (<see cref="PersistsAdds"/>), and <see cref="Open"/> (or the
+/// factory's <see cref="OrleansCacheMemoryFactory.Reopen"/>) by <see cref="CacheId"/> brings it back after any restart. So a
+/// <c>DurableCacheClassifier</c> (<c>scache serve</c>) over it keeps no log; its cache file names the cache
+/// (<see cref="ExportState"/> exports that reference, never the keys).</para>
 /// </remarks>
-public sealed partial class OrleansCacheMemory : ICacheMemory
+public sealed partial class OrleansCacheMemory : IDurableCacheMemory, IPersistentCacheMemory, IKeyRetrievingCacheMemory
 {
     /// <summary>Provider name registered by this backend.</summary>
     public const string ProviderName = "Orleans";
@@ -49,7 +56,8 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
     private readonly ICacheCoordinatorGrain _coordinator;
     private readonly ICacheShardGrain[] _shards;
     private readonly OrleansCacheOptions _options;
-    private readonly bool _owned;
+    private readonly bool _persisted;
+    private volatile bool _owned;
     private readonly IDisposable? _lifetime;
     private readonly SemaphoreSlim _addGate = new(1, 1);
     private readonly Lock _stateGate = new();
@@ -71,6 +79,7 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
         _shards = [.. Enumerable.Range(0, spec.ShardCount).Select(i => grains.GetGrain<ICacheShardGrain>(ShardKeys.Shard(CacheId, i)))];
         _version = descriptor.Version;
         _counts = descriptor.ShardCounts;
+        _persisted = descriptor.Persisted;
     }
 
     /// <inheritdoc />
@@ -102,6 +111,15 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
 
     /// <summary>Provider of each shard's store.</summary>
     public string InnerProvider { get; }
+
+    /// <summary>
+    /// Whether every add is on disk before <see cref="Add"/> returns: the silos keep state (<see cref="OrleansCacheOptions.StateDirectory"/>),
+    /// as the cache's coordinator reported when this client attached.
+    /// </summary>
+    public bool PersistsAdds => _persisted;
+
+    /// <summary>The id that reopens the cache: <see cref="CacheId"/>.</summary>
+    string IDurableCacheMemory.DurableId => CacheId;
 
     /// <summary>The highest committed version this client knows (0 for an empty cache; each add adds one).</summary>
     public long Version => Interlocked.Read(ref _version);
@@ -251,6 +269,55 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
     }
 
     /// <summary>
+    /// For each query <c>[b, d]</c>, the cache-wide ids (insertion order over every add) of the keys <see cref="ClassLogMass"/> sums
+    /// over with HNSW shards: the union of every shard's own top-k, shard by shard (each best first), all at one committed version —
+    /// k per shard, so up to <see cref="ShardCount"/> × k ids, which hold the global top-k whenever each shard finds its own.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The shards' stores sum over every key (<c>Exact</c>, <c>RandomProjection</c>).</exception>
+    /// <exception cref="CacheShardException">A shard failed; the message names it.</exception>
+    public IReadOnlyList<long[]> RetrievedKeys(Tensor queries)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        CacheInputs.CheckQueryShape(queries, Dimension);
+        var b = queries.shape[0];
+        if (b == 0)
+        {
+            return [];
+        }
+
+        var batches = new List<TensorData>();
+        using (var scope = NewDisposeScope())
+        {
+            var rowsPerCall = (int)Math.Min(b, RowsPerMessage);
+            for (long start = 0; start < b; start += rowsPerCall)
+            {
+                batches.Add(TensorData.From(queries.narrow(0, start, Math.Min(rowsPerCall, b - start))));
+            }
+        }
+
+        ShardRetrieved[][] answers;
+        try
+        {
+            answers = Run(() => AtOneVersionAsync(batches, "Retrieving keys", (shard, batch, version) => _shards[shard].Retrieve(batch, version), a => a.Version));
+        }
+        catch (CacheShardException e) when (e.InnerException is NotSupportedException)
+        {
+            throw new NotSupportedException(e.Message, e);
+        }
+
+        var result = new List<long[]>((int)b);
+        foreach (var batch in answers)
+        {
+            for (var q = 0; q < batch[0].Ids.Length; q++)
+            {
+                result.Add([.. batch.SelectMany(shard => shard.Ids[q])]);
+            }
+        }
+
+        return result;
+    }
+
+    /// <summary>
     /// Saves every shard's store as a cache file at the committed version and writes the manifest beside them (silos with
     /// <see cref="OrleansCacheOptions.StateDirectory"/> only); staged parts the checkpoints cover are deleted. A shard that
     /// re-activates, or the whole cluster after a restart, restores from these files and the parts added since.
@@ -261,6 +328,39 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Observe(Run(() => ShardCalls.Bounded(_coordinator.Checkpoint(), OrleansClusterSetup.MaintenanceTimeout(_options))));
+    }
+
+    /// <summary>Keeps the cache on the cluster when this memory is disposed (a cache made without an id would be dropped).</summary>
+    public void Retain() => _owned = false;
+
+    /// <summary>Checkpoints every shard (<see cref="Checkpoint"/>): restores and reopening then replay no staged parts.</summary>
+    void IDurableCacheMemory.Compact() => Checkpoint();
+
+    /// <summary>
+    /// A reference to the cache for a cache file: cache id, inner provider, shards and the committed version, with no keys (they stay
+    /// on the cluster). Reopen it with <see cref="Open"/>; <c>DurableCacheClassifier</c> does so for a file it wrote.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The cache is dropped when this memory is disposed (made without an id and not retained),
+    /// so no file may name it.</exception>
+    public CacheState ExportState()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_owned)
+        {
+            throw new NotSupportedException(
+                $"A cache file cannot hold an Orleans memory's keys (they stay on the cluster), and this cache ('{CacheId}') is dropped when the memory " +
+                "is disposed, so no file may name it: create it with a cache id, or retain it (scache serve does), to write a file that refers to it.");
+        }
+
+        lock (_stateGate)
+        {
+            var state = new CacheState(ProviderName, Dimension, _counts.Sum());
+            state.Properties["cacheId"] = CacheId;
+            state.Properties["inner"] = InnerProvider;
+            state.Properties["shards"] = ShardCount.ToString(CultureInfo.InvariantCulture);
+            state.Properties["version"] = _version.ToString(CultureInfo.InvariantCulture);
+            return state;
+        }
     }
 
     /// <summary>Each shard's condition: the version it has applied, its keys and the silo it runs on.</summary>
@@ -311,7 +411,7 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
 
             try
             {
-                await ShardCalls.All(CacheId, $"Staging add {version}", ShardCount, i => StageAsync(i, version, attempt, values, labels, starts[i], starts[i + 1]),
+                await ShardCalls.All(CacheId, $"Staging add {version}", ShardCount, i => StageAsync(i, version, attempt, reservation.KeysBefore, values, labels, starts[i], starts[i + 1]),
                     _options.CallTimeout * Enumerable.Range(0, ShardCount).Max(i => PiecesOf(starts[i + 1] - starts[i])))
                     .ConfigureAwait(false);
             }
@@ -352,14 +452,14 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
     private int PiecesOf(int rows) => Math.Max(1, (rows + RowsPerMessage - 1) / RowsPerMessage);
 
     /// <summary>Sends rows <c>[start, end)</c> to shard <paramref name="shard"/> in pieces of at most <see cref="RowsPerMessage"/> rows.</summary>
-    private async Task StageAsync(int shard, long version, long attempt, float[] values, int[] labels, int start, int end)
+    private async Task StageAsync(int shard, long version, long attempt, long keysBefore, float[] values, int[] labels, int start, int end)
     {
         var pieces = PiecesOf(end - start);
         for (var piece = 0; piece < pieces; piece++)
         {
             var from = start + (piece * RowsPerMessage);
             var to = Math.Min(end, from + RowsPerMessage);
-            var rows = new ShardRows(TensorData.Rows(values, Dimension, from, to - from), labels[from..to]);
+            var rows = new ShardRows(TensorData.Rows(values, Dimension, from, to - from), labels[from..to], keysBefore + from);
             await _shards[shard].Stage(version, attempt, piece, pieces, rows).ConfigureAwait(false);
         }
     }
@@ -390,20 +490,27 @@ public sealed partial class OrleansCacheMemory : ICacheMemory
     /// another (each to every shard at once), and when a shard answers at a higher version than the others the whole batch
     /// is asked again at that version.
     /// </summary>
-    private async Task<ShardAnswer[][]> QueryAsync(IReadOnlyList<TensorData> batches, double[] thetas)
+    private Task<ShardAnswer[][]> QueryAsync(IReadOnlyList<TensorData> batches, double[] thetas) =>
+        AtOneVersionAsync(batches, "A query", (shard, batch, version) => _shards[shard].Query(batch, thetas, version), a => a.Version);
+
+    /// <summary>
+    /// <paramref name="call"/>'s answer from every shard for every sub-batch, all at one version (see <see cref="QueryAsync"/>).
+    /// </summary>
+    private async Task<T[][]> AtOneVersionAsync<T>(IReadOnlyList<TensorData> batches, string what, Func<int, TensorData, long, Task<T>> call, Func<T, long> versionOf)
     {
         var version = Version;
         for (var round = 0; round < MaxQueryRounds; round++)
         {
-            var answers = new ShardAnswer[batches.Count][];
+            var answers = new T[batches.Count][];
             var agreed = true;
             for (var b = 0; b < batches.Count && agreed; b++)
             {
                 var batch = batches[b];
-                answers[b] = await ShardCalls.All(CacheId, "A query", ShardCount, i => _shards[i].Query(batch, thetas, version), _options.CallTimeout)
+                var at = version;
+                answers[b] = await ShardCalls.All(CacheId, what, ShardCount, i => call(i, batch, at), _options.CallTimeout)
                     .ConfigureAwait(false);
-                var highest = answers[b].Max(a => a.Version);
-                agreed = answers[b].All(a => a.Version == highest) && (b == 0 || highest == version);
+                var highest = answers[b].Max(versionOf);
+                agreed = answers[b].All(a => versionOf(a) == highest) && (b == 0 || highest == version);
                 version = highest;
             }
 

@@ -10,7 +10,7 @@ namespace ScalableCache.Orleans;
 /// running cluster. Given an <see cref="IGrainFactory"/> (an application's <c>IClusterClient</c>) it uses that; otherwise it
 /// starts an Orleans client of its own on first use, from the clustering settings, and stops it when disposed.
 /// </summary>
-public sealed class OrleansCacheMemoryFactory : ICacheMemoryFactory, IDisposable
+public sealed class OrleansCacheMemoryFactory : IDurableCacheMemoryFactory, IDisposable
 {
     private readonly OrleansCacheOptions _options;
     private readonly IGrainFactory? _grains;
@@ -60,6 +60,9 @@ public sealed class OrleansCacheMemoryFactory : ICacheMemoryFactory, IDisposable
 
     /// <summary>Attaches to the existing cache <paramref name="cacheId"/>; see <see cref="OrleansCacheMemory.Open"/>.</summary>
     public OrleansCacheMemory Open(string cacheId) => OrleansCacheMemory.OpenCore(Grains(), cacheId, _options, null);
+
+    /// <inheritdoc cref="Open"/>
+    public IDurableCacheMemory Reopen(string durableId) => Open(durableId);
 
     /// <summary>Stops the client this factory started, if any; memories it made stop working.</summary>
     public void Dispose()

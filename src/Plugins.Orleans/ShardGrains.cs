@@ -25,6 +25,12 @@ internal interface ICacheShardGrain : IGrainWithStringKey
     /// <summary>Log-mass of <paramref name="queries"/> after applying up to the committed <paramref name="version"/>, with the version it reflects.</summary>
     Task<ShardAnswer> Query(TensorData queries, double[] thetas, long version);
 
+    /// <summary>
+    /// The cache-wide ids of the keys the shard's store retrieves for <paramref name="queries"/> (an HNSW store's top-k) after
+    /// applying up to the committed <paramref name="version"/>; a store that sums over every key refuses (<see cref="NotSupportedException"/>).
+    /// </summary>
+    Task<ShardRetrieved> Retrieve(TensorData queries, long version);
+
     /// <summary>Applies up to <paramref name="version"/> and saves the store as a cache file in the cache's folder.</summary>
     Task<ShardCheckpoint> Checkpoint(long version);
 

@@ -77,9 +77,12 @@ internal sealed record ShardSpec(
     [property: Id(3)] int ClassCount,
     [property: Id(4)] string Inner);
 
-/// <summary>One shard's rows of one add: keys <c>[n, d]</c> and their labels.</summary>
+/// <summary>
+/// One shard's rows of one add: keys <c>[n, d]</c>, their labels, and the cache-wide id (insertion order over every add) of the
+/// first row — the rest follow it (−1: unknown, for parts written before ids were recorded).
+/// </summary>
 [GenerateSerializer, Immutable]
-internal sealed record ShardRows([property: Id(0)] TensorData Keys, [property: Id(1)] int[] Labels)
+internal sealed record ShardRows([property: Id(0)] TensorData Keys, [property: Id(1)] int[] Labels, [property: Id(2)] long FirstId = -1)
 {
     /// <summary>Number of rows.</summary>
     public int Count => Labels.Length;
@@ -97,6 +100,10 @@ internal sealed record ShardStatus(
     [property: Id(2)] int StagedParts,
     [property: Id(3)] string Silo);
 
+/// <summary>The cache-wide ids of the keys a shard retrieved for each query (<see cref="ShardRows.FirstId"/>), and the version it reflects.</summary>
+[GenerateSerializer, Immutable]
+internal sealed record ShardRetrieved([property: Id(0)] long Version, [property: Id(1)] long[][] Ids);
+
 /// <summary>A shard's checkpoint: its cache file (name within the cache's folder), the version it holds, keys and the file's SHA-256.</summary>
 [GenerateSerializer, Immutable]
 internal sealed record ShardCheckpoint(
@@ -106,20 +113,26 @@ internal sealed record ShardCheckpoint(
     [property: Id(3)] string File,
     [property: Id(4)] string Sha256);
 
-/// <summary>The cache as the coordinator knows it: its spec, the last committed version and the keys per shard.</summary>
+/// <summary>
+/// The cache as the coordinator knows it: its spec, the last committed version, the keys per shard, and whether it persists its
+/// adds (its silos have a state folder: every committed add is on disk before the commit returns).
+/// </summary>
 [GenerateSerializer, Immutable]
 internal sealed record CacheDescriptor(
     [property: Id(0)] ShardSpec Spec,
     [property: Id(1)] long Version,
-    [property: Id(2)] long[] ShardCounts);
+    [property: Id(2)] long[] ShardCounts,
+    [property: Id(3)] bool Persisted);
 
 /// <summary>
-/// The right to write one add: its version, the attempt (a version refused or abandoned is retried under a higher one)
-/// and how many rows go to each shard. <see cref="Granted"/> is false while another add holds the lease.
+/// The right to write one add: its version, the attempt (a version refused or abandoned is retried under a higher one),
+/// how many rows go to each shard (the add's rows in order: shard 0's first), and the keys committed before it (the id of
+/// the add's first row). <see cref="Granted"/> is false while another add holds the lease.
 /// </summary>
 [GenerateSerializer, Immutable]
 internal sealed record Reservation(
     [property: Id(0)] bool Granted,
     [property: Id(1)] long Version,
     [property: Id(2)] long Attempt,
-    [property: Id(3)] long[] Rows);
+    [property: Id(3)] long[] Rows,
+    [property: Id(4)] long KeysBefore);

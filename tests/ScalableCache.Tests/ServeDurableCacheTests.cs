@@ -83,7 +83,7 @@ public sealed class ServeDurableCacheTests : IDisposable
         {
             await durable.AddAsync(Images(4, seed: 1), Labels(4, seed: 1), Ct);
             await durable.AddAsync(Images(3, seed: 2), Labels(3, seed: 2), Ct);
-            oldSegments = [.. MemoryLog.FindSegments(durable.LogPath).Select(s => s.File)];
+            oldSegments = [.. MemoryLog.FindSegments(durable.LogPath!).Select(s => s.File)];
             var saved = oldSegments.ToDictionary(f => f, File.ReadAllBytes);
             await durable.SnapshotAsync(Ct);
             Assert.Equal(1, durable.Statistics.Snapshots);
@@ -169,7 +169,7 @@ public sealed class ServeDurableCacheTests : IDisposable
         await durable.AddAsync(Images(3, seed: 1), Labels(3, seed: 1), Ct);
         await WaitFor(() => durable.Statistics.LastSnapshotKeys == BaseKeys + 3);
         Assert.Equal(BaseKeys + 3, CacheFileHeaderCount());
-        Assert.Single(MemoryLog.FindSegments(durable.LogPath));
+        Assert.Single(MemoryLog.FindSegments(durable.LogPath!));
 
         await using var bySize = Create(new DurableCacheOptions { SnapshotInterval = TimeSpan.Zero, SnapshotLogBytes = 1, SnapshotOnDispose = false }, "by-size.scache");
         await bySize.AddAsync(Images(2, seed: 2), Labels(2, seed: 2), Ct);
@@ -229,13 +229,15 @@ public sealed class ServeDurableCacheTests : IDisposable
 
     private long CacheFileHeaderCount() => Core.Persistence.CacheFile.ReadHeader(CacheFile).Count;
 
-    private static Tensor Images(int n, int seed)
+    /// <summary>Random uint8 images <c>[n, 2, 4, 4]</c> for <see cref="TinyTapNet"/> (also the Orleans serve tests').</summary>
+    internal static Tensor Images(int n, int seed)
     {
         var generator = new TorchSharp.torch.Generator((ulong)seed);
         return randint(0, 256, [n, 2, 4, 4], generator: generator).to_type(ScalarType.Byte);
     }
 
-    private static Tensor Labels(int n, int seed)
+    /// <summary>Random labels in [0, 3).</summary>
+    internal static Tensor Labels(int n, int seed)
     {
         var random = new Random(seed);
         return tensor(Enumerable.Range(0, n).Select(_ => (long)random.Next(3)).ToArray());
@@ -248,7 +250,8 @@ public sealed class ServeDurableCacheTests : IDisposable
         return new Answers(outputs.Probabilities.data<float>().ToArray(), predictions.data<long>().ToArray());
     }
 
-    private static void AssertCovers(IEnumerable<DurableAddResult> results, long from, long to)
+    /// <summary>The acknowledged adds cover keys [<paramref name="from"/>, <paramref name="to"/>) without gaps or overlaps.</summary>
+    internal static void AssertCovers(IEnumerable<DurableAddResult> results, long from, long to)
     {
         var expected = from;
         foreach (var r in results.OrderBy(r => r.FirstKey))

@@ -753,7 +753,7 @@ public sealed partial class MemoryLog : IDisposable
     private static ReadOnlySpan<byte> Signature => "SCMLOG\u001A\n"u8;
 
     /// <summary>fsyncs a folder, so that files created, renamed or deleted in it survive a power loss (Linux and macOS; elsewhere a no-op).</summary>
-    internal static void FlushFolder(string folder)
+    public static void FlushFolder(string folder)
     {
         if (!(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()))
         {

@@ -18,7 +18,9 @@ namespace ScalableCache.Host.Commands;
 /// <summary>
 /// <c>scache serve</c>: serves a cached classifier over HTTP (<see cref="CacheServer"/>) whose memory grows while it runs, durably
 /// (<see cref="DurableCacheClassifier"/>): the cache file given by <c>--cache</c> is the snapshot, its log sits beside it. A missing
-/// file is built first from the model's training keys at <c>--layers</c> (θ, λ given or searched on the validation half).
+/// file is built first from the model's training keys at <c>--layers</c> (θ, λ given or searched on the validation half). Over a
+/// provider whose memory keeps itself (<see cref="IDurableCacheMemory"/>: <c>--provider Orleans</c> on silos with a state folder) no
+/// log is written: the file holds the configuration and the memory's id, and later starts reopen that memory.
 /// Runs until Ctrl+C or SIGTERM, then commits what is queued, takes a last snapshot and exits 0.
 /// </summary>
 internal sealed class ServeCommand : IScacheCommand
@@ -97,6 +99,14 @@ internal sealed class ServeCommand : IScacheCommand
             DurableCacheClassifier durable;
             if (header is not null)
             {
+                if (!header.Metadata.ContainsKey(DurableCacheClassifier.MemoryIdKey)
+                    && !string.Equals(session.Provider.Provider, header.Provider, StringComparison.OrdinalIgnoreCase))
+                {
+                    logger.LogWarning(
+                        "{File} holds a '{FileProvider}' memory, which is served as it is; the configured provider '{Provider}' applies when serve builds a new cache file",
+                        full, header.Provider, session.Provider.Provider);
+                }
+
                 durable = session.Progress.Timed($"open {full} and replay its log",
                     () => DurableCacheClassifier.Open(full, loaded.Model, session.LoadOptions(loaded), options.Durability, logger, token), out _);
                 classNames = ClassNames(header.Metadata, header.ClassCount);
@@ -122,8 +132,11 @@ internal sealed class ServeCommand : IScacheCommand
                 await using (server.ConfigureAwait(false))
                 {
                     await server.StartAsync(token).ConfigureAwait(false);
+                    var source = durable.MemoryId is { } memoryId
+                        ? $"in the {durable.Provider} memory '{memoryId}', which persists {(durable.AddsPersisted ? "every add itself" : "NO add (non-durable adds allowed)")}"
+                        : $"{recovery.SnapshotKeys:N0} from the snapshot, {recovery.ReplayedKeys:N0} replayed";
                     session.Progress.Status(string.Create(CultureInfo.InvariantCulture,
-                        $"serving {durable.Count:N0} keys ({recovery.SnapshotKeys:N0} from the snapshot, {recovery.ReplayedKeys:N0} replayed) on {string.Join(", ", server.Addresses)}; Ctrl+C stops"));
+                        $"serving {durable.Count:N0} keys ({source}) on {string.Join(", ", server.Addresses)}; Ctrl+C stops"));
                     await WaitForStop(server, token).ConfigureAwait(false);
                 }
             }

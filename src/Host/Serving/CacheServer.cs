@@ -187,7 +187,7 @@ internal sealed class CacheServer : IAsyncDisposable
                 return TypedResults.Ok(new MemoryResponse(added.Count, added.FirstKey, added.KeyCount));
             }))
             .WithName("AddToMemory")
-            .WithSummary("Add labelled images to the memory; the answer comes once the add is durable (logged and fsynced).")
+            .WithSummary("Add labelled images to the memory; the answer comes once the add is durable (logged and fsynced, or persisted by a memory that keeps itself).")
             .Produces<MemoryResponse>()
             .AcceptsImages();
 
@@ -281,7 +281,8 @@ internal sealed class CacheServer : IAsyncDisposable
             _facts.ClassNames, _facts.Version, _started,
             new SnapshotInfo(_cache.Path, stats.LastSnapshotUtc, stats.LastSnapshotKeys, (DateTime.UtcNow - stats.LastSnapshotUtc).TotalSeconds, stats.Snapshots, stats.SnapshotFailures),
             new LogInfo(_cache.LogPath, stats.LogBytes, stats.Commits, stats.Adds, stats.AddedKeys),
-            new RecoveryInfo(recovery.SnapshotKeys, recovery.ReplayedKeys, recovery.SkippedKeys, recovery.Log.Records, recovery.Log.DroppedBytes, recovery.Log.DropReason));
+            new RecoveryInfo(recovery.SnapshotKeys, recovery.ReplayedKeys, recovery.SkippedKeys, recovery.Log.Records, recovery.Log.DroppedBytes, recovery.Log.DropReason),
+            new DurabilityInfo(_cache.MemoryId is null ? "log" : "memory", _cache.AddsPersisted, _cache.MemoryId));
     }
 
     /// <summary>Documents every accepted body of the two image endpoints, beside the JSON one the endpoint declares.</summary>

@@ -56,7 +56,8 @@ internal sealed record InfoResponse(
     DateTime StartedUtc,
     SnapshotInfo Snapshot,
     LogInfo Log,
-    RecoveryInfo Recovery);
+    RecoveryInfo Recovery,
+    DurabilityInfo Durability);
 
 /// <summary>The model's input: channels, height, width (images must have exactly this size).</summary>
 internal sealed record InputInfo(int Channels, int Height, int Width);
@@ -64,8 +65,14 @@ internal sealed record InputInfo(int Channels, int Height, int Width);
 /// <summary>The newest snapshot (cache file).</summary>
 internal sealed record SnapshotInfo(string Path, DateTime Utc, long Keys, double AgeSeconds, long Snapshots, long Failures);
 
-/// <summary>The memory log.</summary>
-internal sealed record LogInfo(string Path, long Bytes, long Commits, long Adds, long AddedKeys);
+/// <summary>The memory log (<paramref name="Path"/> <see langword="null"/> when the memory keeps itself and no log is written).</summary>
+internal sealed record LogInfo(string? Path, long Bytes, long Commits, long Adds, long AddedKeys);
+
+/// <summary>What makes an acknowledged add durable.</summary>
+/// <param name="Mode"><c>log</c> (the memory log beside the cache file) or <c>memory</c> (the memory persists each add itself, e.g. an Orleans cluster with a state folder).</param>
+/// <param name="Persisted">Whether an acknowledged add is on disk (false only when non-durable adds were allowed).</param>
+/// <param name="MemoryId">The id of the memory that keeps itself (the Orleans cache id), or <see langword="null"/>.</param>
+internal sealed record DurabilityInfo(string Mode, bool Persisted, string? MemoryId);
 
 /// <summary>What start-up recovered.</summary>
 internal sealed record RecoveryInfo(long SnapshotKeys, long ReplayedKeys, long SkippedKeys, long LogRecords, long DroppedBytes, string? DropReason);
