@@ -22,10 +22,32 @@ public sealed class ExactCacheOptions
     public string? Device { get; set; }
 
     /// <summary>
-    /// How keys are stored: <see cref="ExactStorageType.Float32"/> (4 bytes per component) or
-    /// <see cref="ExactStorageType.Float16"/> (2 bytes per component; similarities are still computed in float32).
+    /// How keys are stored, in memory and in the key files this store writes (<c>Cache:Exact:StorageType</c>):
+    /// <see cref="ExactStorageType.Float32"/> (4 bytes per component), <see cref="ExactStorageType.Float16"/> or
+    /// <see cref="ExactStorageType.BFloat16"/> (2 bytes per component; each key block is converted to float32 on the fly, so
+    /// similarities are still computed in float32). A memory opened from a key file keeps the file's type.
     /// </summary>
     public ExactStorageType StorageType { get; set; } = ExactStorageType.Float32;
+
+    /// <summary>The tensor element type of <see cref="StorageType"/>.</summary>
+    public TorchSharp.torch.ScalarType StorageScalarType => ToScalarType(StorageType);
+
+    /// <summary>The tensor element type of a storage type.</summary>
+    public static TorchSharp.torch.ScalarType ToScalarType(ExactStorageType type) => type switch
+    {
+        ExactStorageType.Float16 => TorchSharp.torch.ScalarType.Float16,
+        ExactStorageType.BFloat16 => TorchSharp.torch.ScalarType.BFloat16,
+        _ => TorchSharp.torch.ScalarType.Float32,
+    };
+
+    /// <summary>The storage type of a tensor element type (Float32, Float16 or BFloat16).</summary>
+    public static ExactStorageType FromScalarType(TorchSharp.torch.ScalarType type) => type switch
+    {
+        TorchSharp.torch.ScalarType.Float16 => ExactStorageType.Float16,
+        TorchSharp.torch.ScalarType.BFloat16 => ExactStorageType.BFloat16,
+        TorchSharp.torch.ScalarType.Float32 => ExactStorageType.Float32,
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "The exact store keeps Float32, Float16 or BFloat16 keys."),
+    };
 
     /// <summary>
     /// Keys per similarity block, in keys. Each block costs one <c>[block, d] × [d, queries]</c> matrix multiply and
@@ -94,4 +116,7 @@ public enum ExactStorageType
 
     /// <summary>2 bytes per component (IEEE half); each key component carries about 5e-4 relative rounding error.</summary>
     Float16,
+
+    /// <summary>2 bytes per component (bfloat16: float32's range, 8 significant bits); about 4e-3 relative rounding error.</summary>
+    BFloat16,
 }

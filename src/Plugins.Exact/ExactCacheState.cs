@@ -62,9 +62,9 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         }
 
         if (state.Properties.TryGetValue(StorageProperty, out var storage)
-            && storage is not (nameof(ExactStorageType.Float32) or nameof(ExactStorageType.Float16)))
+            && storage is not (nameof(ExactStorageType.Float32) or nameof(ExactStorageType.Float16) or nameof(ExactStorageType.BFloat16)))
         {
-            throw new ArgumentException($"The saved storage type '{storage}' is neither Float32 nor Float16.", nameof(state));
+            throw new ArgumentException($"The saved storage type '{storage}' is not Float32, Float16 or BFloat16.", nameof(state));
         }
 
         var labelsBlob = state.Blob(LabelsBlob);
@@ -102,8 +102,7 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         }
     }
 
-    private static string StorageName(ScalarType type) =>
-        type == ScalarType.Float16 ? nameof(ExactStorageType.Float16) : nameof(ExactStorageType.Float32);
+    private static string StorageName(ScalarType type) => ExactCacheOptions.FromScalarType(type).ToString();
 
     private static int[] ParseViews(string text, long count)
     {
@@ -138,7 +137,9 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
                 var rows = Math.Min(step, view.Rows - offset);
                 yield return labels
                     ? HostBytes(view.Chunk.Labels, offset, rows, ScalarType.Int32)
-                    : HostBytes(view.Chunk.Keys, offset, rows, ScalarType.Float32);
+                    : view.Chunk.Keys is { } keys
+                        ? HostBytes(keys, offset, rows, ScalarType.Float32)
+                        : MappedBytes(view.Chunk, offset, rows);
             }
         }
     }
@@ -151,6 +152,15 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         using var noGrad = no_grad();
         var host = storage.narrow(0, offset, rows).to(type, CPU).contiguous();
         return host.bytes.ToArray();
+    }
+
+    /// <summary>Rows of a mapped chunk as float32 host bytes.</summary>
+    private byte[] MappedBytes(Chunk chunk, int offset, int rows)
+    {
+        using var scope = NewDisposeScope();
+        var stage = empty(rows, Dimension, dtype: _storageType);
+        chunk.Mapped!.CopyKeys(chunk.FileChunk, offset, rows, stage.bytes);
+        return stage.to_type(ScalarType.Float32).contiguous().bytes.ToArray();
     }
 
     /// <summary>Allocates one storage chunk per saved view, streams the keys into them and publishes the snapshot.</summary>
@@ -190,7 +200,7 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
                 {
                     using var scope = NewDisposeScope();
                     var rows = Math.Min(step, views[v] - offset);
-                    var target = chunk.Keys.narrow(0, offset, rows);
+                    var target = chunk.Keys!.narrow(0, offset, rows);
                     Tensor stored;
                     if (direct)
                     {
@@ -255,4 +265,14 @@ public sealed partial class ExactCacheMemoryFactory : IPersistentCacheMemoryFact
         ArgumentNullException.ThrowIfNull(context);
         return ExactCacheMemory.Restore(state, context.ClassCount, _device, _options);
     }
+
+    /// <summary>
+    /// A memory over a finished key file, on this factory's device with its block sizes
+    /// (<see cref="ExactCacheMemory.OpenKeyFile(string, ExactCacheOptions?, KeyFileOpenOptions?)"/>).
+    /// </summary>
+    public ExactCacheMemory OpenKeyFile(string path, KeyFileOpenOptions? open = null) => ExactCacheMemory.OpenKeyFile(path, _device, _options, open);
+
+    /// <summary>A writer of key files in this factory's storage type (<c>Cache:Exact:StorageType</c>), for keys of <paramref name="dimension"/>.</summary>
+    public KeyFileWriter CreateKeyFile(string path, int dimension, int classCount, string? identity = null, bool resume = false) =>
+        KeyFileWriter.Open(path, new KeyFileLayout(dimension, classCount, _options.StorageScalarType), identity, resume);
 }
