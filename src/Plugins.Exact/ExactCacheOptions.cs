@@ -55,6 +55,12 @@ public sealed class ExactCacheOptions
     /// </summary>
     public int KeyBlockSize { get; set; } = 4096;
 
+    /// <summary>
+    /// Keys per chunk of the key files this store writes (<c>Cache:Exact:KeyFileRowsPerChunk</c>), in keys; 0 (the default) makes
+    /// chunks of about 64 MiB of keys. A stopped streaming build resumes at a chunk boundary. Range 0 … <see cref="MaxBlockSize"/>.
+    /// </summary>
+    public int KeyFileRowsPerChunk { get; set; }
+
     /// <summary>Queries per similarity block, in queries. Range 1 … <see cref="MaxBlockSize"/>.</summary>
     public int QueryBlockSize { get; set; } = 1024;
 
@@ -85,6 +91,11 @@ public sealed class ExactCacheOptions
         if (QueryBlockSize is < 1 or > MaxBlockSize)
         {
             errors.Add($"Cache:Exact:QueryBlockSize must be between 1 and {MaxBlockSize} queries (got {QueryBlockSize}).");
+        }
+
+        if (KeyFileRowsPerChunk is < 0 or > MaxBlockSize)
+        {
+            errors.Add($"Cache:Exact:KeyFileRowsPerChunk must be between 0 (about 64 MiB of keys) and {MaxBlockSize} keys (got {KeyFileRowsPerChunk}).");
         }
 
         if (!Enum.IsDefined(StorageType))

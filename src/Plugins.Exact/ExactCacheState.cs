@@ -272,7 +272,10 @@ public sealed partial class ExactCacheMemoryFactory : IPersistentCacheMemoryFact
     /// </summary>
     public ExactCacheMemory OpenKeyFile(string path, KeyFileOpenOptions? open = null) => ExactCacheMemory.OpenKeyFile(path, _device, _options, open);
 
-    /// <summary>A writer of key files in this factory's storage type (<c>Cache:Exact:StorageType</c>), for keys of <paramref name="dimension"/>.</summary>
+    /// <summary>
+    /// A writer of key files in this factory's storage type (<c>Cache:Exact:StorageType</c>) and chunk size
+    /// (<c>Cache:Exact:KeyFileRowsPerChunk</c>), for keys of <paramref name="dimension"/> (see <see cref="KeyFileWriter.Open"/>).
+    /// </summary>
     public KeyFileWriter CreateKeyFile(string path, int dimension, int classCount, string? identity = null, bool resume = false) =>
-        KeyFileWriter.Open(path, new KeyFileLayout(dimension, classCount, _options.StorageScalarType), identity, resume);
+        KeyFileWriter.Open(path, new KeyFileLayout(dimension, classCount, _options.StorageScalarType, _options.KeyFileRowsPerChunk), identity, resume);
 }

@@ -220,7 +220,13 @@ public sealed unsafe partial class KeyFile : IDisposable
     }
 
     /// <summary>Drops mapped pages of <c>[start, start + bytes)</c> from the resident set (they stay in the page cache).</summary>
-    private void Release(long start, long bytes)
+    private void Release(long start, long bytes) => Release(_base, _length, start, bytes);
+
+    /// <summary>
+    /// Drops the pages of <c>[start, start + bytes)</c> of a read-only file mapping at <paramref name="mapping"/> from this
+    /// process's resident set (Linux <c>madvise(MADV_DONTNEED)</c>: the page cache keeps them, a later read maps them again).
+    /// </summary>
+    internal static void Release(byte* mapping, long length, long start, long bytes)
     {
         if (!OperatingSystem.IsLinux() || bytes <= 0)
         {
@@ -229,10 +235,10 @@ public sealed unsafe partial class KeyFile : IDisposable
 
         var page = Environment.SystemPageSize;
         var first = start / page * page;
-        var end = Math.Min(_length, start + bytes);
+        var end = Math.Min(length, start + bytes);
         try
         {
-            _ = Madvise((nint)(_base + first), (nuint)(end - first), MadviseDontNeed);
+            _ = Madvise((nint)(mapping + first), (nuint)(end - first), MadviseDontNeed);
         }
         catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
         {

@@ -242,6 +242,8 @@ internal static unsafe class KeyFileFormat
                 VerifyKeys(file + keysAt, rows, layout, maxNorm, firstRow, index, path);
             }
 
+            KeyFile.Release(file, length, position, end - position); // what was read stays in the page cache, not in this process
+
             chain.AppendData(digest);
             scan.Digests.Add(digest);
             scan.Chunks.Add(new KeyFileChunk(index, firstRow, rows, maxNorm));
