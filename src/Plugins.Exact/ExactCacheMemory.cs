@@ -66,6 +66,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
     private volatile Snapshot _snapshot;
     private volatile bool _disposed;
     private KeyFile? _keyFile;
+    private readonly bool _saveKeyFileByReference;
 
     /// <summary>
     /// Creates an empty memory for keys of <paramref name="dimension"/> components with labels in
@@ -90,6 +91,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         _storageType = options.StorageScalarType;
         _keyBlockSize = options.KeyBlockSize;
         _queryBlockSize = options.QueryBlockSize;
+        _saveKeyFileByReference = options.SaveKeyFileByReference;
         var rowBytes = (long)dimension * (_storageType == ScalarType.Float32 ? 4 : 2);
         _growthRows = (int)Math.Clamp(GrowthChunkBytes / rowBytes, MinChunkRows, int.MaxValue / 2);
         _snapshot = new Snapshot([], 0, new long[classCount], 0);
@@ -151,7 +153,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
     /// <summary><see cref="OpenKeyFile(string, ExactCacheOptions?, KeyFileOpenOptions?)"/> with validated options; a null device is the options' one.</summary>
     internal static ExactCacheMemory OpenKeyFile(string path, Device? device, ExactCacheOptions options, KeyFileOpenOptions? open)
     {
-        var file = KeyFile.Open(path, open);
+        var file = KeyFile.Open(path, open ?? new KeyFileOpenOptions { VerifyKeys = options.VerifyKeyFiles });
         ExactCacheMemory? memory = null;
         try
         {

@@ -61,6 +61,19 @@ public sealed class ExactCacheOptions
     /// </summary>
     public int KeyFileRowsPerChunk { get; set; }
 
+    /// <summary>
+    /// Whether a memory opened from a key file saves a <em>reference</em> to it (<c>Cache:Exact:SaveKeyFileByReference</c>; default
+    /// false): the cache file then records the key file's name and checksum and only the keys added since, instead of a copy of every
+    /// key, and loading it maps the key file again (which must stay in the cache file's folder, under that name).
+    /// </summary>
+    public bool SaveKeyFileByReference { get; set; }
+
+    /// <summary>
+    /// Whether opening a key file (directly, or through a cache file that references one) reads every key once to check its digests,
+    /// finiteness and norms (<c>Cache:Exact:VerifyKeyFiles</c>; default true). Off, opening reads only pages and labels.
+    /// </summary>
+    public bool VerifyKeyFiles { get; set; } = true;
+
     /// <summary>Queries per similarity block, in queries. Range 1 … <see cref="MaxBlockSize"/>.</summary>
     public int QueryBlockSize { get; set; } = 1024;
 

@@ -26,6 +26,9 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
     private const string StorageProperty = "storage";
     private const string LabelsBlob = "labels";
     private const string KeysBlob = "keys";
+    private const string KeyFileProperty = "keyFile";
+    private const string KeyFileChecksumProperty = "keyFileChecksum";
+    private const string KeyFileRowsProperty = "keyFileRows";
 
     /// <summary>Bytes of float32 keys moved between device and host per step.</summary>
     private const long SliceBytes = 16L << 20;
@@ -39,6 +42,17 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         ObjectDisposedException.ThrowIf(_disposed, this);
         var snapshot = _snapshot;
         var state = new CacheState(ProviderName, Dimension, snapshot.Count);
+        if (_saveKeyFileByReference && _keyFile is { } file)
+        {
+            // The key file's chunks come first in every snapshot; only the rows added since are copied.
+            var mapped = file.Chunks.Count;
+            state.Properties[KeyFileProperty] = Path.GetFileName(file.Path);
+            state.Properties[KeyFileChecksumProperty] = file.Checksum;
+            state.Properties[KeyFileRowsProperty] = file.Count.ToString(CultureInfo.InvariantCulture);
+            var tail = snapshot.Views[mapped..];
+            snapshot = new Snapshot(tail, tail.Sum(v => (long)v.Rows), snapshot.ClassCounts, snapshot.MaxKeyNorm);
+        }
+
         state.Properties[ViewsProperty] = string.Join(",", snapshot.Views.Select(v => v.Rows.ToString(CultureInfo.InvariantCulture)));
         state.SetProperty(MaxKeyNormProperty, snapshot.MaxKeyNorm);
         state.Properties[StorageProperty] = StorageName(_storageType);
@@ -47,11 +61,84 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         return state;
     }
 
+    /// <summary>
+    /// Restores a state that references a key file beside its cache file: maps the file (checked against the recorded name, rows
+    /// and checksum), then adds the rows saved after it. Answers equal the saved memory's up to the float32 summation order of
+    /// those added rows' blocks.
+    /// </summary>
+    private static ExactCacheMemory RestoreReferenced(
+        CacheState state, string name, int classCount, Device device, ExactCacheOptions options, string? cacheFile)
+    {
+        if (cacheFile is null)
+        {
+            throw new ArgumentException($"The state references the key file '{name}'; it restores only from a cache file on disk.", nameof(state));
+        }
+
+        if (name.Length == 0 || name != Path.GetFileName(name) || name is "." or ".." || name.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0)
+        {
+            throw new ArgumentException($"The referenced key file name '{name}' is not a plain file name.", nameof(state));
+        }
+
+        var path = Path.Combine(Path.GetDirectoryName(cacheFile)!, name);
+        if (!File.Exists(path))
+        {
+            throw new ArgumentException($"The key file '{path}' it references is missing (it must stay beside the cache file).", nameof(state));
+        }
+
+        var rows = long.TryParse(state.Property(KeyFileRowsProperty), NumberStyles.None, CultureInfo.InvariantCulture, out var r) ? r : -1;
+        var checksum = state.Property(KeyFileChecksumProperty);
+        var tail = state.Count - rows;
+        var labelsBlob = state.Blob(LabelsBlob);
+        var keysBlob = state.Blob(KeysBlob);
+        if (rows < 0 || tail < 0 || labelsBlob.Length != 4 * tail || keysBlob.Length != 4L * state.Dimension * tail || tail > int.MaxValue / 2)
+        {
+            throw new ArgumentException(
+                $"The state's {state.Count} keys, {rows} of them in the key file, do not fit its {labelsBlob.Length} label and {keysBlob.Length} key bytes.", nameof(state));
+        }
+
+        var memory = OpenKeyFile(path, device, options, null);
+        try
+        {
+            if (memory.Dimension != state.Dimension || memory.ClassCount != classCount || memory.Count != rows
+                || !string.Equals(memory._keyFile?.Checksum ?? "", checksum, StringComparison.Ordinal))
+            {
+                throw new ArgumentException(
+                    $"The key file '{path}' holds {memory.Count} {memory.Dimension}-d keys of {memory.ClassCount} classes with checksum " +
+                    $"{memory._keyFile?.Checksum}; the state expects {rows} {state.Dimension}-d keys of {classCount} classes with checksum {checksum}.", nameof(state));
+            }
+
+            if (tail > 0)
+            {
+                using var scope = NewDisposeScope();
+                var labels = labelsBlob.ReadInt32s();
+                var keys = new float[tail * state.Dimension];
+                using (var stream = keysBlob.OpenRead())
+                {
+                    stream.ReadExactly(MemoryMarshal.AsBytes(keys.AsSpan()));
+                }
+
+                memory.Add(tensor(keys, [tail, state.Dimension]), tensor(Array.ConvertAll(labels, l => (long)l)));
+            }
+
+            return memory;
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Rebuilds a memory from <paramref name="state"/>; see the remarks.</summary>
-    internal static ExactCacheMemory Restore(CacheState state, int classCount, Device device, ExactCacheOptions options)
+    internal static ExactCacheMemory Restore(CacheState state, int classCount, Device device, ExactCacheOptions options, string? cacheFile = null)
     {
         ArgumentNullException.ThrowIfNull(state);
         state.EnsureProvider(ProviderName);
+        if (state.Properties.TryGetValue(KeyFileProperty, out var keyFile))
+        {
+            return RestoreReferenced(state, keyFile, classCount, device, options, cacheFile);
+        }
+
         var dimension = state.Dimension;
         var count = state.Count;
         var views = ParseViews(state.Property(ViewsProperty), count);
@@ -263,7 +350,7 @@ public sealed partial class ExactCacheMemoryFactory : IPersistentCacheMemoryFact
     {
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(context);
-        return ExactCacheMemory.Restore(state, context.ClassCount, _device, _options);
+        return ExactCacheMemory.Restore(state, context.ClassCount, _device, _options, context.CacheFilePath);
     }
 
     /// <summary>

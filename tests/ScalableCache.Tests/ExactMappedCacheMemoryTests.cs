@@ -140,6 +140,48 @@ public sealed class ExactMappedCacheMemoryTests : IDisposable
     }
 
     [Fact]
+    public void CacheFileCanReferenceTheKeyFileAndLoadingMapsIt()
+    {
+        var (keys, labels) = PersistenceTestSupport.UnitKeys(seed: 21, n: 180, d: Dim, classes: Classes);
+        var queries = TestData.RandomUnitArray(6, Dim, new Random(22));
+        var path = Write(keys.AsSpan(0, 150 * Dim).ToArray(), labels[..150], ScalarType.Float16, rowsPerChunk: 50, name: "train");
+        var options = new ExactCacheOptions { SaveKeyFileByReference = true };
+        var cacheFile = Path.Combine(_folder.Path, "train" + CacheFile.Extension);
+        float[] expected;
+        using (var mapped = ExactCacheMemory.OpenKeyFile(path, options))
+        {
+            PersistenceTestSupport.Add(mapped, keys, labels, 150, 30); // online adds after the file are saved in the cache file
+            PersistenceTestSupport.Save(cacheFile, PersistenceTestSupport.Header(), mapped);
+            expected = PersistenceTestSupport.LogMass(mapped, queries, Thetas);
+        }
+
+        // The cache file holds the 30 added keys (float32) and a reference, not the 150 keys of the key file.
+        Assert.InRange(new FileInfo(cacheFile).Length, 30 * Dim * 4 / 4, 150 * Dim * 2);
+        var factory = new ExactCacheMemoryFactory(new ExactCacheOptions());
+        var loaded = PersistenceTestSupport.Load(cacheFile, [factory]);
+        using (var restored = (ExactCacheMemory)loaded.Memory)
+        {
+            Assert.Equal(Path.GetFullPath(path), restored.KeyFilePath);
+            Assert.Equal(180, restored.Count);
+            var actual = PersistenceTestSupport.LogMass(restored, queries, Thetas);
+            for (var i = 0; i < expected.Length; i++)
+            {
+                Assert.True(actual[i] == expected[i] || Math.Abs(actual[i] - expected[i]) <= 2e-6 * (1 + Math.Abs(expected[i])), $"entry {i}");
+            }
+        }
+
+        // Another key file under the same name, or none, fails with CacheFileException naming the problem.
+        File.Move(path, path + ".moved");
+        var missing = Assert.Throws<CacheFileException>(() => PersistenceTestSupport.Load(cacheFile, [factory]).Memory.Dispose());
+        Assert.Equal(CacheFileProblem.Inconsistent, missing.Problem);
+        Assert.Contains("missing", missing.Message, StringComparison.Ordinal);
+        var other = labels[..150].Select(l => (l + 1) % Classes).ToArray();
+        _ = Write(keys.AsSpan(0, 150 * Dim).ToArray(), other, ScalarType.Float16, rowsPerChunk: 50, name: "train");
+        var changed = Assert.Throws<CacheFileException>(() => PersistenceTestSupport.Load(cacheFile, [factory]).Memory.Dispose());
+        Assert.Contains("checksum", changed.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void ResumedWriteContinuesAfterTheLastCompleteChunkAndEqualsAnUninterruptedOne()
     {
         var (keys, labels) = PersistenceTestSupport.UnitKeys(seed: 13, n: 100, d: Dim, classes: Classes);

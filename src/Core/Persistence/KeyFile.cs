@@ -81,8 +81,9 @@ public sealed unsafe partial class KeyFile : IDisposable
     private bool _disposed;
 
     private KeyFile(string path, KeyFileLayout layout, MemoryMappedFile map, MemoryMappedViewAccessor view, byte* basePointer, long length,
-        KeyFileChunk[] chunks, long[] keyOffsets, int[] labels)
+        KeyFileChunk[] chunks, long[] keyOffsets, int[] labels, byte[] checksum)
     {
+        Checksum = Convert.ToHexStringLower(checksum);
         Path = path;
         Layout = layout;
         _map = map;
@@ -96,6 +97,12 @@ public sealed unsafe partial class KeyFile : IDisposable
 
     /// <summary>The file.</summary>
     public string Path { get; }
+
+    /// <summary>
+    /// The trailer's checksum over every chunk (lower-case hex SHA-256 of the chunks' payload digests, in order): two key files with
+    /// the same checksum hold the same keys and labels. A cache file that references a key file records it.
+    /// </summary>
+    public string Checksum { get; }
 
     /// <summary>Dimension, class count, scalar type and rows per chunk.</summary>
     public KeyFileLayout Layout { get; }
@@ -165,8 +172,9 @@ public sealed unsafe partial class KeyFile : IDisposable
             pointer += view.PointerOffset;
             var span = new ReadOnlySpan<byte>(pointer, (int)Math.Min(length, PageBytes));
             var layout = KeyFileFormat.ReadHeader(span, full);
-            var (chunks, keyOffsets, labels) = KeyFileFormat.ReadChunks(pointer, length, layout, full, options.VerifyKeys, complete: true).ToResult();
-            return new KeyFile(full, layout, map, view, pointer, length, chunks, keyOffsets, labels);
+            var scan = KeyFileFormat.ReadChunks(pointer, length, layout, full, options.VerifyKeys, complete: true);
+            var (chunks, keyOffsets, labels) = scan.ToResult();
+            return new KeyFile(full, layout, map, view, pointer, length, chunks, keyOffsets, labels, scan.Checksum);
         }
         catch
         {

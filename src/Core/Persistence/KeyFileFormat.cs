@@ -132,6 +132,9 @@ internal static unsafe class KeyFileFormat
         /// <summary>Where the next chunk (or the trailer) goes: the end of the last valid chunk.</summary>
         public long End { get; set; } = KeyFile.PageBytes;
 
+        /// <summary>The trailer's checksum over the chunks (SHA-256 of their payload digests), once <see cref="Complete"/>.</summary>
+        public byte[] Checksum { get; set; } = [];
+
         /// <summary>Whether a valid trailer ends the file.</summary>
         public bool Complete { get; set; }
 
@@ -170,7 +173,8 @@ internal static unsafe class KeyFileFormat
             var page = new ReadOnlySpan<byte>(file + position, KeyFile.PageBytes);
             if (page[..8].SequenceEqual(TrailerMagic))
             {
-                ReadTrailer(page, position, length, index, scan.Rows, chain.GetHashAndReset(), path);
+                scan.Checksum = chain.GetHashAndReset();
+                ReadTrailer(page, position, length, index, scan.Rows, scan.Checksum, path);
                 scan.Complete = true;
                 scan.End = position;
                 return scan;
