@@ -182,6 +182,36 @@ public sealed class ExactMappedCacheMemoryTests : IDisposable
     }
 
     [Fact]
+    public async Task ConcurrentQueriesOverMappedChunksWhileAddingGiveTheSnapshotAnswers()
+    {
+        // Each query copies blocks out of the mapping into its own buffers and releases the pages: concurrent queries (and an add)
+        // must not see each other's blocks. Before the add every answer equals the single-threaded one bit for bit.
+        var (keys, labels) = PersistenceTestSupport.UnitKeys(seed: 31, n: 400, d: Dim, classes: Classes);
+        var queries = TestData.RandomUnitArray(5, Dim, new Random(32));
+        var path = Write(keys.AsSpan(0, 300 * Dim).ToArray(), labels[..300], ScalarType.BFloat16, rowsPerChunk: 64);
+        using var memory = ExactCacheMemory.OpenKeyFile(path, new ExactCacheOptions { KeyBlockSize = 16 });
+        var before = PersistenceTestSupport.LogMass(memory, queries, Thetas);
+        var answers = new System.Collections.Concurrent.ConcurrentBag<(long Count, float[] Answer)>();
+        var adder = Task.Run(() => PersistenceTestSupport.Add(memory, keys, labels, 300, 100), TestContext.Current.CancellationToken);
+        Parallel.For(0, 24, _ =>
+        {
+            var count = memory.Count;
+            answers.Add((count, PersistenceTestSupport.LogMass(memory, queries, Thetas)));
+        });
+        await adder;
+        var after = PersistenceTestSupport.LogMass(memory, queries, Thetas);
+        Assert.NotEqual(before, after);
+        foreach (var (count, answer) in answers)
+        {
+            Assert.True(answer.SequenceEqual(before) || answer.SequenceEqual(after), $"a query (count {count} when it started) saw neither snapshot");
+            if (count == 400)
+            {
+                Assert.Equal(after, answer);
+            }
+        }
+    }
+
+    [Fact]
     public void ResumedWriteContinuesAfterTheLastCompleteChunkAndEqualsAnUninterruptedOne()
     {
         var (keys, labels) = PersistenceTestSupport.UnitKeys(seed: 13, n: 100, d: Dim, classes: Classes);
