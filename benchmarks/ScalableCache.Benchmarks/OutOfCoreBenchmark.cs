@@ -25,7 +25,8 @@ namespace ScalableCache.Benchmarks;
 /// <c>--agreement A</c> (1000, at most Q), <c>--storages Float32,Float16</c> (any of Float32, Float16, BFloat16),
 /// <c>--rp-dim k</c> (256; 0 skips RandomProjection), <c>--folder DIR</c> (a new folder under the system temp folder;
 /// key files are deleted at the end unless <c>--keep</c>), <c>--verify true|false</c> (open with key verification, true),
-/// <c>--seed s</c> (1), <c>--json PATH</c> (also write the results as JSON).
+/// <c>--seed s</c> (1), <c>--json PATH</c> (also write the results as JSON), <c>--noise x</c> (0.5: the norm of a key's offset
+/// from its class centre before normalising; larger is harder for approximate stores).
 /// </remarks>
 internal static class OutOfCoreBenchmark
 {
@@ -54,7 +55,7 @@ internal static class OutOfCoreBenchmark
         Directory.CreateDirectory(folder);
         var results = new Dictionary<string, object?>
         {
-            ["rows"] = s.Rows, ["dimension"] = s.Dimension, ["classes"] = s.Classes, ["queries"] = s.Queries, ["agreementQueries"] = s.Agreement,
+            ["rows"] = s.Rows, ["noise"] = s.Noise, ["dimension"] = s.Dimension, ["classes"] = s.Classes, ["queries"] = s.Queries, ["agreementQueries"] = s.Agreement,
             ["torchThreads"] = get_num_threads(), ["cores"] = Environment.ProcessorCount, ["loadAverageStart"] = LoadAverage(),
         };
         Say($"Out-of-core benchmark: N={s.Rows:N0} × d={s.Dimension}, C={s.Classes}, Q={s.Queries:N0} (agreement on {s.Agreement:N0}), storages {string.Join(",", s.Storages)}, RP k={s.RpDim}, folder {folder}, torch threads {get_num_threads()}, load {LoadAverage()}");
@@ -70,7 +71,7 @@ internal static class OutOfCoreBenchmark
         try
         {
             // 1. One pass of generation feeds every writer and the RP store, a block at a time.
-            using (var sampler = new SyntheticKeys(s.Dimension, s.Classes, s.Classes, s.Seed))
+            using (var sampler = new SyntheticKeys(s.Dimension, s.Classes, s.Classes, s.Seed, s.Noise))
             {
                 foreach (var type in s.Storages)
                 {
@@ -142,7 +143,7 @@ internal static class OutOfCoreBenchmark
                 using (memory)
                 {
                     row["residentAfterOpenBytes"] = Resident() - before;
-                    var (single, grid, peak, result) = Query(memory!, queries);
+                    var (single, grid, peak, result) = Query(memory!, queries, row);
                     row["seconds1Theta"] = Round(single);
                     row["seconds9Theta"] = Round(grid);
                     row["bareOverStore1Theta"] = Round(baseline / single);
@@ -166,7 +167,7 @@ internal static class OutOfCoreBenchmark
             if (rp is not null)
             {
                 var row = new Dictionary<string, object?> { ["store"] = $"RandomProjection {s.Dimension}→{s.RpDim} → Exact (in memory)", ["writeSeconds"] = Round(rpSeconds) };
-                var (single, grid, peak, result) = Query(rp, queries);
+                var (single, grid, peak, result) = Query(rp, queries, row);
                 row["seconds1Theta"] = Round(single);
                 row["seconds9Theta"] = Round(grid);
                 row["bareOverStore1Theta"] = Round(baseline / single);
@@ -217,9 +218,9 @@ internal static class OutOfCoreBenchmark
     }
 
     /// <summary>Seconds at 1 θ and at 9 θ, peak resident bytes over both calls (VmHWM after a reset), and the 1-θ log-mass.</summary>
-    private static (double Single, double Grid, long? Peak, Tensor Result) Query(ICacheMemory memory, Tensor queries)
+    private static (double Single, double Grid, long? Peak, Tensor Result) Query(ICacheMemory memory, Tensor queries, Dictionary<string, object?> row)
     {
-        ResetPeakResident();
+        row["residentAtQueryStartBytes"] = ResetPeakResident();
         Tensor? result = null;
         var single = Seconds(() => result = memory.ClassLogMass(queries, Single));
         var grid = Seconds(() => memory.ClassLogMass(queries, Grid).Dispose());
@@ -276,7 +277,7 @@ internal static class OutOfCoreBenchmark
 
     private sealed record Settings(
         int Rows, int Dimension, int Classes, int Queries, int Agreement, ExactStorageType[] Storages, int RpDim, string? Folder, bool Keep,
-        bool Verify, int Seed, string? Json)
+        bool Verify, int Seed, string? Json, double Noise)
     {
         public static Settings Parse(string[] args)
         {
@@ -293,7 +294,8 @@ internal static class OutOfCoreBenchmark
             var verify = Value("--verify") is not { } v || (bool.TryParse(v, out var b) ? b : throw new FormatException($"--verify expects true or false, got '{v}'."));
             var settings = new Settings(
                 Int("--rows", 1_281_167), Int("--dim", 2048), Int("--classes", 1000), Int("--queries", 10_000), Int("--agreement", 1000),
-                storages, Int("--rp-dim", 256), Value("--folder"), args.Contains("--keep"), verify, Int("--seed", 1), Value("--json"));
+                storages, Int("--rp-dim", 256), Value("--folder"), args.Contains("--keep"), verify, Int("--seed", 1), Value("--json"),
+                Value("--noise") is { } noise ? double.TryParse(noise, NumberStyles.Float, Invariant, out var n) && n >= 0 ? n : throw new FormatException($"--noise expects a number ≥ 0, got '{noise}'.") : 0.5);
             if (settings.Rows < 1 || settings.Dimension < 1 || settings.Classes < 1 || settings.Queries < 1 || storages.Length == 0)
             {
                 throw new FormatException("--rows, --dim, --classes and --queries must be positive, and --storages must name at least one type.");
