@@ -53,4 +53,39 @@ internal static class BenchmarkText
 
     /// <summary>Bytes as mebibytes, one decimal.</summary>
     public static string Mib(long bytes) => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1048576.0:F1} MiB");
+
+    /// <summary>Resets Linux's peak-resident counter (VmHWM) and returns the current resident bytes; null where unsupported.</summary>
+    public static long? ResetPeakResident()
+    {
+        try
+        {
+            File.WriteAllText("/proc/self/clear_refs", "5");
+            return StatusBytes("VmRSS:");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Peak resident bytes since the last reset (VmHWM); null where unsupported.</summary>
+    public static long? PeakResident() => StatusBytes("VmHWM:");
+
+    /// <summary>Resident bytes now (VmRSS); null where unsupported.</summary>
+    public static long? Resident() => StatusBytes("VmRSS:");
+
+    /// <summary>A field of <c>/proc/self/status</c> given in kB, in bytes; null where unsupported.</summary>
+    public static long? StatusBytes(string field)
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith(field, StringComparison.Ordinal));
+            var kb = line?[field.Length..].Trim().Split(' ')[0];
+            return kb is null ? null : long.Parse(kb, CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+        {
+            return null;
+        }
+    }
 }

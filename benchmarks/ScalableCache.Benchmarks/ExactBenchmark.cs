@@ -246,36 +246,6 @@ internal static class ExactBenchmark
         return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
     }
 
-    /// <summary>Resets Linux's peak-resident counter (VmHWM) and returns the current resident bytes; null where unsupported.</summary>
-    private static long? ResetPeakResident()
-    {
-        try
-        {
-            File.WriteAllText("/proc/self/clear_refs", "5");
-            return StatusBytes("VmRSS:");
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or NotSupportedException)
-        {
-            return null;
-        }
-    }
-
-    private static long? PeakResident() => StatusBytes("VmHWM:");
-
-    private static long? StatusBytes(string field)
-    {
-        try
-        {
-            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith(field, StringComparison.Ordinal));
-            var kb = line?[field.Length..].Trim().Split(' ')[0];
-            return kb is null ? null : long.Parse(kb, Invariant) * 1024;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
-        {
-            return null;
-        }
-    }
-
     private static string Verdict(bool met) => met ? "met" : "MISSED";
 
     private static double Round(double value) => Math.Round(value, 4);

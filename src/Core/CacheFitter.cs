@@ -9,6 +9,14 @@ using static TorchSharp.torch;
 
 namespace ScalableCache.Core;
 
+/// <summary>Progress of <see cref="CacheFitter.ExtractToKeyFile"/> after each chunk.</summary>
+/// <param name="Done">Images whose keys are in the file (resumed ones included).</param>
+/// <param name="Total">Images in the data.</param>
+/// <param name="Resumed">Images a resumed file already held when this run started.</param>
+/// <param name="ImagesPerSecond">Images extracted per second in this run.</param>
+/// <param name="Remaining">Estimated time to the end at that rate.</param>
+public readonly record struct KeyFileBuildProgress(long Done, long Total, long Resumed, double ImagesPerSecond, TimeSpan? Remaining);
+
 /// <summary>Progress of a fit: status lines and per-stage counters (images extracted).</summary>
 public interface ICacheFitProgress
 {
@@ -219,6 +227,50 @@ public sealed class CacheFitter
         var step = _options.Progress?.Step($"{label} [{layers.Count} layer{(layers.Count == 1 ? "" : "s")}]", data.Count);
         return DatasetFeatureExtractor.ExtractPerLayer(
             extractor, data, _input, ExtractionOptions(), _options.CandidateStorage, Adapt(step), cancellationToken);
+    }
+
+    /// <summary>
+    /// Streams the recipe keys of <paramref name="data"/> at <paramref name="layers"/> into <paramref name="writer"/>, one chunk of
+    /// <see cref="KeyFileLayout.RowsPerChunk"/> images at a time, and completes the file: memory stays at one chunk of keys (plus a
+    /// batch of images), not N × d. A writer that resumed an unfinished file (<see cref="KeyFileWriter.Count"/> &gt; 0) continues at
+    /// image <see cref="KeyFileWriter.Count"/>. Cancelling stops after the current batch; the chunks already written stay and a
+    /// later call with a resumed writer goes on from there.
+    /// </summary>
+    /// <exception cref="ArgumentException">The writer holds more keys than <paramref name="data"/> has images, or its dimension or
+    /// class count does not fit the keys and labels.</exception>
+    public KeyFileWriter ExtractToKeyFile(
+        IImageSource data, IReadOnlyList<string> layers, KeyFileWriter writer, IProgress<KeyFileBuildProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(layers);
+        ArgumentNullException.ThrowIfNull(writer);
+        CheckShape(data);
+        if (writer.Count > data.Count)
+        {
+            throw new ArgumentException($"The key file '{writer.Path}' already holds {writer.Count} keys; the data has {data.Count} images.", nameof(writer));
+        }
+
+        var resumed = writer.Count;
+        var chunk = writer.Layout.EffectiveRowsPerChunk;
+        var watch = Stopwatch.StartNew();
+        using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
+        for (var start = (int)writer.Count; start < data.Count && !writer.IsComplete; start += chunk)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var range = new ImageSourceRange(data, start, Math.Min(chunk, data.Count - start));
+            using (var features = DatasetFeatureExtractor.Extract(extractor, range, _input, ExtractionOptions(), null, cancellationToken))
+            {
+                writer.Append(features.Keys, features.Labels!);
+            }
+
+            var done = start + range.Count;
+            var rate = (done - resumed) / Math.Max(watch.Elapsed.TotalSeconds, 1e-9);
+            progress?.Report(new KeyFileBuildProgress(done, data.Count, resumed, rate, rate > 0 ? TimeSpan.FromSeconds((data.Count - done) / rate) : null));
+        }
+
+        writer.Complete();
+        return writer;
     }
 
     /// <summary>Keys of <paramref name="layers"/> composed by the recipe, probabilities and labels of <paramref name="data"/>.</summary>

@@ -1,4 +1,5 @@
 using ScalableCache.Core;
+using ScalableCache.Core.Persistence;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -64,6 +65,8 @@ public sealed partial class ExactCacheMemory : ICacheMemory
     private readonly int _growthRows;
     private volatile Snapshot _snapshot;
     private volatile bool _disposed;
+    private KeyFile? _keyFile;
+    private readonly bool _saveKeyFileByReference;
 
     /// <summary>
     /// Creates an empty memory for keys of <paramref name="dimension"/> components with labels in
@@ -85,10 +88,11 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         Dimension = dimension;
         ClassCount = classCount;
         _device = device ?? TorchDevices.Resolve(options.Device);
-        _storageType = options.StorageType == ExactStorageType.Float16 ? ScalarType.Float16 : ScalarType.Float32;
+        _storageType = options.StorageScalarType;
         _keyBlockSize = options.KeyBlockSize;
         _queryBlockSize = options.QueryBlockSize;
-        var rowBytes = (long)dimension * (_storageType == ScalarType.Float16 ? 2 : 4);
+        _saveKeyFileByReference = options.SaveKeyFileByReference;
+        var rowBytes = (long)dimension * (_storageType == ScalarType.Float32 ? 4 : 2);
         _growthRows = (int)Math.Clamp(GrowthChunkBytes / rowBytes, MinChunkRows, int.MaxValue / 2);
         _snapshot = new Snapshot([], 0, new long[classCount], 0);
     }
@@ -126,6 +130,94 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             {
                 return _owned.Count;
             }
+        }
+    }
+
+    /// <summary>The key file this memory maps its first keys from, or null.</summary>
+    public string? KeyFilePath => _keyFile?.Path;
+
+    /// <summary>
+    /// Opens a memory over the keys of a finished key file (<see cref="KeyFile"/>; e.g. one <see cref="KeyFileWriter"/> or
+    /// <c>scache build --keys-file</c> wrote). On the CPU the keys stay in the file: each query copies one block of
+    /// <see cref="ExactCacheOptions.KeyBlockSize"/> keys at a time out of the mapping (converting float16/bfloat16 to float32)
+    /// and releases those pages, so resident memory is about the labels (12 bytes a key), one block per concurrent query and the
+    /// query's own results, not the file. On CUDA the keys are copied onto the device. The memory keeps the file's scalar type;
+    /// keys added later (<see cref="Add"/>) are held in memory after the file's, in that type, and saved with the rest by
+    /// <see cref="ExportState"/>. Disposing the memory unmaps the file.
+    /// </summary>
+    /// <exception cref="CacheFileException">The file is not a finished, sound key file (see <see cref="KeyFile.Open"/>).</exception>
+    /// <exception cref="ArgumentException">The options are invalid.</exception>
+    public static ExactCacheMemory OpenKeyFile(string path, ExactCacheOptions? options = null, KeyFileOpenOptions? open = null) =>
+        OpenKeyFile(path, null, (options ?? new ExactCacheOptions()).ValidatedClone(nameof(options)), open);
+
+    /// <summary><see cref="OpenKeyFile(string, ExactCacheOptions?, KeyFileOpenOptions?)"/> with validated options; a null device is the options' one.</summary>
+    internal static ExactCacheMemory OpenKeyFile(string path, Device? device, ExactCacheOptions options, KeyFileOpenOptions? open)
+    {
+        var file = KeyFile.Open(path, open ?? new KeyFileOpenOptions { VerifyKeys = options.VerifyKeyFiles });
+        ExactCacheMemory? memory = null;
+        try
+        {
+            var layout = file.Layout;
+            var typed = options.Clone();
+            typed.StorageType = ExactCacheOptions.FromScalarType(layout.ScalarType);
+            memory = new ExactCacheMemory(layout.Dimension, layout.ClassCount, device, typed);
+            memory.Load(file);
+            return memory;
+        }
+        catch
+        {
+            if (memory?._keyFile is null)
+            {
+                file.Dispose();
+            }
+
+            memory?.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Publishes the keys of <paramref name="file"/>: mapped chunks on the CPU, device copies elsewhere.</summary>
+    private void Load(KeyFile file)
+    {
+        var counts = new long[ClassCount];
+        foreach (var label in file.Labels)
+        {
+            counts[label]++;
+        }
+
+        var views = new List<ChunkView>(file.Chunks.Count);
+        lock (_writeGate)
+        {
+            if (_device.type == DeviceType.CPU)
+            {
+                _keyFile = file;
+                foreach (var info in file.Chunks)
+                {
+                    var chunk = Chunk.Map(file, info.Index);
+                    _owned.Add(chunk);
+                    views.Add(new ChunkView(chunk, info.Rows));
+                }
+            }
+            else
+            {
+                using var noGrad = no_grad();
+                foreach (var info in file.Chunks)
+                {
+                    using var scope = NewDisposeScope();
+                    var chunk = Chunk.Allocate(info.Rows, Dimension, _storageType, _device);
+                    _owned.Add(chunk);
+                    var host = empty(info.Rows, Dimension, dtype: _storageType);
+                    file.CopyKeys(info.Index, 0, info.Rows, host.bytes);
+                    chunk.Keys!.copy_(host.to(_device));
+                    chunk.Labels.copy_(tensor(Array.ConvertAll(file.Labels[(int)info.FirstRow..(int)(info.FirstRow + info.Rows)], l => (long)l)).to(_device));
+                    views.Add(new ChunkView(chunk, info.Rows));
+                }
+
+                cuda.synchronize(_device);
+                file.Dispose();
+            }
+
+            _snapshot = new Snapshot([.. views], file.Count, counts, file.MaxKeyNorm);
         }
     }
 
@@ -179,7 +271,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
                 {
                     tail = views[^1].Chunk;
                     var take = Math.Min(rows, tail.Capacity - views[^1].Rows);
-                    tail.Keys.narrow(0, views[^1].Rows, take).copy_(stored.narrow(0, 0, take));
+                    tail.Keys!.narrow(0, views[^1].Rows, take).copy_(stored.narrow(0, 0, take));
                     tail.Labels.narrow(0, views[^1].Rows, take).copy_(storedLabels.narrow(0, 0, take));
                     // Only CPU chunks keep a managed label copy (for the fused kernel); CUDA chunks have none.
                     if (tail.HostLabels is { } tailHost)
@@ -196,7 +288,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
                     var remaining = rows - written;
                     var growth = (int)Math.Clamp(current.Count, MinChunkRows, _growthRows);
                     fresh = Chunk.Allocate(Math.Max(remaining, growth), Dimension, _storageType, _device);
-                    fresh.Keys.narrow(0, 0, remaining).copy_(stored.narrow(0, written, remaining));
+                    fresh.Keys!.narrow(0, 0, remaining).copy_(stored.narrow(0, written, remaining));
                     fresh.Labels.narrow(0, 0, remaining).copy_(storedLabels.narrow(0, written, remaining));
                     if (fresh.HostLabels is { } freshHost)
                     {
@@ -260,9 +352,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         var thetaColumn = tensor(plan.Thetas.Select(t => (float)t).ToArray(), dtype: ScalarType.Float32, device: _device)
             .view(plan.Count, 1, 1);
         var present = tensor(snapshot.ClassCounts.Select(c => c > 0).ToArray(), device: _device).view(1, ClassCount, 1);
-        var keyBuffer = !track && _storageType != ScalarType.Float32
-            ? empty(Math.Min(_keyBlockSize, snapshot.LargestChunkRows), Dimension, dtype: ScalarType.Float32, device: _device)
-            : null;
+        var keyBuffer = KeyBlockBuffers.Create(snapshot, _storageType, Math.Min(_keyBlockSize, snapshot.LargestChunkRows), Dimension, _device, track);
 
         var fused = !track && _device.type == DeviceType.CPU && UseFusedKernel;
         var parts = new List<Tensor>();
@@ -299,11 +389,12 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             }
 
             _owned.Clear();
+            _keyFile?.Dispose();
         }
     }
 
     /// <summary>Log-mass <c>[T, C, b]</c> (absent classes at <see cref="AbsentLogMass"/>) of one block of queries <c>[b, d]</c>.</summary>
-    private Tensor QueryBlock(Snapshot snapshot, Tensor queries, ThetaPlan plan, Tensor thetaColumn, Tensor? keyBuffer, bool track)
+    private Tensor QueryBlock(Snapshot snapshot, Tensor queries, ThetaPlan plan, Tensor thetaColumn, KeyBlockBuffers keyBuffer, bool track)
     {
         using var scope = NewDisposeScope();
         var b = queries.shape[0];
@@ -325,12 +416,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             {
                 using var blockScope = NewDisposeScope();
                 var rows = Math.Min(_keyBlockSize, view.Rows - offset);
-                var keys = view.Chunk.Keys.narrow(0, offset, rows);
-                if (keys.dtype != ScalarType.Float32)
-                {
-                    keys = keyBuffer is null ? keys.to_type(ScalarType.Float32) : keyBuffer.narrow(0, 0, rows).copy_(keys);
-                }
-
+                var keys = view.Chunk.Float32Keys(offset, rows, keyBuffer);
                 var labels = view.Chunk.Labels.narrow(0, offset, rows);
                 var similarities = mm(keys, queriesT); // [n, b]
                 var blockLogMass = track
@@ -349,7 +435,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
     /// Log-mass <c>[T, C, b]</c> (−∞ for classes without keys) of one block of queries <c>[b, d]</c> on the CPU, without
     /// gradients: one matrix multiply per key block, then <see cref="ExactLogMassKernel"/>.
     /// </summary>
-    private Tensor QueryBlockFused(Snapshot snapshot, Tensor queries, ThetaPlan plan, Tensor? keyBuffer)
+    private Tensor QueryBlockFused(Snapshot snapshot, Tensor queries, ThetaPlan plan, KeyBlockBuffers keyBuffer)
     {
         using var scope = NewDisposeScope();
         var b = (int)queries.shape[0];
@@ -378,12 +464,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             {
                 using var blockScope = NewDisposeScope();
                 var rows = Math.Min(_keyBlockSize, view.Rows - offset);
-                var keys = view.Chunk.Keys.narrow(0, offset, rows);
-                if (keys.dtype != ScalarType.Float32)
-                {
-                    keys = keyBuffer!.narrow(0, 0, rows).copy_(keys);
-                }
-
+                var keys = view.Chunk.Float32Keys(offset, rows, keyBuffer);
                 Array.Clear(present);
                 foreach (var label in hostLabels.AsSpan(offset, rows))
                 {
@@ -526,18 +607,24 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         return where(present.unsqueeze(0), logMass, AbsentLogMass).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Storage for up to <see cref="Capacity"/> keys; rows beyond a snapshot's view are invisible to readers.</summary>
+    /// <summary>
+    /// Storage for up to <see cref="Capacity"/> keys; rows beyond a snapshot's view are invisible to readers. Keys live in a
+    /// tensor, or (<see cref="Mapped"/>) in one chunk of a memory-mapped key file, full and read-only.
+    /// </summary>
     private sealed class Chunk : IDisposable
     {
-        private Chunk(Tensor keys, Tensor labels, int[]? hostLabels, int capacity)
+        private Chunk(Tensor? keys, Tensor labels, int[]? hostLabels, int capacity, KeyFile? file = null, int fileChunk = 0)
         {
             Keys = keys;
             Labels = labels;
             HostLabels = hostLabels;
             Capacity = capacity;
+            Mapped = file;
+            FileChunk = fileChunk;
         }
 
-        public Tensor Keys { get; }
+        /// <summary>The keys, unless the chunk is <see cref="Mapped"/>.</summary>
+        public Tensor? Keys { get; }
 
         public Tensor Labels { get; }
 
@@ -545,6 +632,11 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         public int[]? HostLabels { get; }
 
         public int Capacity { get; }
+
+        /// <summary>The key file whose chunk <see cref="FileChunk"/> holds the keys, or null.</summary>
+        public KeyFile? Mapped { get; }
+
+        public int FileChunk { get; }
 
         public static Chunk Allocate(int capacity, int dimension, ScalarType type, Device device)
         {
@@ -561,11 +653,71 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             }
         }
 
+        /// <summary>A chunk over chunk <paramref name="index"/> of a mapped file (CPU).</summary>
+        public static Chunk Map(KeyFile file, int index)
+        {
+            var info = file.Chunks[index];
+            var hostLabels = file.Labels.AsSpan((int)info.FirstRow, info.Rows).ToArray();
+            using var scope = NewDisposeScope();
+            var labels = tensor(Array.ConvertAll(hostLabels, l => (long)l), ScalarType.Int64).DetachFromDisposeScope();
+            return new Chunk(null, labels, hostLabels, info.Rows, file, index);
+        }
+
+        /// <summary>
+        /// Rows <c>[offset, offset + rows)</c> as float32 <c>[rows, d]</c>: a view of the keys, or a copy in
+        /// <paramref name="buffers"/> (mapped rows are copied out of the file, other types converted).
+        /// </summary>
+        public Tensor Float32Keys(int offset, int rows, KeyBlockBuffers buffers)
+        {
+            Tensor keys;
+            if (Mapped is { } file)
+            {
+                keys = buffers.Stage!.narrow(0, 0, rows);
+                file.CopyKeys(FileChunk, offset, rows, keys.bytes);
+                if (buffers.Track && keys.dtype == ScalarType.Float32)
+                {
+                    return keys.clone(); // autograd keeps the keys of each block; the stage is reused
+                }
+            }
+            else
+            {
+                keys = Keys!.narrow(0, offset, rows);
+            }
+
+            if (keys.dtype != ScalarType.Float32)
+            {
+                keys = buffers.Float32 is null ? keys.to_type(ScalarType.Float32) : buffers.Float32.narrow(0, 0, rows).copy_(keys);
+            }
+
+            return keys;
+        }
+
         public void Dispose()
         {
-            Keys.Dispose();
+            Keys?.Dispose();
             Labels.Dispose();
         }
+    }
+
+    /// <summary>
+    /// Per-query buffers for one key block: <see cref="Stage"/> receives mapped rows in the storage type (CPU), and
+    /// <see cref="Float32"/> their float32 conversion (null for float32 storage, or when autograd tracks the keys).
+    /// </summary>
+    private sealed class KeyBlockBuffers
+    {
+        public Tensor? Stage { get; private init; }
+
+        public Tensor? Float32 { get; private init; }
+
+        /// <summary>Whether autograd records the similarity products (blocks must then not share storage).</summary>
+        public bool Track { get; private init; }
+
+        public static KeyBlockBuffers Create(Snapshot snapshot, ScalarType storage, int rows, int dimension, Device device, bool track) => new()
+        {
+            Stage = snapshot.Mapped && rows > 0 ? empty(rows, dimension, dtype: storage) : null,
+            Float32 = !track && storage != ScalarType.Float32 && rows > 0 ? empty(rows, dimension, dtype: ScalarType.Float32, device: device) : null,
+            Track = track,
+        };
     }
 
     /// <summary>The first <see cref="Rows"/> rows of a chunk.</summary>
@@ -583,6 +735,9 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         public double MaxKeyNorm { get; } = maxKeyNorm;
 
         public int LargestChunkRows { get; } = views.Length == 0 ? 0 : views.Max(v => v.Rows);
+
+        /// <summary>Whether any chunk is mapped from a key file.</summary>
+        public bool Mapped { get; } = views.Any(v => v.Chunk.Mapped is not null);
     }
 
     /// <summary>The θ values in caller order, and the ascending order they are evaluated in.</summary>

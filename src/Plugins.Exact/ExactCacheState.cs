@@ -26,6 +26,9 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
     private const string StorageProperty = "storage";
     private const string LabelsBlob = "labels";
     private const string KeysBlob = "keys";
+    private const string KeyFileProperty = "keyFile";
+    private const string KeyFileChecksumProperty = "keyFileChecksum";
+    private const string KeyFileRowsProperty = "keyFileRows";
 
     /// <summary>Bytes of float32 keys moved between device and host per step.</summary>
     private const long SliceBytes = 16L << 20;
@@ -39,6 +42,17 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         ObjectDisposedException.ThrowIf(_disposed, this);
         var snapshot = _snapshot;
         var state = new CacheState(ProviderName, Dimension, snapshot.Count);
+        if (_saveKeyFileByReference && _keyFile is { } file)
+        {
+            // The key file's chunks come first in every snapshot; only the rows added since are copied.
+            var mapped = file.Chunks.Count;
+            state.Properties[KeyFileProperty] = Path.GetFileName(file.Path);
+            state.Properties[KeyFileChecksumProperty] = file.Checksum;
+            state.Properties[KeyFileRowsProperty] = file.Count.ToString(CultureInfo.InvariantCulture);
+            var tail = snapshot.Views[mapped..];
+            snapshot = new Snapshot(tail, tail.Sum(v => (long)v.Rows), snapshot.ClassCounts, snapshot.MaxKeyNorm);
+        }
+
         state.Properties[ViewsProperty] = string.Join(",", snapshot.Views.Select(v => v.Rows.ToString(CultureInfo.InvariantCulture)));
         state.SetProperty(MaxKeyNormProperty, snapshot.MaxKeyNorm);
         state.Properties[StorageProperty] = StorageName(_storageType);
@@ -47,11 +61,84 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         return state;
     }
 
+    /// <summary>
+    /// Restores a state that references a key file beside its cache file: maps the file (checked against the recorded name, rows
+    /// and checksum), then adds the rows saved after it. Answers equal the saved memory's up to the float32 summation order of
+    /// those added rows' blocks.
+    /// </summary>
+    private static ExactCacheMemory RestoreReferenced(
+        CacheState state, string name, int classCount, Device device, ExactCacheOptions options, string? cacheFile)
+    {
+        if (cacheFile is null)
+        {
+            throw new ArgumentException($"The state references the key file '{name}'; it restores only from a cache file on disk.", nameof(state));
+        }
+
+        if (name.Length == 0 || name != Path.GetFileName(name) || name is "." or ".." || name.IndexOfAny(Path.GetInvalidFileNameChars()) >= 0)
+        {
+            throw new ArgumentException($"The referenced key file name '{name}' is not a plain file name.", nameof(state));
+        }
+
+        var path = Path.Combine(Path.GetDirectoryName(cacheFile)!, name);
+        if (!File.Exists(path))
+        {
+            throw new ArgumentException($"The key file '{path}' it references is missing (it must stay beside the cache file).", nameof(state));
+        }
+
+        var rows = long.TryParse(state.Property(KeyFileRowsProperty), NumberStyles.None, CultureInfo.InvariantCulture, out var r) ? r : -1;
+        var checksum = state.Property(KeyFileChecksumProperty);
+        var tail = state.Count - rows;
+        var labelsBlob = state.Blob(LabelsBlob);
+        var keysBlob = state.Blob(KeysBlob);
+        if (rows < 0 || tail < 0 || labelsBlob.Length != 4 * tail || keysBlob.Length != 4L * state.Dimension * tail || tail > int.MaxValue / 2)
+        {
+            throw new ArgumentException(
+                $"The state's {state.Count} keys, {rows} of them in the key file, do not fit its {labelsBlob.Length} label and {keysBlob.Length} key bytes.", nameof(state));
+        }
+
+        var memory = OpenKeyFile(path, device, options, null);
+        try
+        {
+            if (memory.Dimension != state.Dimension || memory.ClassCount != classCount || memory.Count != rows
+                || !string.Equals(memory._keyFile?.Checksum ?? "", checksum, StringComparison.Ordinal))
+            {
+                throw new ArgumentException(
+                    $"The key file '{path}' holds {memory.Count} {memory.Dimension}-d keys of {memory.ClassCount} classes with checksum " +
+                    $"{memory._keyFile?.Checksum}; the state expects {rows} {state.Dimension}-d keys of {classCount} classes with checksum {checksum}.", nameof(state));
+            }
+
+            if (tail > 0)
+            {
+                using var scope = NewDisposeScope();
+                var labels = labelsBlob.ReadInt32s();
+                var keys = new float[tail * state.Dimension];
+                using (var stream = keysBlob.OpenRead())
+                {
+                    stream.ReadExactly(MemoryMarshal.AsBytes(keys.AsSpan()));
+                }
+
+                memory.Add(tensor(keys, [tail, state.Dimension]), tensor(Array.ConvertAll(labels, l => (long)l)));
+            }
+
+            return memory;
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
+    }
+
     /// <summary>Rebuilds a memory from <paramref name="state"/>; see the remarks.</summary>
-    internal static ExactCacheMemory Restore(CacheState state, int classCount, Device device, ExactCacheOptions options)
+    internal static ExactCacheMemory Restore(CacheState state, int classCount, Device device, ExactCacheOptions options, string? cacheFile = null)
     {
         ArgumentNullException.ThrowIfNull(state);
         state.EnsureProvider(ProviderName);
+        if (state.Properties.TryGetValue(KeyFileProperty, out var keyFile))
+        {
+            return RestoreReferenced(state, keyFile, classCount, device, options, cacheFile);
+        }
+
         var dimension = state.Dimension;
         var count = state.Count;
         var views = ParseViews(state.Property(ViewsProperty), count);
@@ -62,9 +149,9 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         }
 
         if (state.Properties.TryGetValue(StorageProperty, out var storage)
-            && storage is not (nameof(ExactStorageType.Float32) or nameof(ExactStorageType.Float16)))
+            && storage is not (nameof(ExactStorageType.Float32) or nameof(ExactStorageType.Float16) or nameof(ExactStorageType.BFloat16)))
         {
-            throw new ArgumentException($"The saved storage type '{storage}' is neither Float32 nor Float16.", nameof(state));
+            throw new ArgumentException($"The saved storage type '{storage}' is not Float32, Float16 or BFloat16.", nameof(state));
         }
 
         var labelsBlob = state.Blob(LabelsBlob);
@@ -102,8 +189,7 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         }
     }
 
-    private static string StorageName(ScalarType type) =>
-        type == ScalarType.Float16 ? nameof(ExactStorageType.Float16) : nameof(ExactStorageType.Float32);
+    private static string StorageName(ScalarType type) => ExactCacheOptions.FromScalarType(type).ToString();
 
     private static int[] ParseViews(string text, long count)
     {
@@ -138,7 +224,9 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
                 var rows = Math.Min(step, view.Rows - offset);
                 yield return labels
                     ? HostBytes(view.Chunk.Labels, offset, rows, ScalarType.Int32)
-                    : HostBytes(view.Chunk.Keys, offset, rows, ScalarType.Float32);
+                    : view.Chunk.Keys is { } keys
+                        ? HostBytes(keys, offset, rows, ScalarType.Float32)
+                        : MappedBytes(view.Chunk, offset, rows);
             }
         }
     }
@@ -151,6 +239,15 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
         using var noGrad = no_grad();
         var host = storage.narrow(0, offset, rows).to(type, CPU).contiguous();
         return host.bytes.ToArray();
+    }
+
+    /// <summary>Rows of a mapped chunk as float32 host bytes.</summary>
+    private byte[] MappedBytes(Chunk chunk, int offset, int rows)
+    {
+        using var scope = NewDisposeScope();
+        var stage = empty(rows, Dimension, dtype: _storageType);
+        chunk.Mapped!.CopyKeys(chunk.FileChunk, offset, rows, stage.bytes);
+        return stage.to_type(ScalarType.Float32).contiguous().bytes.ToArray();
     }
 
     /// <summary>Allocates one storage chunk per saved view, streams the keys into them and publishes the snapshot.</summary>
@@ -190,7 +287,7 @@ public sealed partial class ExactCacheMemory : IPersistentCacheMemory
                 {
                     using var scope = NewDisposeScope();
                     var rows = Math.Min(step, views[v] - offset);
-                    var target = chunk.Keys.narrow(0, offset, rows);
+                    var target = chunk.Keys!.narrow(0, offset, rows);
                     Tensor stored;
                     if (direct)
                     {
@@ -253,6 +350,19 @@ public sealed partial class ExactCacheMemoryFactory : IPersistentCacheMemoryFact
     {
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(context);
-        return ExactCacheMemory.Restore(state, context.ClassCount, _device, _options);
+        return ExactCacheMemory.Restore(state, context.ClassCount, _device, _options, context.CacheFilePath);
     }
+
+    /// <summary>
+    /// A memory over a finished key file, on this factory's device with its block sizes
+    /// (<see cref="ExactCacheMemory.OpenKeyFile(string, ExactCacheOptions?, KeyFileOpenOptions?)"/>).
+    /// </summary>
+    public ExactCacheMemory OpenKeyFile(string path, KeyFileOpenOptions? open = null) => ExactCacheMemory.OpenKeyFile(path, _device, _options, open);
+
+    /// <summary>
+    /// A writer of key files in this factory's storage type (<c>Cache:Exact:StorageType</c>) and chunk size
+    /// (<c>Cache:Exact:KeyFileRowsPerChunk</c>), for keys of <paramref name="dimension"/> (see <see cref="KeyFileWriter.Open"/>).
+    /// </summary>
+    public KeyFileWriter CreateKeyFile(string path, int dimension, int classCount, string? identity = null, bool resume = false) =>
+        KeyFileWriter.Open(path, new KeyFileLayout(dimension, classCount, _options.StorageScalarType, _options.KeyFileRowsPerChunk), identity, resume);
 }

@@ -11,7 +11,8 @@ namespace ScalableCache.Tests;
 /// <summary><c>scache build</c>: required options, and a real (small) build that loads back.</summary>
 public sealed class PersistenceBuildCommandTests
 {
-    private static async Task<(int Code, JsonElement Json, string Stderr)> Run(params string[] args)
+    /// <summary>Runs <c>scache</c> in process: exit code, the JSON on stdout, stderr.</summary>
+    internal static async Task<(int Code, JsonElement Json, string Stderr)> Run(params string[] args)
     {
         using var stdout = new StringWriter();
         using var stderr = new StringWriter();
@@ -68,5 +69,57 @@ public sealed class PersistenceBuildCommandTests
         Assert.Contains("mean [0.485, 0.456, 0.406]", header.Normalization, StringComparison.Ordinal);
         Assert.Equal("200", header.Metadata["maxTrain"]);
         Assert.InRange(header.CreatedUtc, DateTime.UtcNow.AddMinutes(-10), DateTime.UtcNow.AddMinutes(1));
+    }
+}
+
+/// <summary><c>scache build --keys-file</c>: keys streamed chunk by chunk, a stopped build resumed, the cache file written from them.</summary>
+public sealed class StreamingBuildCommandTests
+{
+    private static Task<(int Code, JsonElement Json, string Stderr)> Run(params string[] args) => PersistenceBuildCommandTests.Run(args);
+
+    private static string[] Build(string keys, params string[] more) =>
+    [
+        "build", "--model", "resnet20", "--layers", "avgpool", "--max-train", "200", "--data", SharedData.Cifar10,
+        "--weights", Path.Combine(SharedData.Models, "resnet20.safetensors"), "--keys-file", keys,
+        "--set", "Cache:Exact:KeyFileRowsPerChunk=64", "--set", "Cache:Exact:StorageType=Float16", "--json", .. more,
+    ];
+
+    [Fact]
+    public async Task StoppedBuildResumesFromTheLastCompleteChunkAndGivesTheSameFile()
+    {
+        using var folder = new PersistenceTempFolder();
+        var keys = folder.File("train.skeys");
+        var (code, json, stderr) = await Run(Build(keys));
+        Assert.True(code == ExitCodes.Success, stderr);
+        Assert.Equal(200, json.GetProperty("keys").GetInt64());
+        Assert.Equal(0, json.GetProperty("resumed").GetInt64());
+        Assert.Contains("images/s, ETA", stderr, StringComparison.Ordinal);
+        var whole = File.ReadAllBytes(keys);
+        using (var file = KeyFile.Open(keys))
+        {
+            Assert.Equal((200L, 64, TorchSharp.torch.ScalarType.Float16), (file.Count, file.Layout.Dimension, file.Layout.ScalarType));
+            Assert.Equal([64, 64, 64, 8], file.Chunks.Select(c => c.Rows));
+        }
+
+        // A build killed during chunk 3: two complete chunks, then part of the third's contents.
+        const int chunkBytes = KeyFile.PageBytes + KeyFile.PageBytes + (64 * 64 * 2 / KeyFile.PageBytes * KeyFile.PageBytes);
+        File.WriteAllBytes(keys, whole[..(KeyFile.PageBytes + (2 * chunkBytes) + 5000)]);
+        (code, json, stderr) = await Run(Build(keys, "--output", folder.File("train.scache")));
+        Assert.True(code == ExitCodes.Success, stderr);
+        Assert.Contains("resuming", stderr, StringComparison.Ordinal);
+        Assert.Equal(whole, File.ReadAllBytes(keys));
+        Assert.Equal(200, json.GetProperty("count").GetInt64());
+        var (_, memory) = PersistenceTestSupport.Load(folder.File("train.scache"), [new ExactCacheMemoryFactory(new ExactCacheOptions())]);
+        using (memory)
+        {
+            Assert.Equal((200L, 64, 10), (memory.Count, memory.Dimension, memory.ClassCount));
+        }
+
+        // Other arguments (another layer) must not continue this file.
+        var other = Build(keys);
+        other[Array.IndexOf(other, "avgpool")] = "layer3.2";
+        (code, json, _) = await Run(other);
+        Assert.Equal(ExitCodes.InvalidCacheFile, code);
+        Assert.Contains("cannot resume", json.GetProperty("error").GetString(), StringComparison.Ordinal);
     }
 }

@@ -133,7 +133,7 @@ public static class CacheFile
     {
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         ArgumentNullException.ThrowIfNull(providers);
-        return CacheFileReader.Load(path, classCount => new CacheRestoreContext(classCount, providers), cancellationToken);
+        return CacheFileReader.Load(path, classCount => new CacheRestoreContext(classCount, providers) { CacheFilePath = Path.GetFullPath(path) }, cancellationToken);
     }
 
     /// <summary>As <see cref="Load(string, CacheProviderSelector, CancellationToken)"/>, finding providers among <paramref name="factories"/>.</summary>
@@ -142,7 +142,7 @@ public static class CacheFile
         ArgumentException.ThrowIfNullOrWhiteSpace(path);
         ArgumentNullException.ThrowIfNull(factories);
         var list = factories.ToList();
-        return CacheFileReader.Load(path, classCount => new CacheRestoreContext(classCount, list), cancellationToken);
+        return CacheFileReader.Load(path, classCount => new CacheRestoreContext(classCount, list) { CacheFilePath = Path.GetFullPath(path) }, cancellationToken);
     }
 
     /// <summary>

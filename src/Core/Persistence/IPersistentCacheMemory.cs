@@ -60,6 +60,12 @@ public sealed class CacheRestoreContext
     /// <summary>Number of classes C of the memory being restored (labels lie in <c>[0, C)</c>).</summary>
     public int ClassCount { get; }
 
+    /// <summary>
+    /// The full path of the cache file being loaded, or null when the state does not come from a file; a state that references
+    /// files beside its cache file (the exact store's key file) resolves them against its folder.
+    /// </summary>
+    public string? CacheFilePath { get; init; }
+
     /// <summary>The registered factory of <paramref name="provider"/>.</summary>
     /// <exception cref="UnknownProviderException">No factory is registered under that name.</exception>
     public ICacheMemoryFactory Find(string provider)

@@ -3,7 +3,10 @@ using System.Diagnostics;
 using System.Globalization;
 using Microsoft.Extensions.DependencyInjection;
 using ScalableCache.Core;
+using ScalableCache.Core.Data;
+using ScalableCache.Core.Evaluation;
 using ScalableCache.Core.Persistence;
+using ScalableCache.Exact;
 using ScalableCache.Host.Cli;
 using ScalableCache.Host.Experiments;
 using ScalableCache.Host.Reports;
@@ -33,12 +36,18 @@ internal sealed class BuildCommand : IScacheCommand
         {
             Description = $"The cache file to write (required), e.g. resnet20{CacheFile.Extension}. An existing file is replaced atomically.",
         };
+        var keysFile = new Option<string?>("--keys-file")
+        {
+            Description = $"Stream the keys into this key file (e.g. train{KeyFile.Extension}: raw page-aligned chunks the exact store maps, " +
+                "in Cache:Exact:StorageType) a chunk at a time, so memory stays at one chunk. Rerun the same command after a stop to resume from " +
+                "the last complete chunk. With --output, the cache file is then written from the mapped keys.",
+        };
         var theta = CommonOptions.Theta("θ to record in the file for later evaluation (with --lambda).");
         var lambda = CommonOptions.Lambda("λ in [0, 1] to record in the file (with --theta).");
 
         Definition = new Command("build", "Build a cache from a model's training keys at the given layers with the configured provider (Cache:Provider) and save it to a file.")
         {
-            model, weights, data, layers, flip, output, theta, lambda, seed, maxTrain,
+            model, weights, data, layers, flip, output, keysFile, theta, lambda, seed, maxTrain,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("build", async token =>
         {
@@ -46,12 +55,25 @@ internal sealed class BuildCommand : IScacheCommand
                 ?? throw new UsageException("--layers is required: name the layers to key the cache on, e.g. --layers layer3.2,avgpool " +
                     "(`scache layers --model M` lists them; `scache evaluate` searches for a good set).");
             var path = parse.GetValue(output);
-            if (string.IsNullOrWhiteSpace(path))
+            var keysPath = parse.GetValue(keysFile);
+            if (string.IsNullOrWhiteSpace(path) && string.IsNullOrWhiteSpace(keysPath))
             {
-                throw new UsageException($"--output is required: the cache file to write, e.g. --output resnet20{CacheFile.Extension}.");
+                throw new UsageException($"--output is required: the cache file to write, e.g. --output resnet20{CacheFile.Extension} (or --keys-file to stream the keys).");
             }
 
-            OutputLocation.CheckFile(path, "--output"); // before the extraction, not after it
+            if (!string.IsNullOrWhiteSpace(path))
+            {
+                OutputLocation.CheckFile(path, "--output"); // before the extraction, not after it
+            }
+
+            if (!string.IsNullOrWhiteSpace(keysPath))
+            {
+                OutputLocation.CheckFile(keysPath, "--keys-file");
+                if (parse.GetValue(flip))
+                {
+                    throw new UsageException("--flip is not supported with --keys-file yet: build the flipped cache without --keys-file.");
+                }
+            }
 
             var fixedTheta = parse.GetValue(theta);
             var fixedLambda = parse.GetValue(lambda);
@@ -69,7 +91,25 @@ internal sealed class BuildCommand : IScacheCommand
             using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token, parse.GetValue(data)).ConfigureAwait(false);
             var train = ExperimentSession.Limit(session.LoadTrain(loaded, parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
             var images = parse.GetValue(flip) ? train.WithHorizontalFlips() : train;
-            using var classifier = session.BuildClassifier(loaded, images, layerNames, fixedTheta, fixedLambda, parse.GetValue(flip), seconds, token);
+            KeyStream? streamed = null;
+            if (!string.IsNullOrWhiteSpace(keysPath))
+            {
+                var identity = string.Join("\n", "scache build", loaded.Id.Name, loaded.Id.CheckpointSha256 ?? "", string.Join(",", layerNames),
+                    parse.GetValue(data) ?? "", images.Count.ToString(CultureInfo.InvariantCulture), parse.GetValue(seed).ToString(CultureInfo.InvariantCulture));
+                var exact = services.GetServices<ICacheMemoryFactory>().OfType<ExactCacheMemoryFactory>().First();
+                streamed = progress.Timed($"stream keys to {Path.GetFullPath(keysPath)}",
+                    () => StreamKeys(session, loaded, images, layerNames, exact, keysPath, identity, token), out var extract);
+                seconds["extract"] = extract.TotalSeconds;
+                if (string.IsNullOrWhiteSpace(path))
+                {
+                    seconds["total"] = total.Elapsed.TotalSeconds;
+                    return new CommandOutcome(streamed, console => console.WriteLine($"{streamed.Keys:N0} keys in {streamed.Path} ({streamed.Resumed:N0} resumed)"));
+                }
+            }
+
+            using var classifier = streamed is null
+                ? session.BuildClassifier(loaded, images, layerNames, fixedTheta, fixedLambda, parse.GetValue(flip), seconds, token)
+                : MappedClassifier(session, loaded, layerNames, services.GetServices<ICacheMemoryFactory>().OfType<ExactCacheMemoryFactory>().First().OpenKeyFile(streamed.Path), fixedTheta, fixedLambda);
 
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
             {
@@ -83,7 +123,7 @@ internal sealed class BuildCommand : IScacheCommand
                 metadata["maxTrain"] = max.ToString(CultureInfo.InvariantCulture);
             }
 
-            var full = Path.GetFullPath(path);
+            var full = Path.GetFullPath(path!);
             var written = progress.Timed($"save {full}", () =>
             {
                 try
@@ -108,6 +148,48 @@ internal sealed class BuildCommand : IScacheCommand
     }
 
     public Command Definition { get; }
+
+    /// <summary>Streams the keys into a key file (resuming an unfinished one written with the same identity), with images/s and ETA.</summary>
+    private static KeyStream StreamKeys(
+        ExperimentSession session, LoadedModel loaded, ImageDataset images, IReadOnlyList<string> layers, ExactCacheMemoryFactory exact,
+        string keysPath, string identity, CancellationToken token)
+    {
+        var fitter = session.Fitter(loaded, o => o.Layers = layers);
+        var (classes, dimension) = fitter.Recipe(layers).Probe(loaded.Model);
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(keysPath))!);
+        using var writer = exact.CreateKeyFile(keysPath, dimension, classes, identity, resume: true);
+        if (writer.ResumedCount > 0)
+        {
+            session.Progress.Status(writer.IsComplete
+                ? $"{writer.Path} is already complete ({writer.Count:N0} keys)"
+                : $"resuming {writer.Path} after {writer.ResumedCount:N0} keys (the last complete chunk)");
+        }
+
+        var report = new SyncProgress<KeyFileBuildProgress>(p => session.Progress.Status(string.Create(CultureInfo.InvariantCulture,
+            $"keys: {p.Done:N0}/{p.Total:N0} ({(double)p.Done / Math.Max(p.Total, 1):P0}), {p.ImagesPerSecond:0.0} images/s, ETA {p.Remaining?.ToString(@"hh\:mm\:ss", CultureInfo.InvariantCulture) ?? "?"}")));
+        fitter.ExtractToKeyFile(images, layers, writer, report, token);
+        return new KeyStream(writer.Path, writer.Count, writer.ResumedCount, writer.Layout.ScalarType.ToString());
+    }
+
+    private static CacheClassifier MappedClassifier(
+        ExperimentSession session, LoadedModel loaded, IReadOnlyList<string> layers, ExactCacheMemory memory, double? theta, double? lambda)
+    {
+        try
+        {
+            return new CacheClassifier(loaded.Model, session.Fitter(loaded).Recipe(layers), memory, theta, lambda, new CacheClassifierOptions
+            {
+                Model = loaded.Id,
+                Device = loaded.Device,
+            });
+        }
+        catch
+        {
+            memory.Dispose();
+            throw;
+        }
+    }
+
+    private sealed record KeyStream(string Path, long Keys, long Resumed, string Storage);
 
     private static void Render(IAnsiConsole console, BuildResult r)
     {
