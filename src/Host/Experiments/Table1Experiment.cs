@@ -53,6 +53,9 @@ internal sealed record Table1Row(
 {
     /// <summary>θ values adaptive widening added beyond the configured grid.</summary>
     public int ThetaWidenings { get; init; }
+
+    /// <summary>Wall time, CPU time and peak resident memory per stage, where measured.</summary>
+    public IReadOnlyDictionary<string, StageUsage> Usage { get; init; } = new Dictionary<string, StageUsage>();
 }
 
 /// <summary>
@@ -85,27 +88,38 @@ internal sealed class Table1Experiment(ExperimentSession session)
             o.Flip = request.Flip;
         });
 
-        // One forward pass over the training and test images taps every layer needed (candidates, or the given layers);
-        // the layer search, the cache and both halves of the test set use these keys.
+        // One forward pass over the test images, then one over the training images, taps every layer needed (candidates, or the
+        // given layers). The training pass keeps no candidate's keys in memory: they go to files, and each candidate's similarities
+        // to the validation half are computed batch by batch for the layer search; the cache is then built from the chosen layers'
+        // keys read back. The report half's keys come from the same test pass.
+        var meter = new StageMeter();
         var candidates = fitter.Candidates();
-        using var trainKeys = progress.Timed($"{request.Model}: training keys", () => fitter.ExtractLayers(train, candidates, "train", cancellationToken), out var t1);
-        using var testKeys = progress.Timed($"{request.Model}: test keys", () => fitter.ExtractLayers(test, candidates, "test", cancellationToken), out var t2);
-        using var validationKeys = testKeys.Rows(split.First);
-        using var fit = progress.Timed($"{request.Model}: fit ({(request.Layers is null ? "layer search, " : "")}{provider.Provider} cache, θ/λ search)",
-            () => fitter.Fit(trainKeys, validationKeys, train, cancellationToken), out _);
-        var layers = fit.Report.Layers;
-        using var report = fitter.Compose(testKeys, layers, split.Second);
-        var result = progress.Timed($"{request.Model}: report", () => CacheEvaluation.Report(
-            fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize)), out var t4);
-        var seconds = new Dictionary<string, double>(fit.Report.Seconds)
+        PerLayerKeys validationKeys, reportKeys;
+        using (var testKeys = progress.Timed($"{request.Model}: test keys", () => meter.Measure("extractTest", () => fitter.ExtractLayers(test, candidates, "test", cancellationToken)), out _))
         {
-            ["extractTrain"] = t1.TotalSeconds,
-            ["extractTest"] = t2.TotalSeconds,
-            ["report"] = t4.TotalSeconds,
-            ["total"] = total.Elapsed.TotalSeconds,
-        };
-        return Row(request, model.Spec.Name, layers, fit.Report.KeyDimension, fit.Report.CacheSize, request.Flip, split, provider.Provider, result,
-            fit.Report.LayerSearch, seconds);
+            validationKeys = testKeys.Rows(split.First);
+            reportKeys = testKeys.Rows(split.Second);
+        }
+
+        using (validationKeys)
+        using (reportKeys)
+        {
+            using var trainKeys = progress.Timed($"{request.Model}: training keys{(request.Layers is null ? " and similarities" : "")}", () => meter.Measure("extractTrain",
+                () => fitter.ExtractForSearch(train, request.Layers is null ? validationKeys : null, candidates, "train", cancellationToken)), out _);
+            using var fit = progress.Timed($"{request.Model}: fit ({(request.Layers is null ? "layer search, " : "")}{provider.Provider} cache, θ/λ search)",
+                () => fitter.Fit(trainKeys, validationKeys, train, cancellationToken), out _);
+            meter.Add(fit.Report.Usage);
+            var layers = fit.Report.Layers;
+            var result = progress.Timed($"{request.Model}: report", () => meter.Measure("report", () =>
+            {
+                using var report = fitter.Compose(reportKeys, layers);
+                return CacheEvaluation.Report(fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize));
+            }), out _);
+            var seconds = meter.Stages.ToDictionary(s => s.Key, s => s.Value.Seconds, StringComparer.Ordinal);
+            seconds["total"] = total.Elapsed.TotalSeconds;
+            return Row(request, model.Spec.Name, layers, fit.Report.KeyDimension, fit.Report.CacheSize, request.Flip, split, provider.Provider, result,
+                fit.Report.LayerSearch, seconds) with { Usage = meter.Stages };
+        }
     }
 
     /// <summary>
