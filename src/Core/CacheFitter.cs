@@ -320,7 +320,7 @@ public sealed class CacheFitter
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
         var candidates = Candidates();
-        var meter = new StageMeter();
+        var meter = Meter();
         using var validationKeys = meter.Measure("extractValidation", () => ExtractLayers(validation, candidates, "validation", cancellationToken));
         using var trainKeys = meter.Measure("extractTrain", () => ExtractForSearch(
             train, _options.Layers is null ? validationKeys : null, candidates, "train", cancellationToken));
@@ -432,7 +432,7 @@ public sealed class CacheFitter
             throw new ArgumentException("A cache with flipped training images needs the training images in memory (an ImageDataset).", nameof(train));
         }
 
-        var meter = new StageMeter();
+        var meter = Meter();
         LayerCombinationResult? chosen = null;
         var layers = _options.Layers;
         if (layers is null)
@@ -489,6 +489,9 @@ public sealed class CacheFitter
             return FeatureTable.Concat(unflipped, flipped);
         }
     }
+
+    /// <summary>A stage meter that reports each finished stage to the progress.</summary>
+    private StageMeter Meter() => new(_options.Progress is { } p ? (name, usage) => p.Status(StageMeter.Describe(name, usage)) : null);
 
     private void CheckShape(IImageSource data)
     {

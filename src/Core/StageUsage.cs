@@ -15,9 +15,17 @@ public sealed record StageUsage(double Seconds, double CpuSeconds, long PeakResi
 /// Measures stages one after another (<see cref="Measure{T}(string, Func{T})"/>) and keeps each one's <see cref="StageUsage"/> by
 /// name. Not thread-safe: one stage at a time per process, since the peak resident set is a process-wide counter.
 /// </summary>
-public sealed class StageMeter
+public sealed class StageMeter(Action<string, StageUsage>? finished = null)
 {
     private readonly Dictionary<string, StageUsage> _stages = new(StringComparer.Ordinal);
+
+    /// <summary>A line for people about one finished stage.</summary>
+    public static string Describe(string name, StageUsage usage)
+    {
+        ArgumentNullException.ThrowIfNull(usage);
+        return string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"{name}: {usage.Seconds:0.0} s wall, {usage.CpuSeconds:0.0} s CPU, peak resident {usage.PeakResidentBytes / 1e9:0.00} GB");
+    }
 
     /// <summary>The stages measured so far, in order.</summary>
     public IReadOnlyDictionary<string, StageUsage> Stages => _stages;
@@ -65,6 +73,7 @@ public sealed class StageMeter
         var usage = new StageUsage(
             Stopwatch.GetElapsedTime(start.Timestamp).TotalSeconds, (ProcessMemory.CpuTime() - start.Cpu).TotalSeconds, ProcessMemory.PeakResidentBytes());
         Add(new Dictionary<string, StageUsage> { [name] = usage });
+        finished?.Invoke(name, usage);
     }
 
     private static StageUsage Sum(StageUsage a, StageUsage b) =>

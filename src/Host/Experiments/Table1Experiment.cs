@@ -92,7 +92,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
         // given layers). The training pass keeps no candidate's keys in memory: they go to files, and each candidate's similarities
         // to the validation half are computed batch by batch for the layer search; the cache is then built from the chosen layers'
         // keys read back. The report half's keys come from the same test pass.
-        var meter = new StageMeter();
+        var meter = new StageMeter((name, usage) => progress.Status($"{request.Model}: {StageMeter.Describe(name, usage)}"));
         var candidates = fitter.Candidates();
         PerLayerKeys validationKeys, reportKeys;
         using (var testKeys = progress.Timed($"{request.Model}: test keys", () => meter.Measure("extractTest", () => fitter.ExtractLayers(test, candidates, "test", cancellationToken)), out _))
