@@ -78,6 +78,22 @@ public sealed class LayerSearchKeysTests : IDisposable
             Assert.True(Same(chunk.Labels, all.Labels.narrow(0, 350, 333)));
         }
 
+        // Rows read back (the report half of a test pass) are the in-memory path's rows.
+        int[] rows = [5, 699, 0, 350, 351];
+        using (var fromFiles = spilled.Rows(rows, [candidates[1], candidates[0]]))
+        using (var fromMemory = inMemory.Rows(rows, [candidates[1], candidates[0]]))
+        {
+            Assert.Equal(fromMemory.Keys.Keys, fromFiles.Keys.Keys);
+            foreach (var layer in fromMemory.Keys.Keys)
+            {
+                Assert.True(Same(fromFiles.Layer(layer), fromMemory.Layer(layer)), $"{layer}: rows");
+                Assert.True(Same(fromFiles.Norms[layer], fromMemory.Norms[layer]), $"{layer}: row norms");
+            }
+
+            Assert.True(Same(fromFiles.Probabilities, fromMemory.Probabilities));
+            Assert.True(Same(fromFiles.Labels, fromMemory.Labels));
+        }
+
         spilled.ReleaseSimilarities();
         Assert.Null(spilled.Similarities);
         Assert.True(Same(spilled.ReadLayer(candidates[0], 0, 1), inMemory.Layer(candidates[0]).narrow(0, 0, 1)), "keys stay readable");

@@ -117,6 +117,32 @@ public sealed class LayerSearchKeys : IDisposable
         return table;
     }
 
+    /// <summary>
+    /// The rows at <paramref name="rows"/> of every layer (or of <paramref name="layers"/> only) as in-memory per-layer keys, the
+    /// values <see cref="PerLayerKeys.Rows"/> gives of the same extraction; one layer is read at a time.
+    /// </summary>
+    public PerLayerKeys Rows(IReadOnlyList<int> rows, IReadOnlyList<string>? layers = null)
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        using var scope = NewDisposeScope();
+        var index = tensor(rows.Select(r => (long)r).ToArray());
+        var names = layers ?? _layers;
+        Tensor Take(Tensor t) => t.index_select(0, index).DetachFromDisposeScope();
+        var keys = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var layer in names)
+        {
+            using var inner = NewDisposeScope();
+            keys[layer] = Take(ReadLayer(layer, 0, Count));
+        }
+
+        return new PerLayerKeys(
+            keys,
+            names.ToDictionary(l => l, l => Take(Norms[l]), StringComparer.Ordinal),
+            Take(Probabilities),
+            Take(Labels));
+    }
+
     /// <inheritdoc />
     public void Dispose()
     {

@@ -89,37 +89,30 @@ internal sealed class Table1Experiment(ExperimentSession session)
         });
 
         // One forward pass over the test images, then one over the training images, taps every layer needed (candidates, or the
-        // given layers). The training pass keeps no candidate's keys in memory: they go to files, and each candidate's similarities
-        // to the validation half are computed batch by batch for the layer search; the cache is then built from the chosen layers'
-        // keys read back. The report half's keys come from the same test pass.
+        // given layers). Neither pass keeps a candidate's keys in memory beyond the validation half's: they go to files, each
+        // candidate's similarities to the validation half are computed batch by batch for the layer search, and the cache (and the
+        // report half) is composed from the chosen layers' keys read back, bit for bit those an in-memory pass gives.
         var meter = new StageMeter((name, usage) => progress.Status($"{request.Model}: {StageMeter.Describe(name, usage)}"));
         var candidates = fitter.Candidates();
-        PerLayerKeys validationKeys, reportKeys;
-        using (var testKeys = progress.Timed($"{request.Model}: test keys", () => meter.Measure("extractTest", () => fitter.ExtractLayers(test, candidates, "test", cancellationToken)), out _))
+        using var testKeys = progress.Timed($"{request.Model}: test keys", () => meter.Measure("extractTest",
+            () => fitter.ExtractForSearch(test, null, candidates, "test", cancellationToken)), out _);
+        using var validationKeys = testKeys.Rows(split.First);
+        using var trainKeys = progress.Timed($"{request.Model}: training keys{(request.Layers is null ? " and similarities" : "")}", () => meter.Measure("extractTrain",
+            () => fitter.ExtractForSearch(train, request.Layers is null ? validationKeys : null, candidates, "train", cancellationToken)), out _);
+        using var fit = progress.Timed($"{request.Model}: fit ({(request.Layers is null ? "layer search, " : "")}{provider.Provider} cache, θ/λ search)",
+            () => fitter.Fit(trainKeys, validationKeys, train, cancellationToken), out _);
+        meter.Add(fit.Report.Usage);
+        var layers = fit.Report.Layers;
+        var result = progress.Timed($"{request.Model}: report", () => meter.Measure("report", () =>
         {
-            validationKeys = testKeys.Rows(split.First);
-            reportKeys = testKeys.Rows(split.Second);
-        }
-
-        using (validationKeys)
-        using (reportKeys)
-        {
-            using var trainKeys = progress.Timed($"{request.Model}: training keys{(request.Layers is null ? " and similarities" : "")}", () => meter.Measure("extractTrain",
-                () => fitter.ExtractForSearch(train, request.Layers is null ? validationKeys : null, candidates, "train", cancellationToken)), out _);
-            using var fit = progress.Timed($"{request.Model}: fit ({(request.Layers is null ? "layer search, " : "")}{provider.Provider} cache, θ/λ search)",
-                () => fitter.Fit(trainKeys, validationKeys, train, cancellationToken), out _);
-            meter.Add(fit.Report.Usage);
-            var layers = fit.Report.Layers;
-            var result = progress.Timed($"{request.Model}: report", () => meter.Measure("report", () =>
-            {
-                using var report = fitter.Compose(reportKeys, layers);
-                return CacheEvaluation.Report(fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize));
-            }), out _);
-            var seconds = meter.Stages.ToDictionary(s => s.Key, s => s.Value.Seconds, StringComparer.Ordinal);
-            seconds["total"] = total.Elapsed.TotalSeconds;
-            return Row(request, model.Spec.Name, layers, fit.Report.KeyDimension, fit.Report.CacheSize, request.Flip, split, provider.Provider, result,
-                fit.Report.LayerSearch, seconds) with { Usage = meter.Stages };
-        }
+            using var reportKeys = testKeys.Rows(split.Second, layers);
+            using var report = fitter.Compose(reportKeys, layers);
+            return CacheEvaluation.Report(fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize));
+        }), out _);
+        var seconds = meter.Stages.ToDictionary(s => s.Key, s => s.Value.Seconds, StringComparer.Ordinal);
+        seconds["total"] = total.Elapsed.TotalSeconds;
+        return Row(request, model.Spec.Name, layers, fit.Report.KeyDimension, fit.Report.CacheSize, request.Flip, split, provider.Provider, result,
+            fit.Report.LayerSearch, seconds) with { Usage = meter.Stages };
     }
 
     /// <summary>
