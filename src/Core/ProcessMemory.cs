@@ -32,6 +32,24 @@ public static partial class ProcessMemory
     }
 
     /// <summary>
+    /// Hands memory the native allocator holds but no longer uses back to the system (glibc <c>malloc_trim(0)</c>); a no-op elsewhere.
+    /// Between stages this keeps one stage's freed temporaries from counting as the next one's resident memory.
+    /// </summary>
+    public static void Trim()
+    {
+        if (OperatingSystem.IsLinux())
+        {
+            try
+            {
+                _ = MallocTrim(0);
+            }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+            {
+            }
+        }
+    }
+
+    /// <summary>
     /// The largest resident set of this process since it started or since the last <see cref="ResetPeak"/> (Linux <c>VmHWM</c>);
     /// elsewhere the .NET peak working set.
     /// </summary>

@@ -7,7 +7,7 @@ namespace ScalableCache.Core;
 /// <param name="CpuSeconds">CPU seconds of the whole process (all threads, user + system) during the stage.</param>
 /// <param name="PeakResidentBytes">
 /// Largest resident set of the process during the stage (Linux: <c>VmHWM</c>, reset when the stage starts); where the peak cannot
-/// be reset, the process's peak since it started; 0 where neither is known.
+/// be reset, the process's peak since it started. Freed native memory is handed back (<see cref="ProcessMemory.Trim"/>) before the reset.
 /// </param>
 public sealed record StageUsage(double Seconds, double CpuSeconds, long PeakResidentBytes);
 
@@ -64,6 +64,7 @@ public sealed class StageMeter(Action<string, StageUsage>? finished = null)
 
     private static (long Timestamp, TimeSpan Cpu) Start()
     {
+        ProcessMemory.Trim();
         ProcessMemory.ResetPeak();
         return (Stopwatch.GetTimestamp(), ProcessMemory.CpuTime());
     }

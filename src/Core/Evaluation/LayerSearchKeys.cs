@@ -107,14 +107,9 @@ public sealed class LayerSearchKeys : IDisposable
     {
         ArgumentNullException.ThrowIfNull(layers);
         using var scope = NewDisposeScope();
-        var parts = layers.Select(l => ReadLayer(l, start, count)).ToArray();
-        var norms = layers.Select(l => Norms[IndexedName(l)].narrow(0, start, count)).ToArray();
-        var keys = KeyRecipe.ComposeUnitParts(parts, norms, normalization);
-        var table = new FeatureTable(keys, Probabilities.narrow(0, start, count), Labels.narrow(0, start, count), layers);
-        table.Keys.DetachFromDisposeScope();
-        table.Probabilities.DetachFromDisposeScope();
-        table.Labels.DetachFromDisposeScope();
-        return table;
+        return PerLayerKeys.ComposeTable(
+            layers, [.. layers.Select(l => ReadLayer(l, start, count))], [.. layers.Select(l => Norms[IndexedName(l)].narrow(0, start, count))],
+            Probabilities.narrow(0, start, count), Labels.narrow(0, start, count), normalization);
     }
 
     /// <summary>
