@@ -72,6 +72,13 @@ public sealed class CacheFitOptions
     /// <summary>Element type of the per-layer candidate keys held during the search: float32, or float16 to halve memory.</summary>
     public ScalarType CandidateStorage { get; set; } = ScalarType.Float32;
 
+    /// <summary>
+    /// Where <see cref="CacheFitter.ExtractForSearch"/> writes the training images' per-layer keys (a new subfolder per extraction,
+    /// deleted with the keys); the system temporary folder when <see langword="null"/>. Needs room for N × (sum of the candidates'
+    /// widths) float32 values.
+    /// </summary>
+    public string? KeyFolder { get; set; }
+
     /// <summary>The network and checkpoint, recorded in the fitted classifier (and its cache files).</summary>
     public CacheModelId? Model { get; set; }
 
@@ -147,7 +154,11 @@ public sealed record CacheFitReport(
     bool Flip,
     LayerCombinationResult? LayerSearch,
     CacheTuning Tuning,
-    IReadOnlyDictionary<string, double> Seconds);
+    IReadOnlyDictionary<string, double> Seconds)
+{
+    /// <summary>Wall time, CPU time and peak resident memory per stage (the stages of <see cref="Seconds"/> this fit measured).</summary>
+    public IReadOnlyDictionary<string, StageUsage> Usage { get; init; } = new Dictionary<string, StageUsage>();
+}
 
 /// <summary>A fitted classifier with its fit report. Disposing it disposes the classifier.</summary>
 /// <param name="Classifier">The fitted classifier (owned by this object until taken: see <see cref="Detach"/>).</param>
@@ -273,6 +284,26 @@ public sealed class CacheFitter
         return writer;
     }
 
+    /// <summary>
+    /// One forward pass over <paramref name="data"/> (the training images) for a layer search that holds no candidate's keys: each
+    /// layer's float32 unit keys go to a file under <see cref="CacheFitOptions.KeyFolder"/>, and, given
+    /// <paramref name="validation"/> (per-layer keys of the validation images for the same layers), each layer's validation × training
+    /// similarities are computed batch by batch (<see cref="LayerSearchKeys"/>). Fit from the result with
+    /// <see cref="Fit(LayerSearchKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/>.
+    /// </summary>
+    public LayerSearchKeys ExtractForSearch(
+        IImageSource data, PerLayerKeys? validation, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(data);
+        ArgumentNullException.ThrowIfNull(layers);
+        CheckShape(data);
+        using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
+        var step = _options.Progress?.Step($"{label} [{layers.Count} layer{(layers.Count == 1 ? "" : "s")}{(validation is null ? "" : ", similarities")}]", data.Count);
+        var folder = Path.Combine(_options.KeyFolder ?? Path.GetTempPath(), $"scache-keys-{Guid.NewGuid():N}");
+        return DatasetFeatureExtractor.ExtractForSearch(
+            extractor, data, _input, validation, folder, ExtractionOptions(), Adapt(step), cancellationToken);
+    }
+
     /// <summary>Keys of <paramref name="layers"/> composed by the recipe, probabilities and labels of <paramref name="data"/>.</summary>
     public FeatureTable Extract(IImageSource data, IReadOnlyList<string> layers, string label = "images", CancellationToken cancellationToken = default) =>
         Extract(data, layers, _input, label, cancellationToken);
@@ -332,7 +363,8 @@ public sealed class CacheFitter
     }
 
     /// <summary>
-    /// Extracts the training and validation images' candidate keys, then fits from them (<see cref="Fit(PerLayerKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/>).
+    /// Extracts the validation images' candidate keys, then the training images' for a search (<see cref="ExtractForSearch"/>: no
+    /// candidate's training keys held in memory), then fits from them (<see cref="Fit(LayerSearchKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/>).
     /// Either may stream (<see cref="IImageSource"/>); <see cref="CacheFitOptions.Flip"/> needs the training images as an <see cref="ImageDataset"/>.
     /// </summary>
     public CacheFit Fit(IImageSource train, IImageSource validation, CancellationToken cancellationToken = default)
@@ -340,15 +372,18 @@ public sealed class CacheFitter
         ArgumentNullException.ThrowIfNull(train);
         ArgumentNullException.ThrowIfNull(validation);
         var candidates = Candidates();
-        var watch = Stopwatch.StartNew();
-        using var trainKeys = ExtractLayers(train, candidates, "train", cancellationToken);
-        var extractTrain = watch.Elapsed.TotalSeconds;
-        watch.Restart();
-        using var validationKeys = ExtractLayers(validation, candidates, "validation", cancellationToken);
-        var extractValidation = watch.Elapsed.TotalSeconds;
+        var meter = Meter();
+        using var validationKeys = meter.Measure("extractValidation", () => ExtractLayers(validation, candidates, "validation", cancellationToken));
+        using var trainKeys = meter.Measure("extractTrain", () => ExtractForSearch(
+            train, _options.Layers is null ? validationKeys : null, candidates, "train", cancellationToken));
         var fit = Fit(trainKeys, validationKeys, train as ImageDataset, cancellationToken);
-        var seconds = new Dictionary<string, double>(fit.Report.Seconds) { ["extractTrain"] = extractTrain, ["extractValidation"] = extractValidation };
-        return fit with { Report = fit.Report with { Seconds = seconds } };
+        meter.Add(fit.Report.Usage);
+        var seconds = new Dictionary<string, double>(fit.Report.Seconds)
+        {
+            ["extractTrain"] = meter.Stages["extractTrain"].Seconds,
+            ["extractValidation"] = meter.Stages["extractValidation"].Seconds,
+        };
+        return fit with { Report = fit.Report with { Seconds = seconds, Usage = meter.Stages } };
     }
 
     /// <summary>
@@ -360,39 +395,114 @@ public sealed class CacheFitter
     {
         ArgumentNullException.ThrowIfNull(trainKeys);
         ArgumentNullException.ThrowIfNull(validationKeys);
+        return Fit(
+            () => SearchLayers(trainKeys, validationKeys),
+            (layers, meter) =>
+            {
+                using var trainTable = ComposeTraining(trainKeys, layers, train, meter, cancellationToken);
+                return meter.Measure("buildCache", () => BuildMemory(trainTable, trainKeys.ClassCount));
+            },
+            validationKeys, train, cancellationToken);
+    }
+
+    /// <summary>
+    /// Fits from keys extracted for a search (<see cref="ExtractForSearch"/>): the greedy search runs on their similarity matrices
+    /// (unless the layers are fixed), which are then freed; the memory is built from the chosen layers' keys read back in chunks
+    /// (the same float32 keys, added in the same chunks, as <see cref="Fit(PerLayerKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/>
+    /// adds), and θ, λ are chosen exactly as there. <paramref name="validationKeys"/> must be the keys the similarities were made from.
+    /// </summary>
+    public CacheFit Fit(LayerSearchKeys trainKeys, PerLayerKeys validationKeys, ImageDataset? train = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(trainKeys);
+        ArgumentNullException.ThrowIfNull(validationKeys);
+        return Fit(
+            () => SearchLayers(trainKeys, validationKeys),
+            (layers, meter) =>
+            {
+                trainKeys.ReleaseSimilarities();
+                using var flipped = _options.Flip ? meter.Measure("extractFlipped", () => ExtractFlipped(train!, layers, "train (flipped)", cancellationToken)) : null;
+                var unflipped = trainKeys.Count;
+                var dimension = (int)layers.Sum(trainKeys.Dimension);
+                return meter.Measure("buildCache", () => CacheEvaluation.Build(
+                    _store, unflipped + (flipped?.Count ?? 0), dimension, trainKeys.ClassCount,
+                    (start, n) => ReadTraining(trainKeys, flipped, layers, start, n)));
+            },
+            validationKeys, train, cancellationToken);
+    }
+
+    /// <summary>The greedy search on the similarity matrices of <see cref="ExtractForSearch"/> (over all its layers, or <paramref name="candidates"/>).</summary>
+    public LayerCombinationResult SearchLayers(LayerSearchKeys train, PerLayerKeys validation, IReadOnlyList<string>? candidates = null)
+    {
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(validation);
+        var similarities = train.Similarities
+            ?? throw new ArgumentException("These keys hold no similarities (extracted without validation keys, or released).", nameof(train));
+        candidates ??= train.Layers;
+        var reporter = _options.Progress is { } p ? new StatusProgress(p) : null;
+        var grid = _options.Grid;
+        var norms = _options.KeyNormalization == KeyNormalization.Concatenated
+            ? candidates.Select(c => (validation.Norms[c], train.Norms[c])).ToArray()
+            : null;
+        return LayerCombinationSearch.Run(
+            candidates, [.. candidates.Select(c => similarities.TryGetValue(c, out var s) ? s : throw new ArgumentException($"No similarities for layer '{c}'.", nameof(candidates)))],
+            train.Labels, validation.Probabilities, validation.Labels, train.ClassCount,
+            grid.Thetas, grid.IncludeCacheOnly ? grid.EffectiveLambdas : grid.Lambdas, _options.MaxLayers, reporter, norms: norms);
+    }
+
+    /// <summary>Rows <c>[start, start + n)</c> of the training keys followed by the flipped ones (as <see cref="FeatureTable.Concat"/> orders them).</summary>
+    private (Tensor Keys, Tensor Labels) ReadTraining(LayerSearchKeys trainKeys, FeatureTable? flipped, IReadOnlyList<string> layers, long start, long n)
+    {
+        var count = trainKeys.Count;
+        var fromKeys = Math.Clamp(count - start, 0, n);
+        var parts = new List<(Tensor Keys, Tensor Labels)>();
+        if (fromKeys > 0)
+        {
+            var table = trainKeys.Compose(layers, start, fromKeys, _options.KeyNormalization);
+            parts.Add((table.Keys, table.Labels));
+            table.Probabilities.Dispose();
+        }
+
+        if (n > fromKeys)
+        {
+            var from = start + fromKeys - count;
+            parts.Add((flipped!.Keys.narrow(0, from, n - fromKeys), flipped.Labels.narrow(0, from, n - fromKeys)));
+        }
+
+        return parts.Count == 1 ? parts[0] : (cat([.. parts.Select(p => p.Keys)]), cat([.. parts.Select(p => p.Labels)]));
+    }
+
+    /// <summary>
+    /// The shared fit: the layers (fixed, or <paramref name="search"/>), the memory (<paramref name="build"/>, which measures its
+    /// stages), θ and λ on the validation keys, each stage's usage measured.
+    /// </summary>
+    private CacheFit Fit(
+        Func<LayerCombinationResult> search, Func<IReadOnlyList<string>, StageMeter, ICacheMemory> build, PerLayerKeys validationKeys,
+        ImageDataset? train, CancellationToken cancellationToken)
+    {
         if (_options.Flip && train is null)
         {
             throw new ArgumentException("A cache with flipped training images needs the training images in memory (an ImageDataset).", nameof(train));
         }
 
-        var seconds = new Dictionary<string, double>();
-        var watch = Stopwatch.StartNew();
-        LayerCombinationResult? search = null;
+        var meter = Meter();
+        LayerCombinationResult? chosen = null;
         var layers = _options.Layers;
         if (layers is null)
         {
-            search = SearchLayers(trainKeys, validationKeys);
-            layers = search.Layers;
-            seconds["layerSearch"] = watch.Elapsed.TotalSeconds;
-            _options.Progress?.Status($"chose [{string.Join(", ", layers)}] (validation error {search.Score.Error:P2})");
+            chosen = meter.Measure("layerSearch", search);
+            layers = chosen.Layers;
+            _options.Progress?.Status($"chose [{string.Join(", ", layers)}] (validation error {chosen.Score.Error:P2})");
         }
 
         cancellationToken.ThrowIfCancellationRequested();
-        var classCount = trainKeys.ClassCount;
-        ICacheMemory memory;
-        using (var trainTable = ComposeTraining(trainKeys, layers, train, seconds, cancellationToken))
-        {
-            watch.Restart();
-            memory = BuildMemory(trainTable, classCount);
-            seconds["buildCache"] = watch.Elapsed.TotalSeconds;
-        }
-
+        var memory = build(layers, meter);
         try
         {
-            watch.Restart();
-            using var validation = Compose(validationKeys, layers);
-            var tuning = CacheEvaluation.Tune(memory, validation, _options.Grid, _options.BatchSize, _options.Theta, _options.Lambda);
-            seconds["tune"] = watch.Elapsed.TotalSeconds;
+            var tuning = meter.Measure("tune", () =>
+            {
+                using var validation = Compose(validationKeys, layers);
+                return CacheEvaluation.Tune(memory, validation, _options.Grid, _options.BatchSize, _options.Theta, _options.Lambda);
+            });
             foreach (var warning in tuning.Warnings)
             {
                 _options.Progress?.Status(warning);
@@ -405,7 +515,8 @@ public sealed class CacheFitter
                 Model = _options.Model,
                 Flip = _options.Flip,
             });
-            var report = new CacheFitReport(layers, memory.Dimension, memory.Count, _options.Flip, search, tuning, seconds);
+            var seconds = meter.Stages.ToDictionary(s => s.Key, s => s.Value.Seconds, StringComparer.Ordinal);
+            var report = new CacheFitReport(layers, memory.Dimension, memory.Count, _options.Flip, chosen, tuning, seconds) { Usage = meter.Stages };
             return new CacheFit(classifier, report);
         }
         catch
@@ -416,7 +527,7 @@ public sealed class CacheFitter
     }
 
     private FeatureTable ComposeTraining(
-        PerLayerKeys trainKeys, IReadOnlyList<string> layers, ImageDataset? train, Dictionary<string, double> seconds, CancellationToken cancellationToken)
+        PerLayerKeys trainKeys, IReadOnlyList<string> layers, ImageDataset? train, StageMeter meter, CancellationToken cancellationToken)
     {
         var unflipped = Compose(trainKeys, layers);
         if (!_options.Flip)
@@ -426,12 +537,13 @@ public sealed class CacheFitter
 
         using (unflipped)
         {
-            var watch = Stopwatch.StartNew();
-            using var flipped = ExtractFlipped(train!, layers, "train (flipped)", cancellationToken);
-            seconds["extractFlipped"] = watch.Elapsed.TotalSeconds;
+            using var flipped = meter.Measure("extractFlipped", () => ExtractFlipped(train!, layers, "train (flipped)", cancellationToken));
             return FeatureTable.Concat(unflipped, flipped);
         }
     }
+
+    /// <summary>A stage meter that reports each finished stage to the progress.</summary>
+    private StageMeter Meter() => new(_options.Progress is { } p ? (name, usage) => p.Status(StageMeter.Describe(name, usage)) : null);
 
     private void CheckShape(IImageSource data)
     {

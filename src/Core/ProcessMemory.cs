@@ -31,6 +31,82 @@ public static partial class ProcessMemory
         return process.WorkingSet64;
     }
 
+    /// <summary>
+    /// Hands memory the native allocator holds but no longer uses back to the system (glibc <c>malloc_trim(0)</c>); a no-op elsewhere.
+    /// Between stages this keeps one stage's freed temporaries from counting as the next one's resident memory.
+    /// </summary>
+    public static void Trim()
+    {
+        if (OperatingSystem.IsLinux())
+        {
+            try
+            {
+                _ = MallocTrim(0);
+            }
+            catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+            {
+            }
+        }
+    }
+
+    /// <summary>
+    /// The largest resident set of this process since it started or since the last <see cref="ResetPeak"/> (Linux <c>VmHWM</c>);
+    /// elsewhere the .NET peak working set.
+    /// </summary>
+    public static long PeakResidentBytes()
+    {
+        if (OperatingSystem.IsLinux())
+        {
+            try
+            {
+                foreach (var line in File.ReadLines("/proc/self/status"))
+                {
+                    // "VmHWM:   123456 kB"
+                    if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                    {
+                        var digits = line.AsSpan(6).Trim().TrimEnd("kB").Trim();
+                        return long.Parse(digits, System.Globalization.CultureInfo.InvariantCulture) * 1024;
+                    }
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+
+        using var process = Process.GetCurrentProcess();
+        return process.PeakWorkingSet64;
+    }
+
+    /// <summary>
+    /// Starts a new peak for <see cref="PeakResidentBytes"/> at the current resident set (Linux: writes 5 to
+    /// <c>/proc/self/clear_refs</c>); returns whether it could. Elsewhere the peak stays the process's since start.
+    /// </summary>
+    public static bool ResetPeak()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            return false;
+        }
+
+        try
+        {
+            File.WriteAllText("/proc/self/clear_refs", "5");
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>CPU time of this process so far, all threads, user + system.</summary>
+    public static TimeSpan CpuTime()
+    {
+        using var process = Process.GetCurrentProcess();
+        return process.TotalProcessorTime;
+    }
+
     [LibraryImport("libc", EntryPoint = "malloc_trim")]
     private static partial int MallocTrim(nuint pad);
 }

@@ -227,16 +227,31 @@ public static class CacheEvaluation
     /// <summary>Creates a memory from <paramref name="factory"/> and adds <paramref name="train"/>'s keys in chunks.</summary>
     public static ICacheMemory Build(ICacheMemoryFactory factory, FeatureTable train, int classCount, int chunk = 8192)
     {
-        ArgumentNullException.ThrowIfNull(factory);
         ArgumentNullException.ThrowIfNull(train);
-        var memory = factory.Create((int)train.KeyDimension, classCount);
+        return Build(factory, train.Count, (int)train.KeyDimension, classCount,
+            (start, n) => (train.Keys.narrow(0, start, n), train.Labels.narrow(0, start, n)), chunk);
+    }
+
+    /// <summary>
+    /// Creates a memory from <paramref name="factory"/> and adds <paramref name="count"/> keys of dimension
+    /// <paramref name="dimension"/> in chunks of <paramref name="chunk"/> rows, each read by <paramref name="read"/>
+    /// <c>(start, rows)</c> (its tensors join a dispose scope per chunk), so only one chunk need exist outside the memory.
+    /// </summary>
+    public static ICacheMemory Build(
+        ICacheMemoryFactory factory, long count, int dimension, int classCount, Func<long, long, (Tensor Keys, Tensor Labels)> read, int chunk = 8192)
+    {
+        ArgumentNullException.ThrowIfNull(factory);
+        ArgumentNullException.ThrowIfNull(read);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunk);
+        var memory = factory.Create(dimension, classCount);
         try
         {
-            for (long start = 0; start < train.Count; start += chunk)
+            for (long start = 0; start < count; start += chunk)
             {
                 using var scope = NewDisposeScope();
-                var n = Math.Min(chunk, train.Count - start);
-                memory.Add(train.Keys.narrow(0, start, n), train.Labels.narrow(0, start, n));
+                var n = Math.Min(chunk, count - start);
+                var (keys, labels) = read(start, n);
+                memory.Add(keys, labels);
             }
 
             return memory;

@@ -75,26 +75,82 @@ public static class LayerCombinationSearch
             similarities[i] = Similarities(candidates[i].ValidationKeys, candidates[i].TrainKeys, rowBlock);
         }
 
+        var norms = normalization == KeyNormalization.Concatenated
+            ? candidates.Select(c => (c.ValidationNorms!, c.TrainNorms!)).ToArray()
+            : null;
+        return Run(
+            [.. candidates.Select(c => c.Layer)], similarities, trainLabels, validationProbabilities, validationLabels, classCount, thetas, lambdas,
+            maxLayers, progress, rowBlock, norms);
+    }
+
+    /// <summary>
+    /// Runs the search from each candidate's query–key similarities <c>[n, N]</c> (<see cref="Similarities"/>, or the same values
+    /// computed while the training images were extracted: <see cref="LayerSearchKeys"/>), so no candidate's keys need be held.
+    /// </summary>
+    /// <param name="layers">Candidate names, one per similarity matrix.</param>
+    /// <param name="similarities">Per candidate: validation-query × training-key cosine similarities (float16 or float32).</param>
+    /// <param name="trainLabels">Labels <c>[N]</c> of the training keys (the similarities' columns).</param>
+    /// <param name="validationProbabilities"><c>p_net</c> <c>[n, C]</c> of the validation queries.</param>
+    /// <param name="validationLabels">Labels <c>[n]</c> of the validation queries.</param>
+    /// <param name="classCount">Classes C.</param>
+    /// <param name="thetas">θ grid.</param>
+    /// <param name="lambdas">λ grid.</param>
+    /// <param name="maxLayers">Largest set.</param>
+    /// <param name="progress">Told of every scored set.</param>
+    /// <param name="rowBlock">Query rows scored at a time.</param>
+    /// <param name="norms">
+    /// Per candidate (query norms <c>[n]</c>, key norms <c>[N]</c>) for <see cref="KeyNormalization.Concatenated"/> keys;
+    /// <see langword="null"/> for <see cref="KeyNormalization.PerLayer"/> keys (the sets' similarity is the mean).
+    /// </param>
+    public static LayerCombinationResult Run(
+        IReadOnlyList<string> layers,
+        IReadOnlyList<Tensor> similarities,
+        Tensor trainLabels,
+        Tensor validationProbabilities,
+        Tensor validationLabels,
+        int classCount,
+        IReadOnlyList<double> thetas,
+        IReadOnlyList<double> lambdas,
+        int maxLayers = 3,
+        IProgress<string>? progress = null,
+        int rowBlock = 512,
+        IReadOnlyList<(Tensor QueryNorms, Tensor KeyNorms)>? norms = null)
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        ArgumentNullException.ThrowIfNull(similarities);
+        ArgumentNullException.ThrowIfNull(thetas);
+        ArgumentNullException.ThrowIfNull(lambdas);
+        if (layers.Count == 0 || layers.Count != similarities.Count || (norms is not null && norms.Count != layers.Count))
+        {
+            throw new ArgumentException(
+                $"{layers.Count} candidate layers, {similarities.Count} similarity matrices and {norms?.Count.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "no"} norm pairs; expected one of each per candidate, at least one.",
+                nameof(layers));
+        }
+
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxLayers, 1);
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
         var evaluated = new List<LayerSetScore>();
         var path = new List<LayerSetScore>();
         var chosen = new List<int>();
         LayerSetScore? best = null;
-        for (var round = 0; round < Math.Min(maxLayers, candidates.Count); round++)
+        for (var round = 0; round < Math.Min(maxLayers, layers.Count); round++)
         {
             LayerSetScore? roundBest = null;
             var roundPick = -1;
-            for (var c = 0; c < candidates.Count; c++)
+            for (var c = 0; c < layers.Count; c++)
             {
                 if (chosen.Contains(c))
                 {
                     continue;
                 }
 
+                using var setScope = NewDisposeScope();
                 var set = chosen.Append(c).ToArray();
-                var weights = normalization == KeyNormalization.Concatenated
-                    ? ConcatenatedWeights(set.Select(i => (candidates[i].ValidationNorms!, candidates[i].TrainNorms!)).ToArray())
+                var weights = norms is not null
+                    ? ConcatenatedWeights(set.Select(i => norms[i]).ToArray())
                     : null;
-                var score = Score(set.Select(i => similarities[i]).ToArray(), set.Select(i => candidates[i].Layer).ToArray(),
+                var score = Score(set.Select(i => similarities[i]).ToArray(), set.Select(i => layers[i]).ToArray(),
                     trainLabels, validationProbabilities, validationLabels, classCount, thetas, lambdas, rowBlock, weights);
                 evaluated.Add(score);
                 progress?.Report($"[{string.Join(", ", score.Layers)}] validation error {score.Error:P2} (θ={score.Theta}, λ={score.Lambda})");

@@ -50,10 +50,17 @@ public sealed class PerLayerKeys : IDisposable
         using var scope = NewDisposeScope();
         var index = rows is null ? null : tensor(rows.Select(r => (long)r).ToArray());
         Tensor Select(Tensor t) => index is null ? t : t.index_select(0, index);
-        var parts = layers.Select(l => Select(Layer(l))).ToArray();
-        var norms = layers.Select(l => Select(Norms[l])).ToArray();
+        return ComposeTable(
+            layers, [.. layers.Select(l => Select(Layer(l)))], [.. layers.Select(l => Select(Norms[l]))], Select(Probabilities), Select(Labels), normalization);
+    }
+
+    /// <summary>A table of the keys composed from unit parts and norms (one per layer), detached from the caller's scope.</summary>
+    internal static FeatureTable ComposeTable(
+        IReadOnlyList<string> layers, Tensor[] parts, Tensor[] norms, Tensor probabilities, Tensor labels, KeyNormalization normalization)
+    {
+        using var scope = NewDisposeScope();
         var keys = KeyRecipe.ComposeUnitParts(parts, norms, normalization);
-        var table = new FeatureTable(keys, Select(Probabilities), Select(Labels), layers);
+        var table = new FeatureTable(keys, probabilities, labels, layers);
         table.Keys.DetachFromDisposeScope();
         table.Probabilities.DetachFromDisposeScope();
         table.Labels.DetachFromDisposeScope();

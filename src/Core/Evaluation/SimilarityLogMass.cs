@@ -72,16 +72,40 @@ public static class SimilarityLogMass
         var classMax = stack(maxima, 1);
         var present = isfinite(classMax);
         var safeMax = where(present, classMax, zeros_like(classMax));
-        var shifted = grouped - safeMax.index_select(1, y); // ≤ 0; 0 at each class maximum
+        var track = grouped.requires_grad;
+        Tensor shifted; // ≤ 0; 0 at each class maximum
+        if (track)
+        {
+            shifted = grouped - safeMax.index_select(1, y);
+        }
+        else
+        {
+            // Without gradients the same subtractions run in place, class by class, and one buffer serves every θ: the values are
+            // those of the expressions above (elementwise IEEE arithmetic, the exponential over the same [b, n] layout), without
+            // allocating three [b, n] tensors per θ (which cost a page fault per 4 KiB).
+            start = 0;
+            for (var c = 0; c < classCount; c++)
+            {
+                if (counts[c] > 0)
+                {
+                    grouped.narrow(1, start, counts[c]).sub_(safeMax.narrow(1, c, 1));
+                }
+
+                start += counts[c];
+            }
+
+            shifted = grouped;
+        }
+
         var oneHot = nn.functional.one_hot(y, classCount).to_type(dtype);
+        var buffer = track ? null : empty_like(shifted);
 
         var negInf = full_like(safeMax, float.NegativeInfinity);
         var perTheta = new Tensor[thetas.Length];
         for (var t = 0; t < thetas.Length; t++)
         {
             var theta = thetas[t];
-            var scaled = shifted * theta;
-            var weights = scaled.requires_grad ? scaled.exp() : scaled.exp_();
+            var weights = track ? (shifted * theta).exp() : buffer!.copy_(shifted).mul_(theta).exp_();
             var mass = weights.mm(oneHot); // ≥ 1 for present classes, 0 for absent ones (whose log would give NaN gradients)
             var logMass = where(present, mass, ones_like(mass)).log() + safeMax * theta;
             perTheta[t] = where(present, logMass, negInf);

@@ -193,6 +193,56 @@ public static class DatasetFeatureExtractor
         return sink.Finish();
     }
 
+    /// <summary>
+    /// One pass over <paramref name="source"/> for a layer search that does not hold the candidates' keys (read as in
+    /// <see cref="Extract(LayerTapExtractor, IImageSource, InputNormalization, FeatureExtractionOptions?, IProgress{ExtractionProgress}?, CancellationToken)"/>):
+    /// each tapped layer's float32 unit keys are appended to a file in <paramref name="folder"/> and, when <paramref name="validation"/>
+    /// is given, multiplied with that layer's validation keys into its similarity matrix <c>[n, N]</c> (float16), batch by batch.
+    /// Memory: the similarity matrices, the norms and probabilities, and one batch.
+    /// </summary>
+    /// <param name="extractor">The tapped model (its layers are the candidates).</param>
+    /// <param name="source">The training images and their labels.</param>
+    /// <param name="normalization">The model's input normalisation.</param>
+    /// <param name="validation">The validation queries' per-layer keys (every tapped layer), or <see langword="null"/> for no similarities.</param>
+    /// <param name="folder">A folder to create for the key files (it must not exist); deleted with the result.</param>
+    /// <param name="options">Batch size and device; defaults when <see langword="null"/>.</param>
+    /// <param name="progress">Told after every batch.</param>
+    /// <param name="cancellationToken">Checked before every batch.</param>
+    public static LayerSearchKeys ExtractForSearch(
+        LayerTapExtractor extractor,
+        IImageSource source,
+        InputNormalization normalization,
+        PerLayerKeys? validation,
+        string folder,
+        FeatureExtractionOptions? options = null,
+        IProgress<ExtractionProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(extractor);
+        ArgumentException.ThrowIfNullOrEmpty(folder);
+        if (Directory.Exists(folder))
+        {
+            throw new ArgumentException($"The key folder {folder} exists already.", nameof(folder));
+        }
+
+        foreach (var layer in validation is null ? [] : extractor.Layers)
+        {
+            _ = validation!.Layer(layer); // a missing layer fails before the pass
+        }
+
+        var sink = new SearchSink(extractor, validation, folder);
+        try
+        {
+            Run(extractor, source, normalization, options, sink, progress, cancellationToken);
+            return sink.Finish();
+        }
+        catch
+        {
+            sink.Abandon();
+            throw;
+        }
+    }
+
     private static ScalarType CheckStorage(ScalarType storage) => storage is ScalarType.Float32 or ScalarType.Float16
         ? storage
         : throw new ArgumentException($"Per-layer keys are stored as Float32 or Float16, not {storage}.", nameof(storage));
@@ -424,12 +474,83 @@ public static class DatasetFeatureExtractor
             _norms ??= [.. activations.Select(_ => empty([Count], ScalarType.Float32))];
             for (var i = 0; i < activations.Length; i++)
             {
-                var norm = activations[i].norm(1);
+                var (unit, norm) = UnitKeys(activations[i]);
                 _norms[i].narrow(0, start, n).copy_(norm);
-                _keys[i].narrow(0, start, n).copy_(nn.functional.normalize(activations[i], 2, 1, KeyRecipe.NormEpsilon));
+                _keys[i].narrow(0, start, n).copy_(unit);
             }
         }
 
         protected override IEnumerable<Tensor?> Results() => [.. _keys ?? [], .. _norms ?? []];
+
+        /// <summary>A flattened activation's L2-normalised rows (float32) and its row norms: what every per-layer key store keeps.</summary>
+        public static (Tensor Unit, Tensor Norm) UnitKeys(Tensor activation) =>
+            (nn.functional.normalize(activation, 2, 1, KeyRecipe.NormEpsilon), activation.norm(1));
+    }
+
+    /// <summary>Each layer's unit keys appended to its file, its norms, and its similarities to the validation keys.</summary>
+    private sealed class SearchSink(LayerTapExtractor extractor, PerLayerKeys? validation, string folder) : Sink(extractor)
+    {
+        private LayerSearchKeys.Writer? _writer;
+        private Tensor[]? _norms;
+        private Tensor[]? _similarities;
+        private Tensor[]? _queries;
+        private long[]? _dimensions;
+
+        public LayerSearchKeys Finish()
+        {
+            _writer!.Dispose();
+            DisposeQueryCopies();
+            return new LayerSearchKeys(folder, [.. Extractor.Layers], _dimensions!, _norms!, Probabilities!, Labels!, _similarities) { Throughput = Throughput };
+        }
+
+        public void Abandon()
+        {
+            _writer?.Dispose();
+            LayerSearchKeys.DeleteFolder(folder);
+        }
+
+        protected override void Keep(Tensor logits, Tensor[] activations, long start, long n)
+        {
+            if (_writer is null)
+            {
+                _writer = new LayerSearchKeys.Writer(folder, activations.Length);
+                _dimensions = [.. activations.Select(a => a.shape[1])];
+                _norms = [.. activations.Select(_ => empty([Count], ScalarType.Float32))];
+                if (validation is not null)
+                {
+                    // The queries as LayerCombinationSearch.Similarities multiplies them: float32 (a copy only when stored otherwise).
+                    _queries = [.. Extractor.Layers.Select(l => validation.Layer(l))
+                        .Select(q => q.dtype == ScalarType.Float32 && q.device_type == DeviceType.CPU ? q : q.to(ScalarType.Float32, CPU))];
+                    _similarities = [.. _queries.Select(q => empty([q.shape[0], Count], ScalarType.Float16))];
+                }
+            }
+
+            for (var i = 0; i < activations.Length; i++)
+            {
+                var (unit, norm) = LayerSink.UnitKeys(activations[i]);
+                _norms![i].narrow(0, start, n).copy_(norm);
+                var keys = unit.device_type == DeviceType.CPU ? unit : unit.cpu();
+                _writer.Append(i, keys);
+                if (_queries is not null)
+                {
+                    _similarities![i].narrow(1, start, n).copy_(_queries[i].mm(keys.t()));
+                }
+            }
+        }
+
+        protected override IEnumerable<Tensor?> Results() => [.. _norms ?? [], .. _similarities ?? [], .. OwnedQueries()];
+
+        private IEnumerable<Tensor> OwnedQueries() =>
+            _queries is null ? [] : _queries.Where((q, i) => !ReferenceEquals(q, validation!.Layer(Extractor.Layers[i])));
+
+        private void DisposeQueryCopies()
+        {
+            foreach (var q in OwnedQueries().ToList())
+            {
+                q.Dispose();
+            }
+
+            _queries = null;
+        }
     }
 }

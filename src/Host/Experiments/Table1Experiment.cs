@@ -76,6 +76,9 @@ internal sealed record Table1Row(
 
     /// <summary>How fast each extraction ran (<c>train</c>, <c>test</c>): images/s of the loader beside the network and of the whole pass.</summary>
     public IReadOnlyDictionary<string, ExtractionThroughput> Throughput { get; init; } = new Dictionary<string, ExtractionThroughput>();
+
+    /// <summary>Wall time, CPU time and peak resident memory per stage, where measured.</summary>
+    public IReadOnlyDictionary<string, StageUsage> Usage { get; init; } = new Dictionary<string, StageUsage>();
 }
 
 /// <summary>
@@ -132,8 +135,11 @@ internal sealed class Table1Experiment(ExperimentSession session)
             o.CandidateStorage = request.HalfKeys ? TorchSharp.torch.ScalarType.Float16 : TorchSharp.torch.ScalarType.Float32;
         });
 
-        // One forward pass over the training and test images taps every layer needed (candidates, or the given layers);
-        // the layer search, the cache and both halves of the test set use these keys.
+        // One forward pass over the test images, then one over the training images, taps every layer needed (candidates, or the
+        // given layers). Neither pass keeps a candidate's keys in memory beyond the validation half's: they go to files, each
+        // candidate's similarities to the validation half are computed batch by batch for the layer search, and the cache (and the
+        // report half) is composed from the chosen layers' keys read back, bit for bit those an in-memory pass gives.
+        var meter = new StageMeter((name, usage) => progress.Status($"{request.Model}: {StageMeter.Describe(name, usage)}"));
         var candidates = fitter.Candidates();
         double? loaderAlone = null;
         if (train is not ImageDataset)
@@ -142,13 +148,15 @@ internal sealed class Table1Experiment(ExperimentSession session)
             progress.Status(string.Create(CultureInfo.InvariantCulture, $"{request.Model}: loader alone {loaderAlone:0.0} images/s (decoding on {Environment.ProcessorCount} cores, no network)"));
         }
 
-        using var trainKeys = progress.Timed($"{request.Model}: training keys", () => fitter.ExtractLayers(train, candidates, "train", cancellationToken), out var t1);
-        using var testKeys = progress.Timed($"{request.Model}: test keys", () => fitter.ExtractLayers(test, candidates, "test", cancellationToken), out var t2);
+        using var testKeys = progress.Timed($"{request.Model}: test keys", () => meter.Measure("extractTest",
+            () => fitter.ExtractForSearch(test, null, candidates, "test", cancellationToken)), out _);
         using var validationKeys = testKeys.Rows(split.First);
+        using var trainKeys = progress.Timed($"{request.Model}: training keys{(request.Layers is null ? " and similarities" : "")}", () => meter.Measure("extractTrain",
+            () => fitter.ExtractForSearch(train, request.Layers is null ? validationKeys : null, candidates, "train", cancellationToken)), out _);
         var throughput = new Dictionary<string, ExtractionThroughput>();
-        foreach (var (part, keys) in new[] { ("train", trainKeys), ("test", testKeys) })
+        foreach (var (part, rate) in new[] { ("train", trainKeys.Throughput), ("test", testKeys.Throughput) })
         {
-            if (keys.Throughput is { } t)
+            if (rate is { } t)
             {
                 throughput[part] = t;
                 progress.Status(string.Create(CultureInfo.InvariantCulture,
@@ -158,17 +166,16 @@ internal sealed class Table1Experiment(ExperimentSession session)
 
         using var fit = progress.Timed($"{request.Model}: fit ({(request.Layers is null ? "layer search, " : "")}{provider.Provider} cache, θ/λ search)",
             () => fitter.Fit(trainKeys, validationKeys, train as ImageDataset, cancellationToken), out _);
+        meter.Add(fit.Report.Usage);
         var layers = fit.Report.Layers;
-        using var report = fitter.Compose(testKeys, layers, split.Second);
-        var result = progress.Timed($"{request.Model}: report", () => CacheEvaluation.Report(
-            fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize)), out var t4);
-        var seconds = new Dictionary<string, double>(fit.Report.Seconds)
+        var result = progress.Timed($"{request.Model}: report", () => meter.Measure("report", () =>
         {
-            ["extractTrain"] = t1.TotalSeconds,
-            ["extractTest"] = t2.TotalSeconds,
-            ["report"] = t4.TotalSeconds,
-            ["total"] = total.Elapsed.TotalSeconds,
-        };
+            using var reportKeys = testKeys.Rows(split.Second, layers);
+            using var report = fitter.Compose(reportKeys, layers);
+            return CacheEvaluation.Report(fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize));
+        }), out _);
+        var seconds = meter.Stages.ToDictionary(s => s.Key, s => s.Value.Seconds, StringComparer.Ordinal);
+        seconds["total"] = total.Elapsed.TotalSeconds;
         return Row(request, model.Spec.Name, layers, fit.Report.KeyDimension, fit.Report.CacheSize, request.Flip, split, provider.Provider, result,
             fit.Report.LayerSearch, seconds) with
         {
@@ -177,6 +184,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
             PerClass = request.PerClass,
             LoaderAloneImagesPerSecond = loaderAlone,
             Throughput = throughput,
+            Usage = meter.Stages,
         };
     }
 

@@ -113,6 +113,19 @@ internal static class Table1Report
         sb.Append(Reports.Markdown.Table(
             ["model", .. keys],
             rows.Select(r => (IReadOnlyList<string>)[r.Model, .. keys.Select(k => r.Seconds.TryGetValue(k, out var v) ? v.ToString("0.0", CultureInfo.InvariantCulture) : "")])));
+        if (rows.Any(r => r.Usage.Count > 0))
+        {
+            sb.AppendLine().AppendLine("## Cost per stage").AppendLine();
+            sb.AppendLine("Wall time, CPU time of the process (user + system, all threads) and its peak resident memory during each stage.").AppendLine();
+            sb.Append(Reports.Markdown.Table(
+                ["model", "stage", "wall (s)", "CPU (s)", "peak resident (GB)"],
+                rows.SelectMany(r => r.Usage.Select(u => (IReadOnlyList<string>)
+                [
+                    r.Model, u.Key, u.Value.Seconds.ToString("0.0", CultureInfo.InvariantCulture), u.Value.CpuSeconds.ToString("0.0", CultureInfo.InvariantCulture),
+                    (u.Value.PeakResidentBytes / 1e9).ToString("0.00", CultureInfo.InvariantCulture),
+                ]))));
+        }
+
         return sb.ToString();
     }
 

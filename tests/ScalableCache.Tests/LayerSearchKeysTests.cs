@@ -1,0 +1,167 @@
+using ScalableCache.Core;
+using ScalableCache.Core.Data;
+using ScalableCache.Core.Evaluation;
+using ScalableCache.Core.Features;
+using ScalableCache.Core.Models;
+using ScalableCache.Exact;
+using Xunit;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Tests;
+
+/// <summary>
+/// The layer search without held keys (<see cref="LayerSearchKeys"/>): one pass over the training images spills each candidate's
+/// keys and computes its similarities; everything it yields must be bit-identical to the in-memory path, and the fit must choose
+/// and score exactly what the in-memory fit does — on the real ResNet-20 and CIFAR-10 images.
+/// </summary>
+public sealed class LayerSearchKeysTests : IDisposable
+{
+    private readonly PersistenceTempFolder _folder = new();
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    // 700 training images (not a multiple of the batch) and 300 validation images.
+    private static ImageDataset Train => Cifar10.LoadTrain(SharedData.Cifar10).ClassBalancedSubset(70, seed: 3);
+
+    private static ImageDataset Validation => ModelTestSupport.Cifar10Test.ClassBalancedSubset(30, seed: 4);
+
+    private CacheFitOptions Options(bool flip = false, IReadOnlyList<string>? layers = null) => new()
+    {
+        Store = new ExactCacheMemoryFactory(new ExactCacheOptions()),
+        Input = InputNormalization.ImageNet,
+        InputShape = InputShape.Cifar,
+        MaxLayers = 3,
+        Layers = layers,
+        Grid = new GridSearchOptions { Thetas = [10, 30, 50, 70, 90], Lambdas = [0.1, 0.3, 0.5, 0.7, 0.9] },
+        BatchSize = 96,
+        KeyFolder = _folder.Path,
+        Flip = flip,
+    };
+
+    [Fact]
+    public void TheOnePassGivesBitIdenticalKeysNormsAndSimilaritiesToThePerLayerPath()
+    {
+        using var net = ModelTestSupport.LoadResNet20();
+        var fitter = new CacheFitter(net.Model, Options());
+        var candidates = fitter.Candidates();
+        Assert.True(candidates.Count >= 3, $"candidates: {string.Join(", ", candidates)}");
+        var train = Train;
+        using var validation = fitter.ExtractLayers(Validation, candidates, "validation", Ct);
+        using var inMemory = fitter.ExtractLayers(train, candidates, "train", Ct);
+        using var spilled = fitter.ExtractForSearch(train, validation, candidates, "train", Ct);
+
+        Assert.Equal(train.Count, spilled.Count);
+        Assert.True(Same(spilled.Labels, inMemory.Labels));
+        Assert.True(Same(spilled.Probabilities, inMemory.Probabilities), "probabilities");
+        Assert.Equal(candidates.Sum(l => inMemory.Layer(l).shape[1]) * train.Count * sizeof(float), spilled.SpilledBytes);
+        foreach (var layer in candidates)
+        {
+            using var scope = NewDisposeScope();
+            Assert.True(Same(spilled.ReadLayer(layer, 0, train.Count), inMemory.Layer(layer)), $"{layer}: keys");
+            Assert.True(Same(spilled.ReadLayer(layer, 101, 250), inMemory.Layer(layer).narrow(0, 101, 250)), $"{layer}: rows 101..350");
+            Assert.True(Same(spilled.Norms[layer], inMemory.Norms[layer]), $"{layer}: norms");
+            var reference = LayerCombinationSearch.Similarities(validation.Layer(layer), inMemory.Layer(layer));
+            var streamed = spilled.Similarities![layer];
+            Assert.Equal(reference.shape, streamed.shape);
+            var differing = reference.ne(streamed).sum().item<long>();
+            Assert.True(differing == 0, $"{layer}: {differing} of {reference.numel()} float16 similarities differ from LayerCombinationSearch.Similarities");
+        }
+
+        // Any layer set's keys, composed from a chunk read back, are the in-memory path's keys of those rows.
+        using (var scope = NewDisposeScope())
+        {
+            string[] set = [candidates[2], candidates[0]];
+            using var all = inMemory.Compose(set);
+            using var chunk = spilled.Compose(set, 350, 333);
+            Assert.True(Same(chunk.Keys, all.Keys.narrow(0, 350, 333)), "composed keys");
+            Assert.True(Same(chunk.Labels, all.Labels.narrow(0, 350, 333)));
+        }
+
+        // Rows read back (the report half of a test pass) are the in-memory path's rows.
+        int[] rows = [5, 699, 0, 350, 351];
+        using (var fromFiles = spilled.Rows(rows, [candidates[1], candidates[0]]))
+        using (var fromMemory = inMemory.Rows(rows, [candidates[1], candidates[0]]))
+        {
+            Assert.Equal(fromMemory.Keys.Keys, fromFiles.Keys.Keys);
+            foreach (var layer in fromMemory.Keys.Keys)
+            {
+                Assert.True(Same(fromFiles.Layer(layer), fromMemory.Layer(layer)), $"{layer}: rows");
+                Assert.True(Same(fromFiles.Norms[layer], fromMemory.Norms[layer]), $"{layer}: row norms");
+            }
+
+            Assert.True(Same(fromFiles.Probabilities, fromMemory.Probabilities));
+            Assert.True(Same(fromFiles.Labels, fromMemory.Labels));
+        }
+
+        spilled.ReleaseSimilarities();
+        Assert.Null(spilled.Similarities);
+        Assert.True(Same(spilled.ReadLayer(candidates[0], 0, 1), inMemory.Layer(candidates[0]).narrow(0, 0, 1)), "keys stay readable");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void TheSpilledFitChoosesAndScoresExactlyWhatTheInMemoryFitDoes(bool flip)
+    {
+        using var net = ModelTestSupport.LoadResNet20();
+        var options = Options(flip);
+        var fitter = new CacheFitter(net.Model, options);
+        var candidates = fitter.Candidates();
+        var train = Train;
+        using var validation = fitter.ExtractLayers(Validation, candidates, "validation", Ct);
+        using var inMemoryKeys = fitter.ExtractLayers(train, candidates, "train", Ct);
+        using var reference = fitter.Fit(inMemoryKeys, validation, train, Ct);
+
+        string folder;
+        CacheFitReport report;
+        using (var spilled = fitter.ExtractForSearch(train, validation, candidates, "train", Ct))
+        {
+            folder = Assert.Single(Directory.GetDirectories(_folder.Path));
+            using var fit = fitter.Fit(spilled, validation, train, Ct);
+            report = fit.Report;
+            Assert.Null(spilled.Similarities); // freed before the memory is built
+            using var scope = NewDisposeScope();
+            using var queries = validation.Compose(report.Layers);
+            var expected = reference.Classifier.Memory.ClassLogMass(queries.Keys, [10, 50, 90]);
+            var actual = fit.Classifier.Memory.ClassLogMass(queries.Keys, [10, 50, 90]);
+            Assert.True(Same(actual, expected), "the two memories answer identically");
+        }
+
+        Assert.False(Directory.Exists(folder), "the key files are deleted with the keys");
+        Assert.Equal(reference.Report.Layers, report.Layers);
+        Assert.Equal(reference.Report.CacheSize, report.CacheSize);
+        Assert.Equal(flip ? 2 * train.Count : train.Count, report.CacheSize);
+        Assert.Equal(reference.Report.LayerSearch!.Evaluated.Select(s => (string.Join(",", s.Layers), s.Error, s.Theta, s.Lambda)),
+            report.LayerSearch!.Evaluated.Select(s => (string.Join(",", s.Layers), s.Error, s.Theta, s.Lambda)));
+        Assert.Equal(reference.Report.Tuning.Theta, report.Tuning.Theta);
+        Assert.Equal(reference.Report.Tuning.Lambda, report.Tuning.Lambda);
+        Assert.Equal(reference.Report.Tuning.CacheOnlyTheta, report.Tuning.CacheOnlyTheta);
+        Assert.Equal(reference.Report.Tuning.Grid.Errors.SelectMany(r => r), report.Tuning.Grid.Errors.SelectMany(r => r));
+        Assert.Contains("layerSearch", report.Usage.Keys);
+        Assert.Contains("buildCache", report.Usage.Keys);
+        Assert.Contains("tune", report.Usage.Keys);
+        Assert.Equal(flip, report.Usage.ContainsKey("extractFlipped"));
+    }
+
+    [Fact]
+    public void FixedLayersNeedNoSimilaritiesAndASearchWithoutThemFailsClearly()
+    {
+        using var net = ModelTestSupport.LoadResNet20();
+        var fitter = new CacheFitter(net.Model, Options());
+        var layer = fitter.Candidates()[1];
+        using var validation = fitter.ExtractLayers(Validation, [layer], "validation", Ct);
+        using var keys = fitter.ExtractForSearch(Train, null, [layer], "train", Ct);
+        Assert.Null(keys.Similarities);
+        Assert.Contains("no similarities", Assert.Throws<ArgumentException>(() => fitter.SearchLayers(keys, validation)).Message, StringComparison.Ordinal);
+        var fixedFitter = new CacheFitter(net.Model, Options(layers: [layer]));
+        using var fit = fixedFitter.Fit(keys, validation, null, Ct);
+        Assert.Equal([layer], fit.Report.Layers);
+        Assert.Null(fit.Report.LayerSearch);
+    }
+
+    public void Dispose() => _folder.Dispose();
+
+    /// <summary>Same shape and every element equal (bit for bit, for finite values; −∞ equals −∞).</summary>
+    private static bool Same(Tensor a, Tensor b) => a.shape.SequenceEqual(b.shape) && a.eq(b).all().item<bool>();
+}
