@@ -83,6 +83,7 @@ public sealed class HnswWorkoutTests
         }
 
         double overlap = 0;
+        var recalls = new List<double>();
         for (var i = 0; i < queries.Length / data.Dimension; i++)
         {
             var similarities = data.Similarities(queries, i);
@@ -93,11 +94,15 @@ public sealed class HnswWorkoutTests
             }
 
             overlap += own.Keys.Intersect(results[HnswDistanceKernel.Native][i].Keys).Count() / (double)k;
-            var recall = HnswTestData.TopK(similarities, k).Intersect(own.Keys.Select(key => (int)key)).Count() / (double)k;
-            Assert.True(recall >= 0.9, $"query {i}: recall@{k} {recall:F2} with the float32 kernel");
+            recalls.Add(HnswTestData.TopK(similarities, k).Intersect(own.Keys.Select(key => (int)key)).Count() / (double)k);
         }
 
-        Assert.True(overlap / (queries.Length / data.Dimension) >= 0.97, $"neighbour overlap between the kernels {overlap / (queries.Length / data.Dimension):F3}");
+        // Averages over the 30 queries: a graph is approximate, and CPUs of other vector widths round the distances (so build the
+        // graph) differently; here every query's recall was 1.
+        var count = queries.Length / data.Dimension;
+        TestContext.Current.TestOutputHelper?.WriteLine($"recall@{k}: mean {recalls.Average():F3}, lowest {recalls.Min():F3}; overlap {overlap / count:F3}");
+        Assert.True(recalls.Average() >= 0.95, $"mean recall@{k} {recalls.Average():F3} with the float32 kernel");
+        Assert.True(overlap / count >= 0.95, $"neighbour overlap between the kernels {overlap / count:F3}");
     }
 
     [Fact]
