@@ -123,8 +123,13 @@ internal sealed class CifarBasicBlock : Module<Tensor, Tensor>
     private readonly long _padChannels;
     private readonly bool _reshape;
 
-    public CifarBasicBlock(int inPlanes, int planes, int stride, bool projection = false)
-        : base(nameof(CifarBasicBlock))
+    /// <param name="inPlanes">Input channels.</param>
+    /// <param name="planes">Output channels.</param>
+    /// <param name="stride">Stride of the first convolution (and of the projection).</param>
+    /// <param name="projection">Option B: a 1×1 convolution and BatchNorm (<c>downsample.0/.1</c>) where the shape changes; else option A.</param>
+    /// <param name="kind">The module's type name (<c>scache layers</c> lists it): torchvision's ResNet-18/34 use this block as <c>BasicBlock</c>.</param>
+    public CifarBasicBlock(int inPlanes, int planes, int stride, bool projection = false, string kind = nameof(CifarBasicBlock))
+        : base(kind)
     {
         conv1 = Conv2d(inPlanes, planes, 3, stride: stride, padding: 1, bias: false);
         bn1 = BatchNorm2d(planes);

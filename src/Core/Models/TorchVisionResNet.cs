@@ -97,49 +97,17 @@ public sealed class TorchVisionResNet : ImageClassifier
         for (var i = 0; i < count; i++)
         {
             var s = i == 0 ? stride : 1;
-            var downsample = i == 0 && (stride != 1 || inPlanes != planes * expansion)
-                ? Sequential(("0", Conv2d(inPlanes, planes * expansion, 1, stride: stride, bias: false)), ("1", BatchNorm2d(planes * expansion)))
-                : null;
+            // A basic block is the CIFAR ResNets' option-B block (downsample.0/.1 where the shape changes), named as torchvision's.
             Module<Tensor, Tensor> block = bottleneck
-                ? new TorchVisionBottleneck(inPlanes, planes, s, downsample)
-                : new TorchVisionBasicBlock(inPlanes, planes, s, downsample);
+                ? new TorchVisionBottleneck(inPlanes, planes, s, i == 0 && (stride != 1 || inPlanes != planes * expansion)
+                    ? Sequential(("0", Conv2d(inPlanes, planes * expansion, 1, stride: stride, bias: false)), ("1", BatchNorm2d(planes * expansion)))
+                    : null)
+                : new CifarBasicBlock(inPlanes, planes, s, projection: true, kind: "BasicBlock");
             modules.Add((i.ToString(CultureInfo.InvariantCulture), block));
             inPlanes = planes * expansion;
         }
 
         return Sequential(modules);
-    }
-}
-
-/// <summary>torchvision's <c>BasicBlock</c>: conv3×3 → BN → ReLU → conv3×3 → BN, plus the identity or <c>downsample</c>, then ReLU.</summary>
-internal sealed class TorchVisionBasicBlock : Module<Tensor, Tensor>
-{
-#pragma warning disable IDE1006 // Naming rule violation: names must match the checkpoint tensor names.
-    private readonly Conv2d conv1;
-    private readonly BatchNorm2d bn1;
-    private readonly Conv2d conv2;
-    private readonly BatchNorm2d bn2;
-    private readonly Sequential? downsample;
-#pragma warning restore IDE1006
-
-    public TorchVisionBasicBlock(int inPlanes, int planes, int stride, Sequential? downsample)
-        : base("BasicBlock")
-    {
-        conv1 = Conv2d(inPlanes, planes, 3, stride: stride, padding: 1, bias: false);
-        bn1 = BatchNorm2d(planes);
-        conv2 = Conv2d(planes, planes, 3, padding: 1, bias: false);
-        bn2 = BatchNorm2d(planes);
-        this.downsample = downsample;
-        RegisterComponents();
-    }
-
-    public override Tensor forward(Tensor input)
-    {
-        using var scope = NewDisposeScope();
-        var x = functional.relu(bn1.call(conv1.call(input)));
-        x = bn2.call(conv2.call(x));
-        var identity = downsample is null ? input : downsample.call(input);
-        return functional.relu(x + identity).MoveToOuterDisposeScope();
     }
 }
 
