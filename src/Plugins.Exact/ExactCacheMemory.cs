@@ -454,8 +454,8 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         }
 
         var distinct = plan.Distinct;
-        var running = new float[distinct.Length * ClassCount * padded];
-        Array.Fill(running, float.NegativeInfinity);
+        var running = new double[distinct.Length * ClassCount * padded];
+        Array.Fill(running, double.NegativeInfinity);
         var present = new bool[ClassCount];
         foreach (var view in snapshot.Views)
         {
@@ -486,7 +486,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             result = result.index_select(0, tensor(plan.DistinctIndex, dtype: ScalarType.Int64));
         }
 
-        return result.contiguous().MoveToOuterDisposeScope();
+        return result.to_type(ScalarType.Float32).contiguous().MoveToOuterDisposeScope();
     }
 
     /// <summary>

@@ -29,6 +29,12 @@ internal static unsafe class ExactLogMassKernel
     /// <summary>
     /// Merges one block's log-mass into <paramref name="running"/> <c>[T, C, b]</c> (row-major, −∞ where nothing merged yet).
     /// </summary>
+    /// <remarks>
+    /// The per-block sums are float32; the block's log-mass <c>log Σ + θU</c> and the merge across blocks are float64, so
+    /// the running value is rounded to float32 once, by the caller, whatever the number of blocks. Two stores holding the
+    /// same keys in different blocks (or shards merged in float64) then differ by float32 steps of the final value, not
+    /// by one rounding per block merge.
+    /// </remarks>
     /// <param name="similarities">Address of <c>S [rows, columns]</c>, float32, contiguous.</param>
     /// <param name="rows">Keys in the block (n ≥ 1).</param>
     /// <param name="columns">Queries b, padded to a multiple of <see cref="Lanes"/>.</param>
@@ -42,7 +48,7 @@ internal static unsafe class ExactLogMassKernel
     /// <param name="running">Running log-mass <c>[T, C, columns]</c>.</param>
     public static void Accumulate(
         nint similarities, int rows, int columns, int[] labels, int labelOffset, bool[] present, float[] thetas, float chainDelta,
-        float[] theta0, float[] upper, float[] running)
+        float[] theta0, float[] upper, double[] running)
     {
         var tiles = (columns + TileColumns - 1) / TileColumns;
         var theta0Min = float.PositiveInfinity;
@@ -63,7 +69,7 @@ internal static unsafe class ExactLogMassKernel
 
     private sealed class Job(
         nint similarities, int rows, int columns, int[] labels, int labelOffset, bool[] present, float[] thetas, float chainDelta,
-        float[] theta0, float[] upper, float[] running, float theta0Min)
+        float[] theta0, float[] upper, double[] running, float theta0Min)
     {
         private readonly int _classes = present.Length;
 
@@ -193,12 +199,12 @@ internal static unsafe class ExactLogMassKernel
                         }
                     }
 
-                    // L = log Σ + θU, merged into the running log-mass by log-add-exp; absent classes leave it as it is.
-                    fixed (float* r = running)
+                    // L = log Σ + θU in float64, merged into the running log-mass by log-add-exp; absent classes leave it as it is.
+                    fixed (double* r = running)
                     {
                         for (var t = 0; t < count; t++)
                         {
-                            var theta = Vector256.Create(th[t]);
+                            var theta = Vector256.Create((double)th[t]);
                             for (var c = 0; c < classes; c++)
                             {
                                 if (!present[c])
@@ -211,8 +217,12 @@ internal static unsafe class ExactLogMassKernel
                                 var target = r + ((long)(t * classes + c) * columns) + j0;
                                 for (var v = 0; v < width; v += Lanes)
                                 {
-                                    var value = Vector256.Log(Vector256.Load(a + v)) + (theta * Vector256.Load(sh + v));
-                                    Vector256.Store(LogAddExp(Vector256.Load(target + v), value), target + v);
+                                    var (sumLow, sumHigh) = Vector256.Widen(Vector256.Load(a + v));
+                                    var (shiftLow, shiftHigh) = Vector256.Widen(Vector256.Load(sh + v));
+                                    var low = Vector256.Log(sumLow) + (theta * shiftLow);
+                                    var high = Vector256.Log(sumHigh) + (theta * shiftHigh);
+                                    Vector256.Store(LogAddExp(Vector256.Load(target + v), low), target + v);
+                                    Vector256.Store(LogAddExp(Vector256.Load(target + v + 4), high), target + v + 4);
                                 }
                             }
                         }
@@ -251,13 +261,13 @@ internal static unsafe class ExactLogMassKernel
             return y * scale.AsSingle();
         }
 
-        /// <summary><c>log(eᵃ + eᵇ)</c> for a finite <paramref name="b"/> (and any <paramref name="a"/>, −∞ included).</summary>
+        /// <summary><c>log(eᵃ + eᵇ)</c> in float64 for a finite <paramref name="b"/> (and any <paramref name="a"/>, −∞ included).</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static Vector256<float> LogAddExp(Vector256<float> a, Vector256<float> b)
+        private static Vector256<double> LogAddExp(Vector256<double> a, Vector256<double> b)
         {
             var high = Vector256.Max(a, b);
             var low = Vector256.Min(a, b);
-            return high + Vector256.Log(Vector256<float>.One + Exp(low - high));
+            return high + Vector256.Log(Vector256<double>.One + Vector256.Exp(low - high));
         }
     }
 }
