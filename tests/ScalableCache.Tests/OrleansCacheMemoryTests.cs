@@ -38,6 +38,14 @@ public sealed class OrleansCacheMemoryTests(SharedOrleansCluster shared)
         var maxDelta = (expected - actual).abs().masked_select(finite).max().item<float>();
         Assert.True(maxDelta <= 1e-5f, $"max |ΔL| = {maxDelta}");
 
+        // The same keys in 32 blocks of 64 (the shards hold one block each): the blocks' log-masses are merged in float64 and
+        // rounded once, so the block count does not move the answer by more than float32 steps of the final value.
+        using var blocked = new ExactCacheMemory(d, 10, new ExactCacheOptions { KeyBlockSize = 64 });
+        blocked.Add(train.Keys, train.Labels);
+        using var fromBlocks = blocked.ClassLogMass(test.Keys, thetas);
+        var blockDelta = (fromBlocks - actual).abs().masked_select(finite).max().item<float>();
+        Assert.True(blockDelta <= 1e-5f, $"max |ΔL| = {blockDelta} against 32 key blocks");
+
         foreach (var (theta, lambda) in new[] { (90.0, 0.8), (90.0, 1.0), (10.0, 0.5) })
         {
             using var a = CacheMixer.Predict(single, test.Keys, test.Probabilities, theta, lambda);
