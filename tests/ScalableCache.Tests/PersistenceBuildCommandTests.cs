@@ -1,6 +1,10 @@
 using System.Text.Json;
+using ScalableCache.Core;
+using ScalableCache.Core.Evaluation;
 using ScalableCache.Core.Persistence;
 using ScalableCache.Exact;
+using ScalableCache.Hnsw;
+using ScalableCache.RandomProjection;
 using ScalableCache.Host;
 using ScalableCache.Host.Cli;
 using Xunit;
@@ -121,5 +125,62 @@ public sealed class StreamingBuildCommandTests
         (code, json, _) = await Run(other);
         Assert.Equal(ExitCodes.InvalidCacheFile, code);
         Assert.Contains("cannot resume", json.GetProperty("error").GetString(), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("Hnsw")]
+    [InlineData("RandomProjection")] // over Hnsw, 64 → 16
+    public async Task OtherProvidersAreBuiltFromTheKeyFileAndAnswerAsTheSameStoreBuiltFromIt(string provider)
+    {
+        using var folder = new PersistenceTempFolder();
+        var keys = folder.File("train.skeys");
+        var cache = folder.File("train.scache");
+        var (code, json, stderr) = await Run(Build(keys,
+            "--output", cache, "--provider", provider, "--set", "Cache:Hnsw:Threads=1", "--set", "Cache:RandomProjection:Inner=Hnsw",
+            "--set", "Cache:RandomProjection:OutputDimension=16"));
+        Assert.True(code == ExitCodes.Success, stderr);
+        Assert.Equal(provider, json.GetProperty("provider").GetString());
+        Assert.Equal((200, 64), (json.GetProperty("count").GetInt64(), json.GetProperty("dimension").GetInt32()));
+        Assert.True(json.GetProperty("timings").GetProperty("build").GetDouble() >= 0);
+
+        var hnsw = new HnswCacheMemoryFactory(new HnswCacheOptions { Threads = 1 });
+        ICacheMemoryFactory factory = provider == "Hnsw"
+            ? hnsw
+            : new RandomProjectionCacheMemoryFactory(new RandomProjectionCacheOptions { Inner = "Hnsw", OutputDimension = 16 }, [hnsw]);
+        var (header, loaded) = PersistenceTestSupport.Load(cache, [new ExactCacheMemoryFactory(new ExactCacheOptions()), hnsw, factory]);
+        using (loaded)
+        using (var file = KeyFile.Open(keys))
+        using (var expected = CacheEvaluation.Build(factory, file, cancellationToken: TestContext.Current.CancellationToken))
+        {
+            Assert.Equal((provider, 200L), (header.Provider, loaded.Count));
+            if (loaded is IRandomProjectionCacheMemory rp)
+            {
+                Assert.Equal(("Hnsw", 16), (rp.Inner.Provider, rp.Inner.Dimension));
+            }
+
+            var queries = TestData.RandomUnitArray(5, 64, new Random(3));
+            double[] thetas = [30];
+            Assert.Equal(PersistenceTestSupport.LogMass(expected, queries, thetas), PersistenceTestSupport.LogMass(loaded, queries, thetas));
+        }
+    }
+
+    [Fact]
+    public async Task ADamagedKeyFileFailsTheBuildOfAnotherProviderWithTheCacheFileExitCode()
+    {
+        using var folder = new PersistenceTempFolder();
+        var keys = folder.File("train.skeys");
+        var (code, _, stderr) = await Run(Build(keys));
+        Assert.True(code == ExitCodes.Success, stderr);
+        var bytes = File.ReadAllBytes(keys);
+        bytes[(3 * KeyFile.PageBytes) + 10] ^= 0x40; // a key of chunk 0 (header, chunk page, labels page, keys)
+        File.WriteAllBytes(keys, bytes);
+
+        var cache = folder.File("train.scache");
+        (code, var json, _) = await Run(Build(keys, "--output", cache, "--provider", "Hnsw"));
+        Assert.Equal(ExitCodes.InvalidCacheFile, code);
+        var error = json.GetProperty("error").GetString();
+        Assert.Contains(Path.GetFullPath(keys), error, StringComparison.Ordinal);
+        Assert.Contains("checksum mismatch: the labels and keys of chunk 0", error, StringComparison.Ordinal);
+        Assert.False(File.Exists(cache));
     }
 }
