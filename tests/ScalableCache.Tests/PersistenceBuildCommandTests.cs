@@ -183,4 +183,24 @@ public sealed class StreamingBuildCommandTests
         Assert.Contains("checksum mismatch: the labels and keys of chunk 0", error, StringComparison.Ordinal);
         Assert.False(File.Exists(cache));
     }
+
+    [Fact]
+    public async Task TestKeysGoToAKeyFileOnly()
+    {
+        using var folder = new PersistenceTempFolder();
+        var keys = folder.File("test.skeys");
+        var test = Build(keys, "--test-keys", "--max-test", "50");
+        test = [.. test.Where((_, i) => i < Array.IndexOf(test, "--max-train") || i > Array.IndexOf(test, "--max-train") + 1)];
+        var (code, json, stderr) = await Run(test);
+        Assert.True(code == ExitCodes.Success, stderr);
+        Assert.Equal(50, json.GetProperty("keys").GetInt64());
+        using (var file = KeyFile.Open(keys))
+        {
+            Assert.Equal(Enumerable.Repeat(5, 10), file.Labels.CountBy(l => l).OrderBy(kv => kv.Key).Select(kv => kv.Value)); // class-balanced
+        }
+
+        (code, json, _) = await Run(Build(keys, "--test-keys", "--output", folder.File("x.scache")));
+        Assert.Equal(ExitCodes.Usage, code);
+        Assert.Contains("--test-keys writes the test images' keys", json.GetProperty("error").GetString(), StringComparison.Ordinal);
+    }
 }

@@ -44,12 +44,18 @@ internal sealed class BuildCommand : IScacheCommand
                 "the last complete chunk. With --output, the configured provider's store is then built from the key file (the exact store maps it; " +
                 "RandomProjection, Hnsw and the others add it block by block) and saved as the cache file.",
         };
+        var testKeys = new Option<bool>("--test-keys")
+        {
+            Description = "Stream the test images' keys, not the training images', into --keys-file (e.g. queries for `scache-bench out-of-core " +
+                "--query-keys`); --max-test takes a seeded class-balanced subset. Needs --keys-file and no --output: a cache holds training keys.",
+        };
+        var maxTest = CommonOptions.MaxTest();
         var theta = CommonOptions.Theta("θ to record in the file for later evaluation (with --lambda).");
         var lambda = CommonOptions.Lambda("λ in [0, 1] to record in the file (with --theta).");
 
         Definition = new Command("build", "Build a cache from a model's training keys at the given layers with the configured provider (Cache:Provider) and save it to a file.")
         {
-            model, weights, data, layers, flip, output, keysFile, theta, lambda, seed, maxTrain,
+            model, weights, data, layers, flip, output, keysFile, testKeys, theta, lambda, seed, maxTrain, maxTest,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("build", async token =>
         {
@@ -77,6 +83,17 @@ internal sealed class BuildCommand : IScacheCommand
                 }
             }
 
+            var test = parse.GetValue(testKeys);
+            if (test && (string.IsNullOrWhiteSpace(keysPath) || !string.IsNullOrWhiteSpace(path)))
+            {
+                throw new UsageException("--test-keys writes the test images' keys to a key file: give --keys-file and no --output (a cache holds training keys).");
+            }
+
+            if (!test && parse.GetValue(maxTest) is not null)
+            {
+                throw new UsageException("--max-test limits the test images of --test-keys; use --max-train for the training images.");
+            }
+
             var fixedTheta = parse.GetValue(theta);
             var fixedLambda = parse.GetValue(lambda);
             if (fixedTheta.HasValue != fixedLambda.HasValue)
@@ -91,13 +108,16 @@ internal sealed class BuildCommand : IScacheCommand
             var total = Stopwatch.StartNew();
 
             using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token, parse.GetValue(data)).ConfigureAwait(false);
-            var train = ExperimentSession.Limit(session.LoadTrain(loaded, parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
+            var train = test
+                ? ExperimentSession.Limit(session.LoadTest(loaded, parse.GetValue(data)), parse.GetValue(maxTest), parse.GetValue(seed))
+                : ExperimentSession.Limit(session.LoadTrain(loaded, parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
             var images = parse.GetValue(flip) ? train.WithHorizontalFlips() : train;
             KeyStream? streamed = null;
             if (!string.IsNullOrWhiteSpace(keysPath))
             {
                 var identity = string.Join("\n", "scache build", loaded.Id.Name, loaded.Id.CheckpointSha256 ?? "", string.Join(",", layerNames),
-                    parse.GetValue(data) ?? "", images.Count.ToString(CultureInfo.InvariantCulture), parse.GetValue(seed).ToString(CultureInfo.InvariantCulture));
+                    parse.GetValue(data) ?? "", images.Count.ToString(CultureInfo.InvariantCulture), parse.GetValue(seed).ToString(CultureInfo.InvariantCulture))
+                    + (test ? "\ntest images" : ""); // training files keep the identity they always had, so they still resume
                 var exact = services.GetServices<ICacheMemoryFactory>().OfType<ExactCacheMemoryFactory>().First();
                 streamed = progress.Timed($"stream keys to {Path.GetFullPath(keysPath)}",
                     () => StreamKeys(session, loaded, images, layerNames, exact, keysPath, identity, token), out var extract);
