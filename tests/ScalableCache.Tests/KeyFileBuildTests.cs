@@ -183,6 +183,26 @@ public sealed class KeyFileBuildTests : IDisposable
         Assert.Contains("sums over every key", e.Message, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("Hnsw")]
+    [InlineData("RandomProjection→Hnsw")]
+    public void RecallOverAKeyFileEqualsRecallOverTheKeysInMemory(string store)
+    {
+        var (keys, labels) = PersistenceTestSupport.UnitKeys(seed: 28, n: Rows, d: Dim, classes: Classes);
+        var queries = TestData.RandomUnitArray(50, Dim, new Random(29));
+        using var file = KeyFile.Open(Write(keys, labels, ScalarType.Float32));
+        using var memory = (IKeyRetrievingCacheMemory)CacheEvaluation.Build(Factory(store), file, Block, cancellationToken: TestContext.Current.CancellationToken);
+        using var scope = NewDisposeScope();
+        var q = tensor(queries, [50, Dim]);
+        var inMemory = HnswRecall.AtK(memory, q, tensor(keys, [Rows, Dim]), 20);
+        Assert.Equal(inMemory, HnswRecall.AtK(memory, q, file, 20, blockRows: 333), tolerance: 1e-12);
+        // Uniform random keys have no near neighbours to find (0.78 and 0.19 here): a sanity bound, not a quality claim; the
+        // projection to 12 of 32 dimensions loses most of the exact top-20.
+        Assert.InRange(inMemory, store == "Hnsw" ? 0.6 : 0.1, 1);
+        var e = Assert.Throws<ArgumentException>(() => HnswRecall.AtK(new HnswCacheMemoryFactory(new HnswCacheOptions()).CreateHnsw(Dim + 1, Classes), q, file, 20));
+        Assert.Contains("recall needs the keys the memory (dimension 33) was built from", e.Message, StringComparison.Ordinal);
+    }
+
     private sealed class SyncReport(Action<long> report) : IProgress<long>
     {
         public void Report(long value) => report(value);
