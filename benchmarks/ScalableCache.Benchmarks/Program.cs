@@ -13,6 +13,9 @@ internal static class Program
     /// <summary>Exit code: unknown benchmark or bad arguments.</summary>
     public const int UsageError = 2;
 
+    /// <summary>Exit code: an input file the arguments name is missing, damaged or unusable.</summary>
+    public const int InvalidInput = 3;
+
     private static readonly (string Name, string Description, Func<string[], int> Run)[] Benchmarks =
     [
         (ExactBenchmark.Name, "Exact store: blocked multi-θ log-mass vs a bare matrix multiply of the same shapes", ExactBenchmark.Run),
@@ -21,7 +24,7 @@ internal static class Program
         (StoresBenchmark.Name, "Every store on the same synthetic keys (default 1,000,000 × 256): build, resident memory, throughput, error, agreement, recall; ratios vs Exact", StoresBenchmark.Run),
         (ServeBenchmark.Name, "scache serve on localhost: K clients for S seconds (90 % predict, 10 % add), then kill -9 while idle and during adds, restart, audit", ServeBenchmark.Run),
         (OrleansBenchmark.Name, "Orleans store (3 silos in this process, loopback TCP) vs one exact store on ResNet-20 keys: max |ΔL|, predictions, add and query latency per batch, Hnsw shards vs Exact", OrleansBenchmark.Run),
-        (OutOfCoreBenchmark.Name, "Keys out of core at ImageNet size (1,281,167 × 2,048 synthetic keys, 1,000 classes): key-file write, mapped open, resident memory, 1-θ and 9-θ query seconds vs a bare mm, RP/float16 agreement vs Exact float32", OutOfCoreBenchmark.Run),
+        (OutOfCoreBenchmark.Name, "Keys out of core at ImageNet size (1,281,167 × 2,048 synthetic keys, 1,000 classes): key-file write, mapped open, resident memory, 1-θ and 9-θ query seconds vs a bare mm, RP→Exact/RP→HNSW (built from the key file) and float16 agreement, recall and p_mem TVD vs Exact float32; --keys for real keys", OutOfCoreBenchmark.Run),
         (RandomProjectionBenchmark.Name, "Random projection: matrix generation and projection throughput per kind (dense vs COO), RP→Exact vs Exact queries", RandomProjectionBenchmark.Run),
     ];
 

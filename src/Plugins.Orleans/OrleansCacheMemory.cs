@@ -273,7 +273,7 @@ public sealed partial class OrleansCacheMemory : IDurableCacheMemory, IPersisten
     /// over with HNSW shards: the union of every shard's own top-k, shard by shard (each best first), all at one committed version —
     /// k per shard, so up to <see cref="ShardCount"/> × k ids, which hold the global top-k whenever each shard finds its own.
     /// </summary>
-    /// <exception cref="NotSupportedException">The shards' stores sum over every key (<c>Exact</c>, <c>RandomProjection</c>).</exception>
+    /// <exception cref="NotSupportedException">The shards' stores sum over every key (<c>Exact</c>, <c>RandomProjection</c> over <c>Exact</c>).</exception>
     /// <exception cref="CacheShardException">A shard failed; the message names it.</exception>
     public IReadOnlyList<long[]> RetrievedKeys(Tensor queries)
     {

@@ -101,6 +101,32 @@ internal sealed partial class RandomProjectionCacheMemory : IRandomProjectionCac
         return _inner.ClassLogMass(projected, thetas).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// The keys the inner memory retrieves for the projected queries (an inner HNSW store's top-k in the k-dimensional space). Key
+    /// ids are the same on both sides: the row in insertion order, which this decorator passes through unchanged.
+    /// </summary>
+    /// <exception cref="NotSupportedException">The inner memory sums over every key (e.g. <c>Exact</c>).</exception>
+    public IReadOnlyList<long[]> RetrievedKeys(Tensor queries)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        CacheInputs.CheckQueryShape(queries, Dimension);
+        if (_inner is not IKeyRetrievingCacheMemory retrieving)
+        {
+            throw new NotSupportedException(
+                $"The random projection's inner {_inner.Provider} memory sums over every key: it retrieves none. Use a retrieving inner store " +
+                "(Cache:RandomProjection:Inner = Hnsw) to list retrieved keys.");
+        }
+
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        if (queries.shape[0] > 0)
+        {
+            CacheInputs.ThrowIfNonFinite(queries, nameof(queries));
+        }
+
+        return retrieving.RetrievedKeys(Project(queries.detach()));
+    }
+
     public void Dispose()
     {
         if (_disposed)

@@ -1,4 +1,5 @@
 using System.Globalization;
+using ScalableCache.Core.Persistence;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -243,17 +244,35 @@ public static class CacheEvaluation
         ArgumentNullException.ThrowIfNull(factory);
         ArgumentNullException.ThrowIfNull(read);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunk);
-        var memory = factory.Create(dimension, classCount);
+        return Filled(factory.Create(dimension, classCount), memory => memory.AddBlocks(count, (start, n) => read(start, n), chunk, null, default));
+    }
+
+    /// <summary>
+    /// Creates a memory from <paramref name="factory"/> for <paramref name="file"/>'s dimension and class count and adds every key of
+    /// the file, <paramref name="chunk"/> keys at a time (<see cref="CacheMemoryExtensions.AddKeyFile"/>: float32 blocks read from the
+    /// mapping, so one block, not N × d, exists outside the memory). Builds any provider (random projection, HNSW, …) from a key file.
+    /// </summary>
+    /// <param name="factory">The provider.</param>
+    /// <param name="file">An open key file; it stays open (and owned by the caller).</param>
+    /// <param name="chunk">Keys per <see cref="ICacheMemory.Add"/> call.</param>
+    /// <param name="progress">Keys added so far, after each chunk.</param>
+    /// <param name="cancellationToken">Checked before each chunk; on cancellation the memory is disposed.</param>
+    public static ICacheMemory Build(
+        ICacheMemoryFactory factory, KeyFile file, int chunk = CacheMemoryExtensions.DefaultKeyFileBlockRows, IProgress<long>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(factory);
+        ArgumentNullException.ThrowIfNull(file);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(chunk);
+        return Filled(factory.Create(file.Layout.Dimension, file.Layout.ClassCount), memory => memory.AddKeyFile(file, chunk, progress, cancellationToken));
+    }
+
+    /// <summary><paramref name="memory"/> after <paramref name="fill"/>, or disposed if it fails.</summary>
+    private static ICacheMemory Filled(ICacheMemory memory, Action<ICacheMemory> fill)
+    {
         try
         {
-            for (long start = 0; start < count; start += chunk)
-            {
-                using var scope = NewDisposeScope();
-                var n = Math.Min(chunk, count - start);
-                var (keys, labels) = read(start, n);
-                memory.Add(keys, labels);
-            }
-
+            fill(memory);
             return memory;
         }
         catch

@@ -213,6 +213,54 @@ public sealed unsafe partial class KeyFile : IDisposable
         Release(start, bytes);
     }
 
+    /// <summary>
+    /// Rows <c>[firstRow, firstRow + rows)</c> of the file (they may span chunks) as new CPU tensors owned by the caller (they join
+    /// the caller's dispose scope): float32 keys <c>[rows, d]</c>, converted from the file's scalar type, and int64 labels
+    /// <c>[rows]</c>. The rows are copied out of the mapping with <see cref="CopyKeys"/>, which releases their pages, so memory
+    /// holds this block and nothing else of the file. Keys are as stored: opened without <see cref="KeyFileOpenOptions.VerifyKeys"/>,
+    /// a damaged key is returned as it is.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">The rows are outside the file, or one block would exceed 2 GiB.</exception>
+    public (Tensor Keys, Tensor Labels) ReadKeys(long firstRow, int rows)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (firstRow < 0 || rows < 0 || firstRow + rows > Count)
+        {
+            throw new ArgumentOutOfRangeException(nameof(rows), $"Rows [{firstRow}, {firstRow + rows}) are outside the {Count} keys of '{Path}'.");
+        }
+
+        if ((long)rows * Layout.Dimension * sizeof(float) > int.MaxValue)
+        {
+            throw new ArgumentOutOfRangeException(nameof(rows), $"{rows} rows of {Layout.Dimension} float32 components exceed 2 GiB; read fewer rows at a time.");
+        }
+
+        using var scope = NewDisposeScope();
+        var stage = empty(rows, Layout.Dimension, dtype: Layout.ScalarType);
+        var bytes = stage.bytes;
+        var perChunk = Layout.EffectiveRowsPerChunk;
+        var done = 0;
+        while (done < rows)
+        {
+            var row = firstRow + done;
+            var chunk = (int)(row / perChunk); // every chunk but the last holds exactly R rows
+            var info = Chunks[chunk];
+            var offset = (int)(row - info.FirstRow);
+            var n = Math.Min(info.Rows - offset, rows - done);
+            CopyKeys(chunk, offset, n, bytes[checked((int)(done * Layout.RowBytes))..]);
+            done += n;
+        }
+
+        var labels = new long[rows];
+        var source = Labels.AsSpan(checked((int)firstRow), rows);
+        for (var i = 0; i < rows; i++)
+        {
+            labels[i] = source[i];
+        }
+
+        var keys = Layout.ScalarType == ScalarType.Float32 ? stage : stage.to_type(ScalarType.Float32);
+        return (keys.MoveToOuterDisposeScope(), tensor(labels).MoveToOuterDisposeScope());
+    }
+
     /// <summary>Unmaps the file.</summary>
     public void Dispose()
     {

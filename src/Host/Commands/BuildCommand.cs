@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
 using ScalableCache.Core;
 using ScalableCache.Core.Data;
 using ScalableCache.Core.Evaluation;
@@ -40,14 +41,21 @@ internal sealed class BuildCommand : IScacheCommand
         {
             Description = $"Stream the keys into this key file (e.g. train{KeyFile.Extension}: raw page-aligned chunks the exact store maps, " +
                 "in Cache:Exact:StorageType) a chunk at a time, so memory stays at one chunk. Rerun the same command after a stop to resume from " +
-                "the last complete chunk. With --output, the cache file is then written from the mapped keys.",
+                "the last complete chunk. With --output, the configured provider's store is then built from the key file (the exact store maps it; " +
+                "RandomProjection, Hnsw and the others add it block by block) and saved as the cache file.",
         };
+        var testKeys = new Option<bool>("--test-keys")
+        {
+            Description = "Stream the test images' keys, not the training images', into --keys-file (e.g. queries for `scache-bench out-of-core " +
+                "--query-keys`); --max-test takes a seeded class-balanced subset. Needs --keys-file and no --output: a cache holds training keys.",
+        };
+        var maxTest = CommonOptions.MaxTest();
         var theta = CommonOptions.Theta("θ to record in the file for later evaluation (with --lambda).");
         var lambda = CommonOptions.Lambda("λ in [0, 1] to record in the file (with --theta).");
 
         Definition = new Command("build", "Build a cache from a model's training keys at the given layers with the configured provider (Cache:Provider) and save it to a file.")
         {
-            model, weights, data, layers, flip, output, keysFile, theta, lambda, seed, maxTrain,
+            model, weights, data, layers, flip, output, keysFile, testKeys, theta, lambda, seed, maxTrain, maxTest,
         };
         Definition.SetAction((parse, ct) => runner.RunAsync("build", async token =>
         {
@@ -75,6 +83,17 @@ internal sealed class BuildCommand : IScacheCommand
                 }
             }
 
+            var test = parse.GetValue(testKeys);
+            if (test && (string.IsNullOrWhiteSpace(keysPath) || !string.IsNullOrWhiteSpace(path)))
+            {
+                throw new UsageException("--test-keys writes the test images' keys to a key file: give --keys-file and no --output (a cache holds training keys).");
+            }
+
+            if (!test && parse.GetValue(maxTest) is not null)
+            {
+                throw new UsageException("--max-test limits the test images of --test-keys; use --max-train for the training images.");
+            }
+
             var fixedTheta = parse.GetValue(theta);
             var fixedLambda = parse.GetValue(lambda);
             if (fixedTheta.HasValue != fixedLambda.HasValue)
@@ -89,13 +108,16 @@ internal sealed class BuildCommand : IScacheCommand
             var total = Stopwatch.StartNew();
 
             using var loaded = await session.LoadModelAsync(parse.GetValue(model)!, parse.GetValue(weights), token, parse.GetValue(data)).ConfigureAwait(false);
-            var train = ExperimentSession.Limit(session.LoadTrain(loaded, parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
+            var train = test
+                ? ExperimentSession.Limit(session.LoadTest(loaded, parse.GetValue(data)), parse.GetValue(maxTest), parse.GetValue(seed))
+                : ExperimentSession.Limit(session.LoadTrain(loaded, parse.GetValue(data), flips: false), parse.GetValue(maxTrain), parse.GetValue(seed));
             var images = parse.GetValue(flip) ? train.WithHorizontalFlips() : train;
             KeyStream? streamed = null;
             if (!string.IsNullOrWhiteSpace(keysPath))
             {
                 var identity = string.Join("\n", "scache build", loaded.Id.Name, loaded.Id.CheckpointSha256 ?? "", string.Join(",", layerNames),
-                    parse.GetValue(data) ?? "", images.Count.ToString(CultureInfo.InvariantCulture), parse.GetValue(seed).ToString(CultureInfo.InvariantCulture));
+                    parse.GetValue(data) ?? "", images.Count.ToString(CultureInfo.InvariantCulture), parse.GetValue(seed).ToString(CultureInfo.InvariantCulture))
+                    + (test ? "\ntest images" : ""); // training files keep the identity they always had, so they still resume
                 var exact = services.GetServices<ICacheMemoryFactory>().OfType<ExactCacheMemoryFactory>().First();
                 streamed = progress.Timed($"stream keys to {Path.GetFullPath(keysPath)}",
                     () => StreamKeys(session, loaded, images, layerNames, exact, keysPath, identity, token), out var extract);
@@ -109,7 +131,7 @@ internal sealed class BuildCommand : IScacheCommand
 
             using var classifier = streamed is null
                 ? session.BuildClassifier(loaded, images, layerNames, fixedTheta, fixedLambda, parse.GetValue(flip), seconds, token)
-                : MappedClassifier(session, loaded, layerNames, services.GetServices<ICacheMemoryFactory>().OfType<ExactCacheMemoryFactory>().First().OpenKeyFile(streamed.Path), fixedTheta, fixedLambda);
+                : KeyFileClassifier(session, loaded, layerNames, streamed.Path, services.GetRequiredService<IOptions<ExactCacheOptions>>().Value, fixedTheta, fixedLambda, seconds, token);
 
             var metadata = new Dictionary<string, string>(StringComparer.Ordinal)
             {
@@ -171,8 +193,35 @@ internal sealed class BuildCommand : IScacheCommand
         return new KeyStream(writer.Path, writer.Count, writer.ResumedCount, writer.Layout.ScalarType.ToString());
     }
 
-    private static CacheClassifier MappedClassifier(
-        ExperimentSession session, LoadedModel loaded, IReadOnlyList<string> layers, ExactCacheMemory memory, double? theta, double? lambda)
+    /// <summary>
+    /// A classifier over the finished key file at <paramref name="keysPath"/>: the exact provider maps it
+    /// (<see cref="ExactCacheMemoryFactory.OpenKeyFile"/>); any other provider (RandomProjection over Exact or Hnsw, Hnsw, …) is built
+    /// from it block by block (<see cref="CacheEvaluation.Build(ICacheMemoryFactory, KeyFile, int, IProgress{long}?, CancellationToken)"/>),
+    /// so memory holds the store and one block, not the file's N × d. The file is checked as <c>Cache:Exact:VerifyKeyFiles</c> says.
+    /// </summary>
+    private static CacheClassifier KeyFileClassifier(
+        ExperimentSession session, LoadedModel loaded, IReadOnlyList<string> layers, string keysPath, ExactCacheOptions exact,
+        double? theta, double? lambda, IDictionary<string, double> seconds, CancellationToken token)
+    {
+        var open = new KeyFileOpenOptions { VerifyKeys = exact.VerifyKeyFiles };
+        var provider = session.Provider;
+        var memory = session.Progress.Timed($"build {provider.Provider} cache from {keysPath}", () =>
+        {
+            if (provider is ExactCacheMemoryFactory mapped)
+            {
+                return mapped.OpenKeyFile(keysPath, open);
+            }
+
+            using var file = KeyFile.Open(keysPath, open);
+            var step = session.Progress.Step($"add keys to {provider.Provider}", file.Count);
+            return CacheEvaluation.Build(provider, file, progress: step, cancellationToken: token);
+        }, out var build);
+        seconds["build"] = build.TotalSeconds;
+        return Classifier(session, loaded, layers, memory, theta, lambda);
+    }
+
+    private static CacheClassifier Classifier(
+        ExperimentSession session, LoadedModel loaded, IReadOnlyList<string> layers, ICacheMemory memory, double? theta, double? lambda)
     {
         try
         {
