@@ -100,6 +100,49 @@ public static partial class ProcessMemory
         }
     }
 
+    /// <summary>
+    /// Memory this process could still allocate without swapping or being stopped, in bytes: on Linux the kernel's
+    /// <c>MemAvailable</c> (<c>/proc/meminfo</c>), lowered to the cgroup's remaining limit (<c>memory.max − memory.current</c>)
+    /// when the process runs under one; elsewhere the .NET runtime's view of the memory it may use. <c>null</c> when neither
+    /// can be read.
+    /// </summary>
+    public static long? AvailableBytes()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            var total = GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+            return total > 0 ? total : null;
+        }
+
+        long? available = null;
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/meminfo"))
+            {
+                if (line.StartsWith("MemAvailable:", StringComparison.Ordinal)
+                    && long.TryParse(line["MemAvailable:".Length..].Trim().Split(' ')[0], out var kib))
+                {
+                    available = kib * 1024;
+                    break;
+                }
+            }
+
+            if (File.Exists("/sys/fs/cgroup/memory.max")
+                && long.TryParse(File.ReadAllText("/sys/fs/cgroup/memory.max").Trim(), out var limit)
+                && long.TryParse(File.ReadAllText("/sys/fs/cgroup/memory.current").Trim(), out var current))
+            {
+                var left = Math.Max(0, limit - current);
+                available = available is { } a ? Math.Min(a, left) : left;
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Unreadable: whatever was read so far.
+        }
+
+        return available;
+    }
+
     /// <summary>CPU time of this process so far, all threads, user + system.</summary>
     public static TimeSpan CpuTime()
     {

@@ -230,6 +230,11 @@ public static class DatasetFeatureExtractor
             _ = validation!.Layer(layer); // a missing layer fails before the pass
         }
 
+        if (validation is not null)
+        {
+            EnsureSimilaritiesFit(extractor.Layers.Count, validation.Count, source.Count, ProcessMemory.AvailableBytes());
+        }
+
         var sink = new SearchSink(extractor, validation, folder);
         try
         {
@@ -240,6 +245,29 @@ public static class DatasetFeatureExtractor
         {
             sink.Abandon();
             throw;
+        }
+    }
+
+    /// <summary>Bytes of a layer search's similarity matrices: one float16 <c>[validation, training]</c> matrix per candidate layer.</summary>
+    public static long SearchSimilarityBytes(int layers, long validation, long training) =>
+        checked(layers * validation * training * sizeof(ushort));
+
+    /// <summary>
+    /// Refuses a search whose similarity matrices (<see cref="SearchSimilarityBytes"/>) exceed the memory available
+    /// (<paramref name="availableBytes"/>; unknown: no check), before any image is read: the allocation would otherwise stop
+    /// the process (the kernel's out-of-memory killer) hours into the pass instead of failing with a reason.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The matrices do not fit; the message gives both sizes and what to change.</exception>
+    public static void EnsureSimilaritiesFit(int layers, long validation, long training, long? availableBytes)
+    {
+        var needed = SearchSimilarityBytes(layers, validation, training);
+        if (availableBytes is { } available && needed > available)
+        {
+            throw new InvalidOperationException(
+                FormattableString.Invariant($"The layer search needs {needed / 1e9:F1} GB for its similarity matrices ({layers} candidate layers × ") +
+                FormattableString.Invariant($"{validation:N0} validation × {training:N0} training images, float16) but {available / 1e9:F1} GB ") +
+                "of memory is available. Fix the layers (--layers) to skip the search, search fewer candidates (--candidates), use fewer " +
+                "training images (--per-class, --max-train), or run where that much memory is free.");
         }
     }
 
