@@ -25,6 +25,7 @@ internal static class Program
         (ServeBenchmark.Name, "scache serve on localhost: K clients for S seconds (90 % predict, 10 % add), then kill -9 while idle and during adds, restart, audit", ServeBenchmark.Run),
         (OrleansBenchmark.Name, "Orleans store (3 silos in this process, loopback TCP) vs one exact store on ResNet-20 keys: max |ΔL|, predictions, add and query latency per batch, Hnsw shards vs Exact", OrleansBenchmark.Run),
         (OutOfCoreBenchmark.Name, "Keys out of core at ImageNet size (1,281,167 × 2,048 synthetic keys, 1,000 classes): key-file write, mapped open, resident memory, 1-θ and 9-θ query seconds vs a bare mm, RP→Exact/RP→HNSW (built from the key file) and float16 agreement, recall and p_mem TVD vs Exact float32; --keys for real keys", OutOfCoreBenchmark.Run),
+        (SearchScoreBenchmark.Name, "Layer search: scoring one layer set ([5,000, 50,000] float16 similarities, 9 θ × 9 λ) with the fused kernel vs the tensor path (SimilarityLogMass); ratio and same choice", SearchScoreBenchmark.Run),
         (RandomProjectionBenchmark.Name, "Random projection: matrix generation and projection throughput per kind (dense vs COO), RP→Exact vs Exact queries", RandomProjectionBenchmark.Run),
     ];
 

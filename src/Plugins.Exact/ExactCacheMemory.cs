@@ -1,4 +1,5 @@
 using ScalableCache.Core;
+using ScalableCache.Core.Evaluation;
 using ScalableCache.Core.Persistence;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -28,7 +29,7 @@ namespace ScalableCache.Exact;
 /// class that has keys gets a finite, accurate value at any θ. Evenly spaced θ reuse one exponential: <c>exp(θ_{i+1}D) =
 /// exp(θ_iD)·exp(δD)</c>. Blocks merge by log-add-exp; classes with no keys are −∞.</para>
 /// <para><b>Execution paths.</b> On the CPU without gradients, each block costs one matrix multiply plus one pass of
-/// <see cref="ExactLogMassKernel"/>, which fuses the shift, every θ and the merge (no intermediate tensors, one dynamically
+/// <see cref="LogMassKernel"/>, which fuses the shift, every θ and the merge (no intermediate tensors, one dynamically
 /// partitioned parallel loop). On CUDA the same steps run as tensor operations, in place under <c>no_grad</c>. When
 /// gradients are enabled and the queries require them, the tensor operations run out of place (the shift is a constant),
 /// so callers can differentiate the log-mass with respect to the queries.</para>
@@ -41,14 +42,14 @@ public sealed partial class ExactCacheMemory : ICacheMemory
     /// <summary>Log-mass of a class absent from a block while blocks are merged (finite, so gradients stay finite).</summary>
     private const float AbsentLogMass = -1e30f;
 
-    /// <summary>θ₀ · (largest similarity range) for the stabilising pass: every term ≥ e⁻⁸⁰ stays a normal float32.</summary>
-    private const double StabiliserExponent = 80;
+    /// <summary>θ₀ · (largest similarity range) for the stabilising pass (<see cref="LogMassKernel.StabiliserExponent"/>).</summary>
+    private const double StabiliserExponent = LogMassKernel.StabiliserExponent;
 
-    /// <summary>Refine the shift until θ_max · slack ≤ this, so a class's largest term is ≥ e⁻⁶⁰.</summary>
-    private const double MaxShiftExponent = 60;
+    /// <summary>Refine the shift until θ_max · slack ≤ this (<see cref="LogMassKernel.MaxShiftExponent"/>).</summary>
+    private const double MaxShiftExponent = LogMassKernel.MaxShiftExponent;
 
-    /// <summary>Exponent of the smallest term of a refinement pass (e⁻⁷⁵ is a normal float32).</summary>
-    private const double RefineExponent = 75;
+    /// <summary>Exponent of the smallest term of a refinement pass (<see cref="LogMassKernel.RefineExponent"/>).</summary>
+    private const double RefineExponent = LogMassKernel.RefineExponent;
 
     /// <summary>Smallest new chunk, in rows.</summary>
     private const int MinChunkRows = 64;
@@ -116,7 +117,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
     public ScalarType StorageType => _storageType;
 
     /// <summary>
-    /// Whether CPU queries without gradients use <see cref="ExactLogMassKernel"/> (default) rather than the tensor path that
+    /// Whether CPU queries without gradients use <see cref="LogMassKernel"/> (default) rather than the tensor path that
     /// CUDA and autograd use; tests switch it off to check both paths.
     /// </summary>
     internal bool UseFusedKernel { get; init; } = true;
@@ -433,13 +434,13 @@ public sealed partial class ExactCacheMemory : ICacheMemory
 
     /// <summary>
     /// Log-mass <c>[T, C, b]</c> (−∞ for classes without keys) of one block of queries <c>[b, d]</c> on the CPU, without
-    /// gradients: one matrix multiply per key block, then <see cref="ExactLogMassKernel"/>.
+    /// gradients: one matrix multiply per key block, then <see cref="LogMassKernel"/>.
     /// </summary>
     private Tensor QueryBlockFused(Snapshot snapshot, Tensor queries, ThetaPlan plan, KeyBlockBuffers keyBuffer)
     {
         using var scope = NewDisposeScope();
         var b = (int)queries.shape[0];
-        var padded = (b + ExactLogMassKernel.Lanes - 1) / ExactLogMassKernel.Lanes * ExactLogMassKernel.Lanes;
+        var padded = (b + LogMassKernel.Lanes - 1) / LogMassKernel.Lanes * LogMassKernel.Lanes;
         var q = padded == b ? queries : cat([queries, zeros(padded - b, Dimension, dtype: ScalarType.Float32)]);
         var queriesT = q.t();
 
@@ -450,7 +451,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         for (var j = 0; j < padded; j++)
         {
             upper[j] = (float)(norms[j] * snapshot.MaxKeyNorm);
-            theta0[j] = (float)(StabiliserExponent / 2 / Math.Max(upper[j], 1e-12));
+            theta0[j] = LogMassKernel.StabiliserTemperature(upper[j]);
         }
 
         var distinct = plan.Distinct;
@@ -474,7 +475,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
                 var similarities = mm(keys, queriesT).contiguous(); // [n, padded]
                 using var storage = similarities.storage<float>();
                 var address = storage.data_ptr() + (nint)(similarities.storage_offset() * sizeof(float));
-                ExactLogMassKernel.Accumulate(
+                LogMassKernel.Accumulate(
                     address, rows, padded, hostLabels, offset, present, distinct, plan.ChainDelta, theta0, upper, running);
                 GC.KeepAlive(similarities);
             }
@@ -748,28 +749,23 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             Thetas = thetas;
             Order = order;
             Max = thetas.Max();
-
-            // Distinct float32 θ ascending, each caller θ's index among them, and the most frequent step between them.
-            var values = thetas.Select(t => (float)t).ToArray();
-            Distinct = values.Distinct().Order().ToArray();
-            DistinctIndex = values.Select(v => (long)Array.IndexOf(Distinct, v)).ToArray();
-            IsDistinctOrder = DistinctIndex.Length == Distinct.Length && DistinctIndex.Select((d, i) => d == i).All(x => x);
-            var steps = Enumerable.Range(1, Distinct.Length - 1).Select(i => Distinct[i] - Distinct[i - 1]).ToList();
-            var best = steps.GroupBy(x => x).OrderByDescending(g => g.Count()).ThenBy(g => g.Key).FirstOrDefault();
-            ChainDelta = best is not null && (best.Count() >= 2 || best.Key == Distinct[0]) ? best.Key : 0f;
+            Kernel = LogMassKernel.ThetaGrid.Create(thetas);
         }
 
+        /// <summary>The θ as the fused kernel takes them.</summary>
+        public LogMassKernel.ThetaGrid Kernel { get; }
+
         /// <summary>Distinct θ as float32, ascending.</summary>
-        public float[] Distinct { get; }
+        public float[] Distinct => Kernel.Distinct;
 
         /// <summary>For each caller θ, its index in <see cref="Distinct"/>.</summary>
-        public long[] DistinctIndex { get; }
+        public long[] DistinctIndex => Kernel.DistinctIndex;
 
         /// <summary>Whether the caller's θ are already <see cref="Distinct"/>, in that order.</summary>
-        public bool IsDistinctOrder { get; }
+        public bool IsDistinctOrder => Kernel.IsDistinctOrder;
 
         /// <summary>The step between consecutive distinct θ that one exponential serves (0: none recurs).</summary>
-        public float ChainDelta { get; }
+        public float ChainDelta => Kernel.ChainDelta;
 
         public double[] Thetas { get; }
 

@@ -85,6 +85,102 @@ public sealed class LayerCombinationSearchTests
             normalization: ScalableCache.Core.KeyNormalization.Concatenated));
     }
 
+    /// <summary>
+    /// Two layers of random class-structured unit keys (16 and 24 dimensions), 10 classes of which the last has no keys,
+    /// 9,003 training keys (three blocks of the fused kernel, the last partial and no multiple of 8), float16 similarities as
+    /// the search stores them.
+    /// </summary>
+    private static (Tensor[] Similarities, (Tensor Query, Tensor Key)[] Weights, Tensor TrainY, Tensor ValY) FusedCase(int seed, int q, double signal)
+    {
+        var gen = manual_seed(seed);
+        const int classes = 10, n = 9003;
+        var trainY = randint(0, classes - 1, [n], generator: gen, dtype: ScalarType.Int64); // class 9: no keys
+        var valY = randint(0, classes - 1, [q], generator: gen, dtype: ScalarType.Int64);
+        var similarities = new Tensor[2];
+        var norms = new (Tensor QueryNorms, Tensor KeyNorms)[2];
+        foreach (var (layer, d) in new[] { (0, 16), (1, 24) })
+        {
+            var centres = randn(classes, d, generator: gen);
+            Tensor Raw(Tensor labels) => (centres.index_select(0, labels) * signal) + randn(labels.shape[0], d, generator: gen);
+            var (train, val) = (Raw(trainY) * (layer + 1), Raw(valY) * (layer + 1));
+            similarities[layer] = LayerCombinationSearch.Similarities(Unit(val), Unit(train));
+            norms[layer] = (val.norm(1), train.norm(1));
+        }
+
+        return (similarities, LayerCombinationSearch.ConcatenatedWeights(norms), trainY, valY);
+    }
+
+    [Fact]
+    public void FusedLogMassMatchesTheTensorPathWithinFloat32Rounding()
+    {
+        using var scope = NewDisposeScope();
+        const int classes = 10, q = 100;
+        double[] thetas = [10, 20, 30, 40, 50, 60, 70, 80, 90];
+        var (similarities, weights, trainY, _) = FusedCase(seed: 3, q, signal: 1.5);
+
+        // Mean and weighted sums of one and two layers; a whole block, and an offset one whose width is no multiple of 8.
+        foreach (var (parts, w) in new[]
+        {
+            (similarities[..1], ((Tensor, Tensor)[]?)null),
+            (similarities, null),
+            (similarities, weights),
+        })
+        {
+            foreach (var (start, len) in new[] { (0L, q), (37L, 50) })
+            {
+                using var inner = NewDisposeScope();
+                var fused = LayerCombinationSearch.LogMass(parts, w, trainY, classes, thetas, start, len, fused: true);
+                var reference = LayerCombinationSearch.LogMass(parts, w, trainY, classes, thetas, start, len, fused: false);
+                Assert.Equal(reference.shape, fused.shape);
+                Assert.Equal(ScalarType.Float32, fused.dtype);
+                var finite = isfinite(reference);
+                Assert.True(finite.eq(isfinite(fused)).all().item<bool>(), "the same classes are finite (class 9, without keys, is −∞ in both)");
+                Assert.False(finite.select(2, classes - 1).any().item<bool>());
+                Assert.True(finite.narrow(2, 0, classes - 1).all().item<bool>());
+
+                // L = θ·m + log Σ exp(θ(s − m)) is built from terms of size up to θ·max|s| + ln N (≤ θ + ln N): within 4 float32
+                // steps of that, |ΔL| ≤ 4 · 2⁻²³ · (θ + ln N), at most 4.7e-5 at θ = 90 (one or two steps are found).
+                var scale = tensor(thetas.Select(t => 4 * Math.Pow(2, -23) * (t + Math.Log(trainY.shape[0]))).ToArray()).view(-1, 1, 1);
+                var share = where(finite, (fused.to_type(ScalarType.Float64) - reference.to_type(ScalarType.Float64)).abs() / scale, 0.0).max().item<double>();
+                Assert.True(share <= 1, $"largest |ΔL| is {4 * share:F2} float32 steps of θ + ln N ({parts.Length} layer(s), weighted: {w is not null}, rows {start}…{start + len})");
+            }
+        }
+    }
+
+    [Fact]
+    public void FusedScoringChoosesWhatTheTensorPathChoosesWhereTheGridIsWellSeparated()
+    {
+        using var scope = NewDisposeScope();
+        const int classes = 10, q = 600;
+        double[] thetas = [10, 20, 30, 40, 50, 60, 70, 80, 90];
+        double[] lambdas = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
+        var (similarities, weights, trainY, valY) = FusedCase(seed: 8, q, signal: 0.3);
+
+        // A weak network: the true class's logit raised by 1.2 over unit Gaussian noise.
+        var gen = manual_seed(9);
+        var logits = randn(q, classes, generator: gen) + (nn.functional.one_hot(valY, classes).to_type(ScalarType.Float32) * 1.2);
+        var pNet = logits.softmax(1);
+        foreach (var w in new[] { null, weights })
+        {
+            // The whole 9 × 9 grid: a query's prediction can flip between the paths only at a tie within float32 rounding,
+            // so cells may differ by a count or so (on this data none does).
+            var reference = LayerCombinationSearch.Errors(similarities, trainY, pNet, valY, classes, thetas, lambdas, 256, w, fused: false);
+            var fused = LayerCombinationSearch.Errors(similarities, trainY, pNet, valY, classes, thetas, lambdas, 256, w, fused: true);
+            var differences = reference.Cast<long>().Zip(fused.Cast<long>(), (r, f) => Math.Abs(r - f)).ToArray();
+            Assert.True(differences.Max() <= 1, $"largest difference of a cell: {differences.Max()} errors; {differences.Count(d => d > 0)} cells differ");
+
+            // On a coarser grid whose best cell leads by several errors both paths choose the same (error, θ, λ).
+            double[] coarseThetas = [10, 30, 60, 90];
+            double[] coarseLambdas = [0.2, 0.5, 0.8];
+            var coarse = LayerCombinationSearch.Errors(similarities, trainY, pNet, valY, classes, coarseThetas, coarseLambdas, 256, w, fused: false);
+            var cells = coarse.Cast<long>().Order().ToArray();
+            Assert.True(cells[1] - cells[0] >= 5, $"the best cell ({cells[0]} errors) leads the next ({cells[1]}) by at least 5");
+            var old = LayerCombinationSearch.Best(["a", "b"], coarse, coarseThetas, coarseLambdas, q);
+            var score = LayerCombinationSearch.Score(similarities, ["a", "b"], trainY, pNet, valY, classes, coarseThetas, coarseLambdas, 256, w);
+            Assert.Equal((old.Error, old.Theta, old.Lambda), (score.Error, score.Theta, score.Lambda));
+        }
+    }
+
     [Fact]
     public void TiesGoToSmallerLambdaThenSmallerTheta()
     {

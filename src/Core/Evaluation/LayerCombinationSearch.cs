@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using ScalableCache.Core;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -38,6 +40,9 @@ public sealed record LayerCombinationResult(
 /// </remarks>
 public static class LayerCombinationSearch
 {
+    /// <summary>Keys per call of the fused kernel: one block's key-major similarities stay in cache between its passes.</summary>
+    private const int KeyBlock = 4096;
+
     /// <summary>Runs the search.</summary>
     public static LayerCombinationResult Run(
         IReadOnlyList<LayerCandidate> candidates,
@@ -214,6 +219,15 @@ public static class LayerCombinationSearch
     /// Best validation error over the grid for the given similarity matrices combined: their mean, or, with
     /// <paramref name="weights"/> (per layer: query-row weights <c>[n]</c> and key-column weights <c>[N]</c>), their weighted sum.
     /// </summary>
+    /// <remarks>
+    /// Per block of <paramref name="rowBlock"/> queries and <see cref="KeyBlock"/> keys the combined similarities are written
+    /// once, key-major in float32, and <see cref="LogMassKernel"/> (the exact store's fused CPU kernel) turns them into every θ's
+    /// per-class log-mass, merged across key blocks in float64 and rounded to float32 once. The combined similarities are
+    /// those of the tensor path this replaced (<see cref="SimilarityLogMass.Compute"/> on query-major blocks) bit for bit; the
+    /// log-mass equals that path's up to float32 rounding (within a few float32 steps of <c>θ + ln N</c>), so a set's errors
+    /// can differ from it only where a query's two best mixed probabilities tie to within that rounding. Never differentiated;
+    /// inputs are not modified.
+    /// </remarks>
     public static LayerSetScore Score(
         IReadOnlyList<Tensor> similarities,
         IReadOnlyList<string> layers,
@@ -226,13 +240,28 @@ public static class LayerCombinationSearch
         int rowBlock = 512,
         IReadOnlyList<(Tensor Query, Tensor Key)>? weights = null)
     {
-        ArgumentNullException.ThrowIfNull(similarities);
         ArgumentNullException.ThrowIfNull(labels);
-        if (weights is not null && weights.Count != similarities.Count)
-        {
-            throw new ArgumentException($"{weights.Count} weight pairs for {similarities.Count} similarity matrices.", nameof(weights));
-        }
+        var errors = Errors(similarities, trainLabels, probabilities, labels, classCount, thetas, lambdas, rowBlock, weights, fused: true);
+        return Best(layers, errors, thetas, lambdas, labels.shape[0]);
+    }
 
+    /// <summary>The score of <paramref name="layers"/>: the best cell of the error counts <c>[T, Λ]</c> over <paramref name="n"/> queries.</summary>
+    internal static LayerSetScore Best(IReadOnlyList<string> layers, long[,] errors, IReadOnlyList<double> thetas, IReadOnlyList<double> lambdas, long n)
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        var (bt, bl) = MixtureErrors.Best(errors, thetas, lambdas);
+        return new LayerSetScore(layers.ToArray(), errors[bt, bl] / (double)n, thetas[bt], lambdas[bl]);
+    }
+
+    /// <summary>The error counts <c>[T, Λ]</c> behind <see cref="Score"/>, from <see cref="LogMass"/> per block of <paramref name="rowBlock"/> queries.</summary>
+    internal static long[,] Errors(
+        IReadOnlyList<Tensor> similarities, Tensor trainLabels, Tensor probabilities, Tensor labels, int classCount, IReadOnlyList<double> thetas,
+        IReadOnlyList<double> lambdas, int rowBlock, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, bool fused)
+    {
+        ArgumentNullException.ThrowIfNull(labels);
+        ArgumentNullException.ThrowIfNull(thetas);
+        ArgumentNullException.ThrowIfNull(lambdas);
+        ArgumentOutOfRangeException.ThrowIfLessThan(rowBlock, 1);
         using var scope = NewDisposeScope();
         var n = labels.shape[0];
         var errors = new long[thetas.Count, lambdas.Count];
@@ -240,28 +269,347 @@ public static class LayerCombinationSearch
         for (long start = 0; start < n; start += rowBlock)
         {
             using var inner = NewDisposeScope();
-            var len = Math.Min(rowBlock, n - start);
-            Tensor Part(int i)
-            {
-                var part = similarities[i].narrow(0, start, len).to_type(ScalarType.Float32);
-                return weights is null ? part : part.mul_(weights[i].Query.narrow(0, start, len).unsqueeze(1)).mul_(weights[i].Key.unsqueeze(0));
-            }
-
-            var s = Part(0);
-            for (var i = 1; i < similarities.Count; i++)
-            {
-                s = s.add_(Part(i));
-            }
-
-            if (weights is null)
-            {
-                s = s.div_(similarities.Count);
-            }
-            var logMass = SimilarityLogMass.Compute(s, trainLabels, classCount, thetaArray);
+            var len = (int)Math.Min(rowBlock, n - start);
+            var logMass = LogMass(similarities, weights, trainLabels, classCount, thetaArray, start, len, fused);
             MixtureErrors.Accumulate(logMass, probabilities.narrow(0, start, len), labels.narrow(0, start, len), lambdas, errors);
         }
 
-        var (bt, bl) = MixtureErrors.Best(errors, thetas, lambdas);
-        return new LayerSetScore(layers.ToArray(), errors[bt, bl] / (double)n, thetas[bt], lambdas[bl]);
+        return errors;
+    }
+
+    /// <summary>
+    /// Log-mass <c>[T, len, C]</c> (float32; −∞ for classes without keys) of queries <c>[start, start + len)</c> under the
+    /// combined similarities: through <see cref="LogMassKernel"/>, or (<paramref name="fused"/> false) through
+    /// <see cref="SimilarityLogMass.Compute"/> on the query-major block — the tensor path the scoring used before, kept as the
+    /// reference that tests and the <c>search-score</c> benchmark compare with.
+    /// </summary>
+    internal static Tensor LogMass(
+        IReadOnlyList<Tensor> similarities, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, Tensor trainLabels, int classCount,
+        double[] thetas, long start, int len, bool fused)
+    {
+        ArgumentNullException.ThrowIfNull(similarities);
+        ArgumentNullException.ThrowIfNull(thetas);
+        if (similarities.Count == 0)
+        {
+            throw new ArgumentException("At least one similarity matrix is needed.", nameof(similarities));
+        }
+
+        if (weights is not null && weights.Count != similarities.Count)
+        {
+            throw new ArgumentException($"{weights.Count} weight pairs for {similarities.Count} similarity matrices.", nameof(weights));
+        }
+
+        using var noGrad = no_grad();
+        return fused
+            ? FusedLogMass(similarities, weights, start, len, KeyLabels(trainLabels, similarities[0].shape[1], classCount, thetas), classCount,
+                LogMassKernel.ThetaGrid.Create(thetas))
+            : SimilarityLogMass.Compute(Combined(similarities, weights, start, len, 0, similarities[0].shape[1]), trainLabels, classCount, thetas);
+    }
+
+    /// <summary>
+    /// The combined similarities <c>[len, rows]</c> (float32, query-major) of queries <c>[start, start + len)</c> and keys
+    /// <c>[keyOffset, keyOffset + rows)</c>: <c>((s₀ + s₁) + …) / k</c>, or <c>Σ_l (s_l · a_l) · b_l</c> with weights.
+    /// </summary>
+    private static Tensor Combined(
+        IReadOnlyList<Tensor> similarities, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, long start, int len, long keyOffset, long rows)
+    {
+        Tensor Part(int i)
+        {
+            var part = similarities[i].narrow(0, start, len).narrow(1, keyOffset, rows).to_type(ScalarType.Float32, copy: true);
+            return weights is null
+                ? part
+                : part.mul_(weights[i].Query.narrow(0, start, len).unsqueeze(1)).mul_(weights[i].Key.narrow(0, keyOffset, rows).unsqueeze(0));
+        }
+
+        var s = Part(0);
+        for (var i = 1; i < similarities.Count; i++)
+        {
+            s = s.add_(Part(i));
+        }
+
+        return weights is null ? s.div_(similarities.Count) : s;
+    }
+
+    /// <summary>The training labels as a managed array, checked against the similarities' columns, the classes and the θ.</summary>
+    private static int[] KeyLabels(Tensor trainLabels, long columns, int classCount, double[] thetas)
+    {
+        ArgumentNullException.ThrowIfNull(trainLabels);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(classCount);
+        foreach (var theta in thetas)
+        {
+            if (!(theta > 0) || double.IsInfinity(theta))
+            {
+                throw new ArgumentOutOfRangeException(nameof(thetas), theta, "θ must be finite and positive.");
+            }
+        }
+
+        if (trainLabels.shape.Length != 1 || trainLabels.shape[0] != columns)
+        {
+            throw new ArgumentException($"labels has shape [{string.Join(", ", trainLabels.shape)}]; expected [{columns}].", nameof(trainLabels));
+        }
+
+        var y = trainLabels.to(ScalarType.Int32, CPU).data<int>().ToArray();
+        if (y.Any(label => label < 0 || label >= classCount))
+        {
+            throw new ArgumentException($"labels must lie in [0, {classCount}).", nameof(trainLabels));
+        }
+
+        return y;
+    }
+
+    /// <summary>
+    /// Log-mass <c>[T, len, C]</c> (float32; −∞ for classes without keys) of queries <c>[start, start + len)</c> through
+    /// <see cref="LogMassKernel"/>: per key block the combined similarities (the same elementwise operations, in the same order,
+    /// as the tensor path) are transposed into a zero-padded key-major float32 buffer, with the stabiliser bound <c>max |s|</c>
+    /// per query of that block.
+    /// </summary>
+    private static Tensor FusedLogMass(
+        IReadOnlyList<Tensor> similarities, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, long start, int len, int[] keyLabels,
+        int classCount, LogMassKernel.ThetaGrid grid)
+    {
+        using var scope = NewDisposeScope();
+        var total = keyLabels.Length;
+        var padded = (len + LogMassKernel.Lanes - 1) / LogMassKernel.Lanes * LogMassKernel.Lanes;
+        var capacity = Math.Min(KeyBlock, total);
+        var buffer = zeros(capacity, padded, dtype: ScalarType.Float32); // padding columns stay 0
+        var running = new double[grid.Distinct.Length * classCount * padded];
+        Array.Fill(running, double.NegativeInfinity);
+        var present = new bool[classCount];
+        var upper = new float[padded];
+        var theta0 = new float[padded];
+        for (var j = len; j < padded; j++)
+        {
+            theta0[j] = LogMassKernel.StabiliserTemperature(0);
+        }
+
+        // Contiguous float16 matrices (what the search stores) are read directly; anything else goes through tensor operations.
+        var direct = similarities.All(m => m.dtype == ScalarType.Float16 && m.device_type == DeviceType.CPU && m.is_contiguous())
+            && 2L * len * total <= int.MaxValue;
+        var sources = direct ? similarities.Select(m => Address(m.narrow(0, start, len))).ToArray() : null;
+        var queryWeights = direct ? weights?.Select(w => w.Query.narrow(0, start, len).to_type(ScalarType.Float32).data<float>().ToArray()).ToArray() : null;
+        var keyWeights = direct ? weights?.Select(w => w.Key.to_type(ScalarType.Float32).data<float>().ToArray()).ToArray() : null;
+        var address = Address(buffer);
+        for (var offset = 0; offset < total; offset += capacity)
+        {
+            using var blockScope = NewDisposeScope();
+            var rows = Math.Min(capacity, total - offset);
+            if (direct)
+            {
+                CombineTransposed(sources!, total, queryWeights, keyWeights, len, offset, rows, address, padded, upper);
+            }
+            else
+            {
+                var combined = Combined(similarities, weights, start, len, offset, rows); // [len, rows]
+                buffer.narrow(0, 0, rows).narrow(1, 0, len).copy_(combined.t());
+                maximum(combined.amax([1]), combined.amin([1]).neg_()).data<float>().CopyTo(upper, 0);
+            }
+
+            for (var j = 0; j < len; j++)
+            {
+                theta0[j] = LogMassKernel.StabiliserTemperature(upper[j]);
+            }
+
+            Array.Clear(present);
+            foreach (var label in keyLabels.AsSpan(offset, rows))
+            {
+                present[label] = true;
+            }
+
+            LogMassKernel.Accumulate(address, rows, padded, keyLabels, offset, present, grid.Distinct, grid.ChainDelta, theta0, upper, running);
+        }
+
+        GC.KeepAlive(buffer);
+        GC.KeepAlive(similarities);
+        var result = tensor(running, [grid.Distinct.Length, classCount, padded]).narrow(2, 0, len);
+        if (!grid.IsDistinctOrder)
+        {
+            result = result.index_select(0, tensor(grid.DistinctIndex, dtype: ScalarType.Int64));
+        }
+
+        return result.permute(0, 2, 1).to_type(ScalarType.Float32).contiguous().MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Writes the combined similarities of the <paramref name="len"/> queries and keys <c>[offset, offset + rows)</c> of the
+    /// contiguous float16 matrices <c>[len, columns]</c> at <paramref name="sources"/> into <paramref name="target"/>
+    /// <c>[rows, padded]</c> (key-major float32), and <c>max_k |s|</c> of each query into <paramref name="upper"/>. The same
+    /// float32 operations in the same order as <see cref="Combined"/> (exact conversions, then <c>((s₀ + s₁) + …) / k</c> or
+    /// <c>Σ_l (s_l · a_l) · b_l</c>), so the values are those of the tensor path. Parallel over groups of 8 queries; each
+    /// 8 × 8 tile is transposed in registers.
+    /// </summary>
+    private static unsafe void CombineTransposed(
+        nint[] sources, long columns, float[][]? queryWeights, float[][]? keyWeights, int len, int offset, int rows,
+        nint target, int padded, float[] upper)
+    {
+        var groups = (len + 7) / 8;
+        var layers = sources.Length;
+        var full = rows / 8 * 8;
+        Parallel.For(0, groups, new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, group =>
+        {
+            var j0 = group * 8;
+            var width = Math.Min(8, len - j0);
+            var tile = stackalloc Vector256<float>[8];
+            var largest = stackalloc Vector256<float>[8];
+            for (var q = 0; q < 8; q++)
+            {
+                largest[q] = Vector256<float>.Zero;
+            }
+
+            var divisor = Vector256.Create((float)layers);
+            for (var k = 0; k < full; k += 8)
+            {
+                for (var q = 0; q < width; q++)
+                {
+                    var value = Vector256<float>.Zero;
+                    for (var l = 0; l < layers; l++)
+                    {
+                        var part = ToSingle(Vector128.Load((ushort*)sources[l] + ((j0 + q) * columns) + offset + k));
+                        if (queryWeights is not null)
+                        {
+                            fixed (float* b = keyWeights![l])
+                            {
+                                part = part * Vector256.Create(queryWeights[l][j0 + q]) * Vector256.Load(b + offset + k);
+                            }
+                        }
+
+                        value = l == 0 ? part : value + part;
+                    }
+
+                    if (queryWeights is null)
+                    {
+                        value /= divisor;
+                    }
+
+                    tile[q] = value;
+                    largest[q] = Vector256.Max(largest[q], Vector256.Abs(value));
+                }
+
+                for (var q = width; q < 8; q++)
+                {
+                    tile[q] = Vector256<float>.Zero; // past the last query: padding columns stay 0
+                }
+
+                Transpose8x8(tile);
+                for (var r = 0; r < 8; r++)
+                {
+                    Vector256.Store(tile[r], (float*)target + ((long)(k + r) * padded) + j0);
+                }
+            }
+
+            for (var q = 0; q < width; q++)
+            {
+                var bound = 0f;
+                for (var lane = 0; lane < Vector256<float>.Count; lane++)
+                {
+                    bound = Math.Max(bound, largest[q].GetElement(lane));
+                }
+
+                // The last rows % 8 keys, one at a time.
+                for (var k = full; k < rows; k++)
+                {
+                    var value = 0f;
+                    for (var l = 0; l < layers; l++)
+                    {
+                        var part = (float)BitConverter.UInt16BitsToHalf(((ushort*)sources[l])[((j0 + q) * columns) + offset + k]);
+                        if (queryWeights is not null)
+                        {
+                            part = part * queryWeights[l][j0 + q] * keyWeights![l][offset + k];
+                        }
+
+                        value = l == 0 ? part : value + part;
+                    }
+
+                    if (queryWeights is null)
+                    {
+                        value /= layers;
+                    }
+
+                    ((float*)target)[((long)k * padded) + j0 + q] = value;
+                    bound = Math.Max(bound, Math.Abs(value));
+                }
+
+                upper[j0 + q] = bound;
+            }
+        });
+    }
+
+    /// <summary>Transposes the 8 × 8 floats of <paramref name="rows"/> in place (AVX shuffles where available).</summary>
+    private static unsafe void Transpose8x8(Vector256<float>* rows)
+    {
+        if (Avx.IsSupported)
+        {
+            var t0 = Avx.UnpackLow(rows[0], rows[1]);
+            var t1 = Avx.UnpackHigh(rows[0], rows[1]);
+            var t2 = Avx.UnpackLow(rows[2], rows[3]);
+            var t3 = Avx.UnpackHigh(rows[2], rows[3]);
+            var t4 = Avx.UnpackLow(rows[4], rows[5]);
+            var t5 = Avx.UnpackHigh(rows[4], rows[5]);
+            var t6 = Avx.UnpackLow(rows[6], rows[7]);
+            var t7 = Avx.UnpackHigh(rows[6], rows[7]);
+            var u0 = Avx.Shuffle(t0, t2, 0x44);
+            var u1 = Avx.Shuffle(t0, t2, 0xEE);
+            var u2 = Avx.Shuffle(t1, t3, 0x44);
+            var u3 = Avx.Shuffle(t1, t3, 0xEE);
+            var u4 = Avx.Shuffle(t4, t6, 0x44);
+            var u5 = Avx.Shuffle(t4, t6, 0xEE);
+            var u6 = Avx.Shuffle(t5, t7, 0x44);
+            var u7 = Avx.Shuffle(t5, t7, 0xEE);
+            rows[0] = Avx.Permute2x128(u0, u4, 0x20);
+            rows[1] = Avx.Permute2x128(u1, u5, 0x20);
+            rows[2] = Avx.Permute2x128(u2, u6, 0x20);
+            rows[3] = Avx.Permute2x128(u3, u7, 0x20);
+            rows[4] = Avx.Permute2x128(u0, u4, 0x31);
+            rows[5] = Avx.Permute2x128(u1, u5, 0x31);
+            rows[6] = Avx.Permute2x128(u2, u6, 0x31);
+            rows[7] = Avx.Permute2x128(u3, u7, 0x31);
+            return;
+        }
+
+        var values = stackalloc float[64];
+        for (var r = 0; r < 8; r++)
+        {
+            Vector256.Store(rows[r], values + (r * 8));
+        }
+
+        for (var r = 0; r < 8; r++)
+        {
+            rows[r] = Vector256.Create(
+                values[r], values[8 + r], values[16 + r], values[24 + r], values[32 + r], values[40 + r], values[48 + r], values[56 + r]);
+        }
+    }
+
+    /// <summary>
+    /// The address of a contiguous CPU tensor's first element (its memory belongs to the tensor or the one it views: keep that
+    /// alive while the address is used). TorchSharp has no float16 storage, so float16 tensors (under 2 GiB) go through
+    /// their bytes.
+    /// </summary>
+    private static unsafe nint Address(Tensor tensor)
+    {
+        if (tensor.dtype == ScalarType.Float32)
+        {
+            using var floats = tensor.storage<float>();
+            return floats.data_ptr() + (nint)(tensor.storage_offset() * sizeof(float));
+        }
+
+        fixed (byte* data = tensor.bytes)
+        {
+            return (nint)data;
+        }
+    }
+
+    /// <summary>Eight float16 values (their bits) as float32, exactly: normal and subnormal values, ±0, ±∞ and NaN.</summary>
+    private static Vector256<float> ToSingle(Vector128<ushort> bits)
+    {
+        var u = Vector256.Create(Vector128.WidenLower(bits), Vector128.WidenUpper(bits));
+        var magnitude = u & Vector256.Create(0x7fffu);
+        var sign = (u & Vector256.Create(0x8000u)) << 16;
+
+        // Exponent and mantissa moved to float32's fields, then scaled by 2¹¹² (the difference of the biases); subnormal
+        // float16 values become normal float32 ones by the same product. ∞ and NaN keep float32's largest exponent.
+        var shifted = magnitude << 13;
+        var value = shifted.AsSingle() * Vector256.Create(BitConverter.UInt32BitsToSingle(0x77800000));
+        var special = Vector256.GreaterThanOrEqual(magnitude, Vector256.Create(0x7c00u));
+        var result = Vector256.ConditionalSelect(special, shifted | Vector256.Create(0x7f800000u), value.AsUInt32());
+        return (result | sign).AsSingle();
     }
 }

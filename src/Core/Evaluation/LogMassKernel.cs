@@ -2,29 +2,67 @@ using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 
-namespace ScalableCache.Exact;
+namespace ScalableCache.Core.Evaluation;
 
 /// <summary>
 /// Fused CPU kernel for one block of similarities <c>S [n, b]</c> (row-major, key-major, <c>b</c> a multiple of
 /// <see cref="Lanes"/>): the stabilising shift, every θ, and the log-add-exp merge into the running log-mass, in one
-/// parallel loop over column tiles, with no intermediate tensors.
+/// parallel loop over column tiles, with no intermediate tensors. Used by the exact store's CPU queries and by the layer
+/// search's scoring (<see cref="LayerCombinationSearch"/>).
 /// </summary>
 /// <remarks>
-/// Same mathematics as the tensor path of <see cref="ExactCacheMemory"/>: per tile of 64 queries, pass A sums
+/// Same mathematics as the exact store's tensor path: per tile of 64 queries, pass A sums
 /// <c>exp(θ₀S − θ₀‖q‖·max‖k‖)</c> per class to get the shift <c>U</c> (refined at higher temperatures while
 /// <c>θ_max · ln(n)/θ₀ &gt; 60</c>); pass B adds <c>exp(θ(S − U_y))</c> per class for every θ, reusing one exponential along
 /// evenly spaced θ (<c>exp(θ_{i+1}D) = exp(θ_iD)·exp(δD)</c>). A tile's working set (shift, sums, <c>T × C × 64</c>
 /// accumulators) stays in cache while <c>S</c> streams once per pass. Tiles own disjoint query columns, so the parallel
 /// loop needs no synchronisation; it partitions dynamically, which keeps it efficient when cores are shared.
 /// </remarks>
-internal static unsafe class ExactLogMassKernel
+internal static unsafe class LogMassKernel
 {
     /// <summary>Floats per vector; query columns are padded to a multiple of this.</summary>
     public const int Lanes = 8;
 
+    /// <summary>θ₀ · (largest similarity range) for the stabilising pass: every term ≥ e⁻⁸⁰ stays a normal float32.</summary>
+    public const float StabiliserExponent = 80;
+
+    /// <summary>Refine the shift until θ_max · slack ≤ this, so a class's largest term is ≥ e⁻⁶⁰.</summary>
+    public const float MaxShiftExponent = 60;
+
+    /// <summary>Exponent of the smallest term of a refinement pass (e⁻⁷⁵ is a normal float32).</summary>
+    public const float RefineExponent = 75;
+
     private const int TileColumns = 64;
-    private const float MaxShiftExponent = 60;
-    private const float RefineExponent = 75;
+
+    /// <summary>
+    /// The stabiliser temperature θ₀ of a query whose similarities lie in <c>[−upper, upper]</c>: θ₀ · 2·upper =
+    /// <see cref="StabiliserExponent"/>.
+    /// </summary>
+    public static float StabiliserTemperature(float upper) => (float)(StabiliserExponent / 2.0 / Math.Max(upper, 1e-12));
+
+    /// <summary>
+    /// The θ of a call as <see cref="Accumulate"/> takes them: distinct float32 values ascending, each caller θ's index among
+    /// them, and the most frequent step between them that one exponential serves.
+    /// </summary>
+    /// <param name="Distinct">Distinct θ as float32, ascending.</param>
+    /// <param name="DistinctIndex">For each caller θ, its index in <paramref name="Distinct"/>.</param>
+    /// <param name="IsDistinctOrder">Whether the caller's θ are already <paramref name="Distinct"/>, in that order.</param>
+    /// <param name="ChainDelta">The step between consecutive distinct θ that one exponential serves (0: none recurs).</param>
+    public sealed record ThetaGrid(float[] Distinct, long[] DistinctIndex, bool IsDistinctOrder, float ChainDelta)
+    {
+        /// <summary>The plan for <paramref name="thetas"/> (caller order, duplicates allowed).</summary>
+        public static ThetaGrid Create(ReadOnlySpan<double> thetas)
+        {
+            var values = thetas.ToArray().Select(t => (float)t).ToArray();
+            var distinct = values.Distinct().Order().ToArray();
+            var index = values.Select(v => (long)Array.IndexOf(distinct, v)).ToArray();
+            var isDistinctOrder = index.Length == distinct.Length && index.Select((d, i) => d == i).All(x => x);
+            var steps = Enumerable.Range(1, distinct.Length - 1).Select(i => distinct[i] - distinct[i - 1]).ToList();
+            var best = steps.GroupBy(x => x).OrderByDescending(g => g.Count()).ThenBy(g => g.Key).FirstOrDefault();
+            var chainDelta = best is not null && (best.Count() >= 2 || best.Key == distinct[0]) ? best.Key : 0f;
+            return new ThetaGrid(distinct, index, isDistinctOrder, chainDelta);
+        }
+    }
 
     /// <summary>
     /// Merges one block's log-mass into <paramref name="running"/> <c>[T, C, b]</c> (row-major, −∞ where nothing merged yet).
