@@ -455,8 +455,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         }
 
         var distinct = plan.Distinct;
-        var running = new double[distinct.Length * ClassCount * padded];
-        Array.Fill(running, double.NegativeInfinity);
+        var running = new LogMassKernel.Running(distinct.Length, ClassCount, padded);
         var present = new bool[ClassCount];
         foreach (var view in snapshot.Views)
         {
@@ -481,13 +480,13 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             }
         }
 
-        var result = tensor(running, [distinct.Length, ClassCount, padded]).narrow(2, 0, b);
+        var result = tensor(running.LogMass(), [distinct.Length, ClassCount, padded]).narrow(2, 0, b);
         if (plan.Count != distinct.Length || !plan.IsDistinctOrder)
         {
             result = result.index_select(0, tensor(plan.DistinctIndex, dtype: ScalarType.Int64));
         }
 
-        return result.to_type(ScalarType.Float32).contiguous().MoveToOuterDisposeScope();
+        return result.contiguous().MoveToOuterDisposeScope();
     }
 
     /// <summary>

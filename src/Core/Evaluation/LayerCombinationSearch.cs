@@ -372,8 +372,7 @@ public static class LayerCombinationSearch
         var padded = (len + LogMassKernel.Lanes - 1) / LogMassKernel.Lanes * LogMassKernel.Lanes;
         var capacity = Math.Min(KeyBlock, total);
         var buffer = zeros(capacity, padded, dtype: ScalarType.Float32); // padding columns stay 0
-        var running = new double[grid.Distinct.Length * classCount * padded];
-        Array.Fill(running, double.NegativeInfinity);
+        var running = new LogMassKernel.Running(grid.Distinct.Length, classCount, padded);
         var present = new bool[classCount];
         var upper = new float[padded];
         var theta0 = new float[padded];
@@ -420,13 +419,13 @@ public static class LayerCombinationSearch
 
         GC.KeepAlive(buffer);
         GC.KeepAlive(similarities);
-        var result = tensor(running, [grid.Distinct.Length, classCount, padded]).narrow(2, 0, len);
+        var result = tensor(running.LogMass(), [grid.Distinct.Length, classCount, padded]).narrow(2, 0, len);
         if (!grid.IsDistinctOrder)
         {
             result = result.index_select(0, tensor(grid.DistinctIndex, dtype: ScalarType.Int64));
         }
 
-        return result.permute(0, 2, 1).to_type(ScalarType.Float32).contiguous().MoveToOuterDisposeScope();
+        return result.permute(0, 2, 1).contiguous().MoveToOuterDisposeScope();
     }
 
     /// <summary>

@@ -65,13 +65,66 @@ internal static unsafe class LogMassKernel
     }
 
     /// <summary>
+    /// A running log-mass <c>[T, C, columns]</c> (row-major) held as float64 pairs <c>(M, S)</c> with <c>L = M + log S</c>:
+    /// merging a block's <c>(θU, Σ)</c> rescales whichever sum has the smaller exponent, one exponential per value and block,
+    /// and the logarithm is taken once, in <see cref="LogMass"/>. Nothing merged yet: <c>(−∞, 0)</c>, read as −∞.
+    /// </summary>
+    public sealed class Running
+    {
+        /// <summary>An empty running log-mass for <paramref name="thetas"/> θ, <paramref name="classes"/> classes and <paramref name="columns"/> queries.</summary>
+        public Running(int thetas, int classes, int columns)
+        {
+            (Thetas, Classes, Columns) = (thetas, classes, columns);
+            var length = checked(thetas * classes * columns);
+            Max = new double[length];
+            Array.Fill(Max, double.NegativeInfinity);
+            Sum = new double[length];
+        }
+
+        /// <summary>θ count T.</summary>
+        public int Thetas { get; }
+
+        /// <summary>Class count C.</summary>
+        public int Classes { get; }
+
+        /// <summary>Query columns (padded).</summary>
+        public int Columns { get; }
+
+        internal double[] Max { get; }
+
+        internal double[] Sum { get; }
+
+        /// <summary><c>L = M + log S</c> for every value, rounded to float32 once: <c>[T, C, columns]</c>, −∞ where nothing merged.</summary>
+        public float[] LogMass()
+        {
+            var result = new float[Max.Length];
+            var i = 0;
+            fixed (double* m = Max, s = Sum)
+            fixed (float* r = result)
+            {
+                for (; i + 4 <= result.Length; i += 4)
+                {
+                    Vector128.Store(Vector256.Narrow(Vector256.Load(m + i) + Vector256.Log(Vector256.Load(s + i)), Vector256<double>.Zero).GetLower(), r + i);
+                }
+            }
+
+            for (; i < result.Length; i++)
+            {
+                result[i] = (float)(Max[i] + Math.Log(Sum[i]));
+            }
+
+            return result;
+        }
+    }
+
+    /// <summary>
     /// Merges one block's log-mass into <paramref name="running"/> <c>[T, C, b]</c> (row-major, −∞ where nothing merged yet).
     /// </summary>
     /// <remarks>
-    /// The per-block sums are float32; the block's log-mass <c>log Σ + θU</c> and the merge across blocks are float64, so
-    /// the running value is rounded to float32 once, by the caller, whatever the number of blocks. Two stores holding the
-    /// same keys in different blocks (or shards merged in float64) then differ by float32 steps of the final value, not
-    /// by one rounding per block merge.
+    /// The per-block sums are float32; the merge across blocks is float64 (<see cref="Running"/>), so the log-mass is rounded
+    /// to float32 once, by <see cref="Running.LogMass"/>, whatever the number of blocks. Two stores holding the same keys in
+    /// different blocks (or shards merged in float64) then differ by float32 steps of the final value, not by one rounding per
+    /// block merge.
     /// </remarks>
     /// <param name="similarities">Address of <c>S [rows, columns]</c>, float32, contiguous.</param>
     /// <param name="rows">Keys in the block (n ≥ 1).</param>
@@ -86,7 +139,7 @@ internal static unsafe class LogMassKernel
     /// <param name="running">Running log-mass <c>[T, C, columns]</c>.</param>
     public static void Accumulate(
         nint similarities, int rows, int columns, int[] labels, int labelOffset, bool[] present, float[] thetas, float chainDelta,
-        float[] theta0, float[] upper, double[] running)
+        float[] theta0, float[] upper, Running running)
     {
         var tiles = (columns + TileColumns - 1) / TileColumns;
         var theta0Min = float.PositiveInfinity;
@@ -107,7 +160,7 @@ internal static unsafe class LogMassKernel
 
     private sealed class Job(
         nint similarities, int rows, int columns, int[] labels, int labelOffset, bool[] present, float[] thetas, float chainDelta,
-        float[] theta0, float[] upper, double[] running, float theta0Min)
+        float[] theta0, float[] upper, Running running, float theta0Min)
     {
         private readonly int _classes = present.Length;
 
@@ -237,8 +290,8 @@ internal static unsafe class LogMassKernel
                         }
                     }
 
-                    // L = log Σ + θU in float64, merged into the running log-mass by log-add-exp; absent classes leave it as it is.
-                    fixed (double* r = running)
+                    // (θU, Σ) merged into the running (M, S) in float64; absent classes leave it as it is.
+                    fixed (double* rm = running.Max, rs = running.Sum)
                     {
                         for (var t = 0; t < count; t++)
                         {
@@ -252,15 +305,13 @@ internal static unsafe class LogMassKernel
 
                                 var a = acc + (t * plane) + (c * width);
                                 var sh = shift + c * width;
-                                var target = r + ((long)(t * classes + c) * columns) + j0;
+                                var offset = ((long)(t * classes + c) * columns) + j0;
                                 for (var v = 0; v < width; v += Lanes)
                                 {
                                     var (sumLow, sumHigh) = Vector256.Widen(Vector256.Load(a + v));
                                     var (shiftLow, shiftHigh) = Vector256.Widen(Vector256.Load(sh + v));
-                                    var low = Vector256.Log(sumLow) + (theta * shiftLow);
-                                    var high = Vector256.Log(sumHigh) + (theta * shiftHigh);
-                                    Vector256.Store(LogAddExp(Vector256.Load(target + v), low), target + v);
-                                    Vector256.Store(LogAddExp(Vector256.Load(target + v + 4), high), target + v + 4);
+                                    Merge(rm + offset + v, rs + offset + v, theta * shiftLow, sumLow);
+                                    Merge(rm + offset + v + 4, rs + offset + v + 4, theta * shiftHigh, sumHigh);
                                 }
                             }
                         }
@@ -299,13 +350,19 @@ internal static unsafe class LogMassKernel
             return y * scale.AsSingle();
         }
 
-        /// <summary><c>log(eᵃ + eᵇ)</c> in float64 for a finite <paramref name="b"/> (and any <paramref name="a"/>, −∞ included).</summary>
+        /// <summary>
+        /// <c>M + log S ← log(e^M·S + e^x·mass)</c> for a finite <paramref name="x"/>: the larger exponent becomes <c>M</c> and the
+        /// other sum is scaled by <c>e^(−|x − M|)</c> ∈ [0, 1] (0 while nothing was merged, <c>M = −∞</c>).
+        /// </summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static Vector256<double> LogAddExp(Vector256<double> a, Vector256<double> b)
+        private static void Merge(double* max, double* sum, Vector256<double> x, Vector256<double> mass)
         {
-            var high = Vector256.Max(a, b);
-            var low = Vector256.Min(a, b);
-            return high + Vector256.Log(Vector256<double>.One + Vector256.Exp(low - high));
+            var m = Vector256.Load(max);
+            var s = Vector256.Load(sum);
+            var d = x - m;
+            var scale = Vector256.Exp(-Vector256.Abs(d));
+            Vector256.Store(Vector256.ConditionalSelect(Vector256.GreaterThan(d, Vector256<double>.Zero), (s * scale) + mass, s + (mass * scale)), sum);
+            Vector256.Store(Vector256.Max(m, x), max);
         }
     }
 }
