@@ -266,7 +266,7 @@ public static class DatasetFeatureExtractor
             throw new InvalidOperationException(
                 FormattableString.Invariant($"The layer search needs {needed / 1e9:F1} GB for its similarity matrices ({layers} candidate layers × ") +
                 FormattableString.Invariant($"{validation:N0} validation × {training:N0} training images, float16) but {available / 1e9:F1} GB ") +
-                "of memory is available. Fix the layers (--layers) to skip the search, search fewer candidates (--candidates), use fewer " +
+                "of memory is available. Fix the layers (scache evaluate --layers) to skip the search, search fewer candidates (--candidates), use fewer " +
                 "training images (--per-class, --max-train), or run where that much memory is free.");
         }
     }
