@@ -449,7 +449,11 @@ public sealed class CacheFitter
             grid.Thetas, grid.IncludeCacheOnly ? grid.EffectiveLambdas : grid.Lambdas, _options.MaxLayers, reporter, norms: norms);
     }
 
-    /// <summary>Rows <c>[start, start + n)</c> of the training keys followed by the flipped ones (as <see cref="FeatureTable.Concat"/> orders them).</summary>
+    /// <summary>
+    /// Rows <c>[start, start + n)</c> of the training keys followed by the flipped ones (as <see cref="FeatureTable.Concat"/> orders
+    /// them): new tensors the caller owns (<see cref="CacheEvaluation.Build(ICacheMemoryFactory, long, int, int, Func{long, long, ValueTuple{Tensor, Tensor}}, int)"/>
+    /// disposes each chunk once added).
+    /// </summary>
     private (Tensor Keys, Tensor Labels) ReadTraining(LayerSearchKeys trainKeys, FeatureTable? flipped, IReadOnlyList<string> layers, long start, long n)
     {
         var count = trainKeys.Count;
@@ -468,7 +472,23 @@ public sealed class CacheFitter
             parts.Add((flipped!.Keys.narrow(0, from, n - fromKeys), flipped.Labels.narrow(0, from, n - fromKeys)));
         }
 
-        return parts.Count == 1 ? parts[0] : (cat([.. parts.Select(p => p.Keys)]), cat([.. parts.Select(p => p.Labels)]));
+        if (parts.Count == 1)
+        {
+            return parts[0];
+        }
+
+        try
+        {
+            return (cat([.. parts.Select(p => p.Keys)]), cat([.. parts.Select(p => p.Labels)]));
+        }
+        finally
+        {
+            foreach (var (keys, labels) in parts)
+            {
+                keys.Dispose();
+                labels.Dispose();
+            }
+        }
     }
 
     /// <summary>
