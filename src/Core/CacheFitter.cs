@@ -402,7 +402,7 @@ public sealed class CacheFitter
                 using var trainTable = ComposeTraining(trainKeys, layers, train, meter, cancellationToken);
                 return meter.Measure("buildCache", () => BuildMemory(trainTable, trainKeys.ClassCount));
             },
-            validationKeys, train, cancellationToken);
+            layers => Compose(validationKeys, layers), train, cancellationToken);
     }
 
     /// <summary>
@@ -415,8 +415,37 @@ public sealed class CacheFitter
     {
         ArgumentNullException.ThrowIfNull(trainKeys);
         ArgumentNullException.ThrowIfNull(validationKeys);
-        return Fit(
-            () => SearchLayers(trainKeys, validationKeys),
+        return Fit(trainKeys, validationKeys, layers => Compose(validationKeys, layers), train, cancellationToken);
+    }
+
+    /// <summary>
+    /// Fits as <see cref="Fit(LayerSearchKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/> does, with the validation keys read
+    /// back from files instead of held: the validation images are rows <paramref name="validationRows"/> of
+    /// <paramref name="validationKeys"/> (e.g. the test set extracted by <see cref="ExtractForSearch"/>, whose rows made the
+    /// similarities); the search needs only their norms, probabilities and labels, and θ, λ are chosen on the chosen layers' keys of
+    /// those rows, read back for the tuning and freed after it. The results are the other overload's, bit for bit.
+    /// </summary>
+    public CacheFit Fit(
+        LayerSearchKeys trainKeys, LayerSearchKeys validationKeys, IReadOnlyList<int> validationRows, ImageDataset? train = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(trainKeys);
+        ArgumentNullException.ThrowIfNull(validationKeys);
+        ArgumentNullException.ThrowIfNull(validationRows);
+        using var outputs = validationKeys.Rows(validationRows, keys: false);
+        return Fit(trainKeys, outputs, layers =>
+        {
+            using var chosen = validationKeys.Rows(validationRows, layers);
+            return Compose(chosen, layers);
+        }, train, cancellationToken);
+    }
+
+    /// <summary>The fit from search keys: <paramref name="validation"/> for the search, <paramref name="validationOf"/> the chosen layers' keys for θ and λ.</summary>
+    private CacheFit Fit(
+        LayerSearchKeys trainKeys, PerLayerKeys validation, Func<IReadOnlyList<string>, FeatureTable> validationOf, ImageDataset? train,
+        CancellationToken cancellationToken) =>
+        Fit(
+            () => SearchLayers(trainKeys, validation),
             (layers, meter) =>
             {
                 trainKeys.ReleaseSimilarities();
@@ -427,8 +456,7 @@ public sealed class CacheFitter
                     _store, unflipped + (flipped?.Count ?? 0), dimension, trainKeys.ClassCount,
                     (start, n) => ReadTraining(trainKeys, flipped, layers, start, n)));
             },
-            validationKeys, train, cancellationToken);
-    }
+            validationOf, train, cancellationToken);
 
     /// <summary>The greedy search on the similarity matrices of <see cref="ExtractForSearch"/> (over all its layers, or <paramref name="candidates"/>).</summary>
     public LayerCombinationResult SearchLayers(LayerSearchKeys train, PerLayerKeys validation, IReadOnlyList<string>? candidates = null)
@@ -449,7 +477,11 @@ public sealed class CacheFitter
             grid.Thetas, grid.IncludeCacheOnly ? grid.EffectiveLambdas : grid.Lambdas, _options.MaxLayers, reporter, norms: norms);
     }
 
-    /// <summary>Rows <c>[start, start + n)</c> of the training keys followed by the flipped ones (as <see cref="FeatureTable.Concat"/> orders them).</summary>
+    /// <summary>
+    /// Rows <c>[start, start + n)</c> of the training keys followed by the flipped ones (as <see cref="FeatureTable.Concat"/> orders
+    /// them): new tensors the caller owns (<see cref="CacheEvaluation.Build(ICacheMemoryFactory, long, int, int, Func{long, long, ValueTuple{Tensor, Tensor}}, int)"/>
+    /// disposes each chunk once added).
+    /// </summary>
     private (Tensor Keys, Tensor Labels) ReadTraining(LayerSearchKeys trainKeys, FeatureTable? flipped, IReadOnlyList<string> layers, long start, long n)
     {
         var count = trainKeys.Count;
@@ -468,15 +500,32 @@ public sealed class CacheFitter
             parts.Add((flipped!.Keys.narrow(0, from, n - fromKeys), flipped.Labels.narrow(0, from, n - fromKeys)));
         }
 
-        return parts.Count == 1 ? parts[0] : (cat([.. parts.Select(p => p.Keys)]), cat([.. parts.Select(p => p.Labels)]));
+        if (parts.Count == 1)
+        {
+            return parts[0];
+        }
+
+        try
+        {
+            return (cat([.. parts.Select(p => p.Keys)]), cat([.. parts.Select(p => p.Labels)]));
+        }
+        finally
+        {
+            foreach (var (keys, labels) in parts)
+            {
+                keys.Dispose();
+                labels.Dispose();
+            }
+        }
     }
 
     /// <summary>
     /// The shared fit: the layers (fixed, or <paramref name="search"/>), the memory (<paramref name="build"/>, which measures its
-    /// stages), θ and λ on the validation keys, each stage's usage measured.
+    /// stages), θ and λ on the validation keys of the chosen layers (<paramref name="validationOf"/>, disposed after the tuning), each
+    /// stage's usage measured.
     /// </summary>
     private CacheFit Fit(
-        Func<LayerCombinationResult> search, Func<IReadOnlyList<string>, StageMeter, ICacheMemory> build, PerLayerKeys validationKeys,
+        Func<LayerCombinationResult> search, Func<IReadOnlyList<string>, StageMeter, ICacheMemory> build, Func<IReadOnlyList<string>, FeatureTable> validationOf,
         ImageDataset? train, CancellationToken cancellationToken)
     {
         if (_options.Flip && train is null)
@@ -500,7 +549,7 @@ public sealed class CacheFitter
         {
             var tuning = meter.Measure("tune", () =>
             {
-                using var validation = Compose(validationKeys, layers);
+                using var validation = validationOf(layers);
                 return CacheEvaluation.Tune(memory, validation, _options.Grid, _options.BatchSize, _options.Theta, _options.Lambda);
             });
             foreach (var warning in tuning.Warnings)

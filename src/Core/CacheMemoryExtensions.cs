@@ -46,7 +46,8 @@ public static class CacheMemoryExtensions
     /// <summary>
     /// The one block loop of <see cref="AddKeyFile"/> and <c>CacheEvaluation.Build</c>: adds <paramref name="count"/> keys,
     /// <paramref name="blockRows"/> at a time, each block read by <paramref name="read"/> <c>(start, rows)</c> inside its own dispose
-    /// scope (its tensors are freed after the add).
+    /// scope, and the block's two tensors disposed after the add even when the reader detached them from every scope (a chunk
+    /// left to the finaliser stays resident until a garbage collection, as much again as the store).
     /// </summary>
     internal static void AddBlocks(
         this ICacheMemory memory, long count, Func<long, int, (Tensor Keys, Tensor Labels)> read, int blockRows, IProgress<long>? progress,
@@ -59,7 +60,11 @@ public static class CacheMemoryExtensions
             {
                 var n = (int)Math.Min(blockRows, count - start);
                 var (keys, labels) = read(start, n);
-                memory.Add(keys, labels);
+                using (keys)
+                using (labels)
+                {
+                    memory.Add(keys, labels);
+                }
             }
 
             progress?.Report(Math.Min(start + blockRows, count));

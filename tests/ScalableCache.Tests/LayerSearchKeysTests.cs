@@ -145,6 +145,43 @@ public sealed class LayerSearchKeysTests : IDisposable
     }
 
     [Fact]
+    public void AFitThatReadsTheValidationKeysBackFromTheTestKeyFilesIsTheFitThatHoldsThem()
+    {
+        // As `reproduce` runs: the test images go to files, the validation half's rows are held only while the training pass makes
+        // the similarities, and the fit reads the chosen layers' validation keys back for θ and λ.
+        using var net = ModelTestSupport.LoadResNet20();
+        var fitter = new CacheFitter(net.Model, Options());
+        var candidates = fitter.Candidates();
+        var train = Train;
+        var test = ModelTestSupport.Cifar10Test.ClassBalancedSubset(40, seed: 4);
+        var rows = test.SeededSplit(5, 0.5).First;
+        using var testKeys = fitter.ExtractForSearch(test, null, candidates, "test", Ct);
+        using var held = testKeys.Rows(rows);
+
+        using var outputs = testKeys.Rows(rows, keys: false);
+        Assert.Empty(outputs.Keys);
+        Assert.Equal(candidates, outputs.Norms.Keys);
+        Assert.True(Same(outputs.Probabilities, held.Probabilities));
+        Assert.True(Same(outputs.Labels, held.Labels));
+
+        using var spilled = fitter.ExtractForSearch(train, held, candidates, "train", Ct);
+        using var again = fitter.ExtractForSearch(train, held, candidates, "train", Ct);
+        using var reference = fitter.Fit(spilled, held, train, Ct);
+        using var fit = fitter.Fit(again, testKeys, rows, train, Ct);
+
+        Assert.Equal(reference.Report.Layers, fit.Report.Layers);
+        Assert.Equal(reference.Report.LayerSearch!.Evaluated.Select(s => (string.Join(",", s.Layers), s.Error, s.Theta, s.Lambda)),
+            fit.Report.LayerSearch!.Evaluated.Select(s => (string.Join(",", s.Layers), s.Error, s.Theta, s.Lambda)));
+        Assert.Equal(reference.Report.Tuning.Theta, fit.Report.Tuning.Theta);
+        Assert.Equal(reference.Report.Tuning.Lambda, fit.Report.Tuning.Lambda);
+        Assert.Equal(reference.Report.Tuning.CacheOnlyTheta, fit.Report.Tuning.CacheOnlyTheta);
+        Assert.Equal(reference.Report.Tuning.Grid.Errors.SelectMany(r => r), fit.Report.Tuning.Grid.Errors.SelectMany(r => r));
+        using var scope = NewDisposeScope();
+        using var queries = held.Compose(fit.Report.Layers);
+        Assert.True(Same(fit.Classifier.Memory.ClassLogMass(queries.Keys, [10, 50, 90]), reference.Classifier.Memory.ClassLogMass(queries.Keys, [10, 50, 90])));
+    }
+
+    [Fact]
     public void FixedLayersNeedNoSimilaritiesAndASearchWithoutThemFailsClearly()
     {
         using var net = ModelTestSupport.LoadResNet20();

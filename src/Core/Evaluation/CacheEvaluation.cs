@@ -236,8 +236,14 @@ public static class CacheEvaluation
     /// <summary>
     /// Creates a memory from <paramref name="factory"/> and adds <paramref name="count"/> keys of dimension
     /// <paramref name="dimension"/> in chunks of <paramref name="chunk"/> rows, each read by <paramref name="read"/>
-    /// <c>(start, rows)</c> (its tensors join a dispose scope per chunk), so only one chunk need exist outside the memory.
+    /// <c>(start, rows)</c>, so only one chunk need exist outside the memory.
     /// </summary>
+    /// <remarks>
+    /// Each chunk's tensors belong to this method, which disposes them once they are added (and whatever else <paramref name="read"/>
+    /// left in the chunk's dispose scope): return new tensors or views, never a tensor the caller keeps. A chunk detached from every
+    /// scope (e.g. a <see cref="FeatureTable"/>'s keys) would otherwise stay resident until the garbage collector finalises it, which
+    /// for a store of many chunks is as much memory again as the store.
+    /// </remarks>
     public static ICacheMemory Build(
         ICacheMemoryFactory factory, long count, int dimension, int classCount, Func<long, long, (Tensor Keys, Tensor Labels)> read, int chunk = 8192)
     {

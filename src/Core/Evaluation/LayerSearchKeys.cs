@@ -117,9 +117,11 @@ public sealed class LayerSearchKeys : IDisposable
 
     /// <summary>
     /// The rows at <paramref name="rows"/> of every layer (or of <paramref name="layers"/> only) as in-memory per-layer keys, the
-    /// values <see cref="PerLayerKeys.Rows"/> gives of the same extraction; one layer is read at a time.
+    /// values <see cref="PerLayerKeys.Rows"/> gives of the same extraction; one layer is read at a time. With
+    /// <paramref name="keys"/> false no file is read: the result holds the layers' norms, the probabilities and the labels, and no
+    /// keys (what a search over precomputed similarities needs of its queries).
     /// </summary>
-    public PerLayerKeys Rows(IReadOnlyList<int> rows, IReadOnlyList<string>? layers = null)
+    public PerLayerKeys Rows(IReadOnlyList<int> rows, IReadOnlyList<string>? layers = null, bool keys = true)
     {
         ArgumentNullException.ThrowIfNull(rows);
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -127,15 +129,15 @@ public sealed class LayerSearchKeys : IDisposable
         var index = tensor(rows.Select(r => (long)r).ToArray());
         var names = layers ?? _layers;
         Tensor Take(Tensor t) => t.index_select(0, index).DetachFromDisposeScope();
-        var keys = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-        foreach (var layer in names)
+        var unit = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var layer in keys ? names : [])
         {
             using var inner = NewDisposeScope();
-            keys[layer] = Take(ReadLayer(layer, 0, Count));
+            unit[layer] = Take(ReadLayer(layer, 0, Count));
         }
 
         return new PerLayerKeys(
-            keys,
+            unit,
             names.ToDictionary(l => l, l => Take(Norms[l]), StringComparer.Ordinal),
             Take(Probabilities),
             Take(Labels));

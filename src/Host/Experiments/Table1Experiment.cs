@@ -150,9 +150,14 @@ internal sealed class Table1Experiment(ExperimentSession session)
 
         using var testKeys = progress.Timed($"{request.Model}: test keys", () => meter.Measure("extractTest",
             () => fitter.ExtractForSearch(test, null, candidates, "test", cancellationToken)), out _);
-        using var validationKeys = testKeys.Rows(split.First);
-        using var trainKeys = progress.Timed($"{request.Model}: training keys{(request.Layers is null ? " and similarities" : "")}", () => meter.Measure("extractTrain",
-            () => fitter.ExtractForSearch(train, request.Layers is null ? validationKeys : null, candidates, "train", cancellationToken)), out _);
+
+        // The validation half's keys of every candidate are held only while the training pass computes the similarities; the fit
+        // needs their norms, probabilities and labels, and reads the chosen layers' keys back for the θ/λ search.
+        using var trainKeys = progress.Timed($"{request.Model}: training keys{(request.Layers is null ? " and similarities" : "")}", () => meter.Measure("extractTrain", () =>
+        {
+            using var validationKeys = request.Layers is null ? testKeys.Rows(split.First) : null;
+            return fitter.ExtractForSearch(train, validationKeys, candidates, "train", cancellationToken);
+        }), out _);
         var throughput = new Dictionary<string, ExtractionThroughput>();
         foreach (var (part, rate) in new[] { ("train", trainKeys.Throughput), ("test", testKeys.Throughput) })
         {
@@ -165,13 +170,18 @@ internal sealed class Table1Experiment(ExperimentSession session)
         }
 
         using var fit = progress.Timed($"{request.Model}: fit ({(request.Layers is null ? "layer search, " : "")}{provider.Provider} cache, θ/λ search)",
-            () => fitter.Fit(trainKeys, validationKeys, train as ImageDataset, cancellationToken), out _);
+            () => fitter.Fit(trainKeys, testKeys, split.First, train as ImageDataset, cancellationToken), out _);
         meter.Add(fit.Report.Usage);
         var layers = fit.Report.Layers;
         var result = progress.Timed($"{request.Model}: report", () => meter.Measure("report", () =>
         {
-            using var reportKeys = testKeys.Rows(split.Second, layers);
-            using var report = fitter.Compose(reportKeys, layers);
+            FeatureTable Compose()
+            {
+                using var reportKeys = testKeys.Rows(split.Second, layers);
+                return fitter.Compose(reportKeys, layers);
+            }
+
+            using var report = Compose();
             return CacheEvaluation.Report(fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize));
         }), out _);
         var seconds = meter.Stages.ToDictionary(s => s.Key, s => s.Value.Seconds, StringComparer.Ordinal);
