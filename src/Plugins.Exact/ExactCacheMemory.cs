@@ -455,7 +455,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
         }
 
         var distinct = plan.Distinct;
-        var running = new LogMassKernel.Running(distinct.Length, ClassCount, padded);
+        var running = new LogMassKernel.Running(distinct, ClassCount, padded);
         var present = new bool[ClassCount];
         foreach (var view in snapshot.Views)
         {

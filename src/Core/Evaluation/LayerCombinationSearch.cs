@@ -372,7 +372,7 @@ public static class LayerCombinationSearch
         var padded = (len + LogMassKernel.Lanes - 1) / LogMassKernel.Lanes * LogMassKernel.Lanes;
         var capacity = Math.Min(KeyBlock, total);
         var buffer = zeros(capacity, padded, dtype: ScalarType.Float32); // padding columns stay 0
-        var running = new LogMassKernel.Running(grid.Distinct.Length, classCount, padded);
+        var running = new LogMassKernel.Running(grid.Distinct, classCount, padded);
         var present = new bool[classCount];
         var upper = new float[padded];
         var theta0 = new float[padded];

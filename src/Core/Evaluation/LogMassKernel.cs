@@ -65,24 +65,26 @@ internal static unsafe class LogMassKernel
     }
 
     /// <summary>
-    /// A running log-mass <c>[T, C, columns]</c> (row-major) held as float64 pairs <c>(M, S)</c> with <c>L = M + log S</c>:
-    /// merging a block's <c>(θU, Σ)</c> rescales whichever sum has the smaller exponent, one exponential per value and block,
-    /// and the logarithm is taken once, in <see cref="LogMass"/>. Nothing merged yet: <c>(−∞, 0)</c>, read as −∞.
+    /// A running log-mass <c>[T, C, columns]</c> (row-major) in float64 as <c>L_t = θ_t·U + log S_t</c>: one running shift
+    /// <c>U [C, columns]</c> shared by every θ (the largest block shift merged so far; the kernel's shifts do not depend on θ)
+    /// and the scaled sums <c>S [T, C, columns]</c>. Merging a block rescales the sums of the smaller shift by
+    /// <c>exp(−θ_t·|ΔU|)</c>, one exponential chained along evenly spaced θ; the logarithm is taken once, in
+    /// <see cref="LogMass"/>. Nothing merged yet: <c>(−∞, 0)</c>, read as −∞.
     /// </summary>
     public sealed class Running
     {
-        /// <summary>An empty running log-mass for <paramref name="thetas"/> θ, <paramref name="classes"/> classes and <paramref name="columns"/> queries.</summary>
-        public Running(int thetas, int classes, int columns)
+        /// <summary>An empty running log-mass for the distinct ascending <paramref name="thetas"/>, <paramref name="classes"/> classes and <paramref name="columns"/> queries.</summary>
+        public Running(float[] thetas, int classes, int columns)
         {
+            ArgumentNullException.ThrowIfNull(thetas);
             (Thetas, Classes, Columns) = (thetas, classes, columns);
-            var length = checked(thetas * classes * columns);
-            Max = new double[length];
-            Array.Fill(Max, double.NegativeInfinity);
-            Sum = new double[length];
+            Shift = new double[checked(classes * columns)];
+            Array.Fill(Shift, double.NegativeInfinity);
+            Sum = new double[checked(thetas.Length * classes * columns)];
         }
 
-        /// <summary>θ count T.</summary>
-        public int Thetas { get; }
+        /// <summary>The distinct θ, ascending (those given to <see cref="Accumulate"/>).</summary>
+        public float[] Thetas { get; }
 
         /// <summary>Class count C.</summary>
         public int Classes { get; }
@@ -90,27 +92,33 @@ internal static unsafe class LogMassKernel
         /// <summary>Query columns (padded).</summary>
         public int Columns { get; }
 
-        internal double[] Max { get; }
+        internal double[] Shift { get; }
 
         internal double[] Sum { get; }
 
-        /// <summary><c>L = M + log S</c> for every value, rounded to float32 once: <c>[T, C, columns]</c>, −∞ where nothing merged.</summary>
+        /// <summary><c>L_t = θ_t·U + log S_t</c> for every value, rounded to float32 once: <c>[T, C, columns]</c>, −∞ where nothing merged.</summary>
         public float[] LogMass()
         {
-            var result = new float[Max.Length];
-            var i = 0;
-            fixed (double* m = Max, s = Sum)
+            var plane = Shift.Length;
+            var result = new float[Sum.Length];
+            fixed (double* u = Shift, s = Sum)
             fixed (float* r = result)
             {
-                for (; i + 4 <= result.Length; i += 4)
+                for (var t = 0; t < Thetas.Length; t++)
                 {
-                    Vector128.Store(Vector256.Narrow(Vector256.Load(m + i) + Vector256.Log(Vector256.Load(s + i)), Vector256<double>.Zero).GetLower(), r + i);
-                }
-            }
+                    var theta = (double)Thetas[t];
+                    var i = 0;
+                    for (; i + 4 <= plane; i += 4)
+                    {
+                        var value = (Vector256.Create(theta) * Vector256.Load(u + i)) + Vector256.Log(Vector256.Load(s + ((long)t * plane) + i));
+                        Vector128.Store(Vector256.Narrow(value, Vector256<double>.Zero).GetLower(), r + ((long)t * plane) + i);
+                    }
 
-            for (; i < result.Length; i++)
-            {
-                result[i] = (float)(Max[i] + Math.Log(Sum[i]));
+                    for (; i < plane; i++)
+                    {
+                        r[((long)t * plane) + i] = (float)((theta * u[i]) + Math.Log(s[((long)t * plane) + i]));
+                    }
+                }
             }
 
             return result;
@@ -290,29 +298,35 @@ internal static unsafe class LogMassKernel
                         }
                     }
 
-                    // (θU, Σ) merged into the running (M, S) in float64; absent classes leave it as it is.
-                    fixed (double* rm = running.Max, rs = running.Sum)
+                    // The block's (U, Σ_t) merged into the running (U, S_t) in float64: the sums of the smaller shift are scaled by
+                    // exp(−θ_t·|ΔU|), chained along evenly spaced θ as in pass B; absent classes leave it as it is.
+                    var thetaD = stackalloc double[count];
+                    var chainD = stackalloc bool[count];
+                    for (var t = 0; t < count; t++)
                     {
-                        for (var t = 0; t < count; t++)
-                        {
-                            var theta = Vector256.Create((double)th[t]);
-                            for (var c = 0; c < classes; c++)
-                            {
-                                if (!present[c])
-                                {
-                                    continue;
-                                }
+                        thetaD[t] = th[t];
+                        chainD[t] = t > 0 && chained && thetaD[t] - thetaD[t - 1] == (double)chainDelta;
+                    }
 
-                                var a = acc + (t * plane) + (c * width);
-                                var sh = shift + c * width;
-                                var offset = ((long)(t * classes + c) * columns) + j0;
-                                for (var v = 0; v < width; v += Lanes)
-                                {
-                                    var (sumLow, sumHigh) = Vector256.Widen(Vector256.Load(a + v));
-                                    var (shiftLow, shiftHigh) = Vector256.Widen(Vector256.Load(sh + v));
-                                    Merge(rm + offset + v, rs + offset + v, theta * shiftLow, sumLow);
-                                    Merge(rm + offset + v + 4, rs + offset + v + 4, theta * shiftHigh, sumHigh);
-                                }
+                    var deltaD = Vector256.Create((double)chainDelta);
+                    fixed (double* ru = running.Shift, rs = running.Sum)
+                    {
+                        for (var c = 0; c < classes; c++)
+                        {
+                            if (!present[c])
+                            {
+                                continue;
+                            }
+
+                            var sh = shift + c * width;
+                            var a = acc + c * width;
+                            var u = ru + ((long)c * columns) + j0;
+                            var sum = rs + ((long)c * columns) + j0;
+                            for (var v = 0; v < width; v += Lanes)
+                            {
+                                var (low, high) = Vector256.Widen(Vector256.Load(sh + v));
+                                Merge(u + v, sum + v, low, a + v, 0, count, (long)plane, (long)classes * columns, thetaD, chainD, chained, deltaD);
+                                Merge(u + v + 4, sum + v + 4, high, a + v, 4, count, (long)plane, (long)classes * columns, thetaD, chainD, chained, deltaD);
                             }
                         }
                     }
@@ -351,18 +365,45 @@ internal static unsafe class LogMassKernel
         }
 
         /// <summary>
-        /// <c>M + log S ← log(e^M·S + e^x·mass)</c> for a finite <paramref name="x"/>: the larger exponent becomes <c>M</c> and the
-        /// other sum is scaled by <c>e^(−|x − M|)</c> ∈ [0, 1] (0 while nothing was merged, <c>M = −∞</c>).
+        /// Merges four columns of one class: the block's shift <paramref name="blockShift"/> and float32 sums (<paramref name="sums"/>
+        /// + <paramref name="half"/>, then every <paramref name="sumStride"/> floats per θ) into the running shift <paramref name="shift"/>
+        /// and float64 sums (<paramref name="running"/>, every <paramref name="runningStride"/> per θ):
+        /// <c>S_t ← S_t·w_t + Σ_t</c> when the block's shift is larger (and it becomes the shift), else <c>S_t + Σ_t·w_t</c>,
+        /// with <c>w_t = exp(−θ_t·|ΔU|)</c> ∈ [0, 1] (0 while nothing was merged, <c>U = −∞</c>).
         /// </summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static void Merge(double* max, double* sum, Vector256<double> x, Vector256<double> mass)
+        private static void Merge(
+            double* shift, double* running, Vector256<double> blockShift, float* sums, int half, int count, long sumStride, long runningStride,
+            double* theta, bool* chain, bool chained, Vector256<double> delta)
         {
-            var m = Vector256.Load(max);
-            var s = Vector256.Load(sum);
-            var d = x - m;
-            var scale = Vector256.Exp(-Vector256.Abs(d));
-            Vector256.Store(Vector256.ConditionalSelect(Vector256.GreaterThan(d, Vector256<double>.Zero), (s * scale) + mass, s + (mass * scale)), sum);
-            Vector256.Store(Vector256.Max(m, x), max);
+            var current = Vector256.Load(shift);
+            var d = blockShift - current;
+            var above = Vector256.GreaterThan(d, Vector256<double>.Zero);
+            var distance = -Vector256.Abs(d);
+            var w = Vector256.Exp(distance * Vector256.Create(theta[0]));
+            var step = chained ? Vector256.Exp(distance * delta) : default;
+            for (var t = 0; t < count; t++)
+            {
+                if (t > 0)
+                {
+                    w = chain[t] ? w * step : Vector256.Exp(distance * Vector256.Create(theta[t]));
+                }
+
+                var block = Widen(sums + (t * sumStride), half);
+                var target = running + (t * runningStride);
+                var s = Vector256.Load(target);
+                Vector256.Store(Vector256.ConditionalSelect(above, (s * w) + block, s + (block * w)), target);
+            }
+
+            Vector256.Store(Vector256.Max(current, blockShift), shift);
+        }
+
+        /// <summary>The lower (<paramref name="half"/> 0) or upper (4) four of the eight floats at <paramref name="source"/>, as float64.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static Vector256<double> Widen(float* source, int half)
+        {
+            var x = Vector256.Load(source);
+            return half == 0 ? Vector256.WidenLower(x) : Vector256.WidenUpper(x);
         }
     }
 }
