@@ -248,9 +248,6 @@ public static class DatasetFeatureExtractor
         }
     }
 
-    /// <summary>Batches between two <see cref="ProcessMemory.Trim"/> calls during a pass.</summary>
-    private const int TrimEveryBatches = 16;
-
     /// <summary>Bytes of a layer search's similarity matrices: one float16 <c>[validation, training]</c> matrix per candidate layer.</summary>
     public static long SearchSimilarityBytes(int layers, long validation, long training) =>
         checked(layers * validation * training * sizeof(ushort));
@@ -337,12 +334,6 @@ public static class DatasetFeatureExtractor
                 batch.bytes = current.AsSpan(0, n * shape.Size);
                 sink.Add(batch, start, scope);
                 progress?.Report(new ExtractionProgress(start + n, count));
-                if (i % TrimEveryBatches == TrimEveryBatches - 1)
-                {
-                    // The batches' freed activations and products stay in glibc's heap (its mmap threshold grows to their size
-                    // after the first frees); handing them back now and then keeps them from adding to a long pass's resident set.
-                    ProcessMemory.Trim();
-                }
             }
         }
         finally
