@@ -454,8 +454,7 @@ public sealed partial class ExactCacheMemory : ICacheMemory
             theta0[j] = LogMassKernel.StabiliserTemperature(upper[j]);
         }
 
-        var distinct = plan.Distinct;
-        var running = new LogMassKernel.Running(distinct, ClassCount, padded);
+        var running = new LogMassKernel.Running(plan.Kernel, ClassCount, padded);
         var present = new bool[ClassCount];
         foreach (var view in snapshot.Views)
         {
@@ -474,19 +473,12 @@ public sealed partial class ExactCacheMemory : ICacheMemory
                 var similarities = mm(keys, queriesT).contiguous(); // [n, padded]
                 using var storage = similarities.storage<float>();
                 var address = storage.data_ptr() + (nint)(similarities.storage_offset() * sizeof(float));
-                LogMassKernel.Accumulate(
-                    address, rows, padded, hostLabels, offset, present, distinct, plan.ChainDelta, theta0, upper, running);
+                LogMassKernel.Accumulate(address, rows, padded, hostLabels, offset, present, theta0, upper, running);
                 GC.KeepAlive(similarities);
             }
         }
 
-        var result = tensor(running.LogMass(), [distinct.Length, ClassCount, padded]).narrow(2, 0, b);
-        if (plan.Count != distinct.Length || !plan.IsDistinctOrder)
-        {
-            result = result.index_select(0, tensor(plan.DistinctIndex, dtype: ScalarType.Int64));
-        }
-
-        return result.contiguous().MoveToOuterDisposeScope();
+        return running.ToTensor(b).MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -753,18 +745,6 @@ public sealed partial class ExactCacheMemory : ICacheMemory
 
         /// <summary>The θ as the fused kernel takes them.</summary>
         public LogMassKernel.ThetaGrid Kernel { get; }
-
-        /// <summary>Distinct θ as float32, ascending.</summary>
-        public float[] Distinct => Kernel.Distinct;
-
-        /// <summary>For each caller θ, its index in <see cref="Distinct"/>.</summary>
-        public long[] DistinctIndex => Kernel.DistinctIndex;
-
-        /// <summary>Whether the caller's θ are already <see cref="Distinct"/>, in that order.</summary>
-        public bool IsDistinctOrder => Kernel.IsDistinctOrder;
-
-        /// <summary>The step between consecutive distinct θ that one exponential serves (0: none recurs).</summary>
-        public float ChainDelta => Kernel.ChainDelta;
 
         public double[] Thetas { get; }
 

@@ -372,7 +372,7 @@ public static class LayerCombinationSearch
         var padded = (len + LogMassKernel.Lanes - 1) / LogMassKernel.Lanes * LogMassKernel.Lanes;
         var capacity = Math.Min(KeyBlock, total);
         var buffer = zeros(capacity, padded, dtype: ScalarType.Float32); // padding columns stay 0
-        var running = new LogMassKernel.Running(grid.Distinct, classCount, padded);
+        var running = new LogMassKernel.Running(grid, classCount, padded);
         var present = new bool[classCount];
         var upper = new float[padded];
         var theta0 = new float[padded];
@@ -414,18 +414,12 @@ public static class LayerCombinationSearch
                 present[label] = true;
             }
 
-            LogMassKernel.Accumulate(address, rows, padded, keyLabels, offset, present, grid.Distinct, grid.ChainDelta, theta0, upper, running);
+            LogMassKernel.Accumulate(address, rows, padded, keyLabels, offset, present, theta0, upper, running);
         }
 
         GC.KeepAlive(buffer);
         GC.KeepAlive(similarities);
-        var result = tensor(running.LogMass(), [grid.Distinct.Length, classCount, padded]).narrow(2, 0, len);
-        if (!grid.IsDistinctOrder)
-        {
-            result = result.index_select(0, tensor(grid.DistinctIndex, dtype: ScalarType.Int64));
-        }
-
-        return result.permute(0, 2, 1).contiguous().MoveToOuterDisposeScope();
+        return running.ToTensor(len).permute(0, 2, 1).contiguous().MoveToOuterDisposeScope();
     }
 
     /// <summary>

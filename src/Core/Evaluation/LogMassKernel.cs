@@ -1,6 +1,8 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using TorchSharp;
+using static TorchSharp.torch;
 
 namespace ScalableCache.Core.Evaluation;
 
@@ -73,18 +75,21 @@ internal static unsafe class LogMassKernel
     /// </summary>
     public sealed class Running
     {
-        /// <summary>An empty running log-mass for the distinct ascending <paramref name="thetas"/>, <paramref name="classes"/> classes and <paramref name="columns"/> queries.</summary>
-        public Running(float[] thetas, int classes, int columns)
+        /// <summary>An empty running log-mass for the θ of <paramref name="grid"/>, <paramref name="classes"/> classes and <paramref name="columns"/> queries.</summary>
+        public Running(ThetaGrid grid, int classes, int columns)
         {
-            ArgumentNullException.ThrowIfNull(thetas);
-            (Thetas, Classes, Columns) = (thetas, classes, columns);
+            ArgumentNullException.ThrowIfNull(grid);
+            (Grid, Classes, Columns) = (grid, classes, columns);
             Shift = new double[checked(classes * columns)];
             Array.Fill(Shift, double.NegativeInfinity);
-            Sum = new double[checked(thetas.Length * classes * columns)];
+            Sum = new double[checked(grid.Distinct.Length * classes * columns)];
         }
 
-        /// <summary>The distinct θ, ascending (those given to <see cref="Accumulate"/>).</summary>
-        public float[] Thetas { get; }
+        /// <summary>The θ, as <see cref="Accumulate"/> merges them.</summary>
+        public ThetaGrid Grid { get; }
+
+        /// <summary>The distinct θ, ascending.</summary>
+        public float[] Thetas => Grid.Distinct;
 
         /// <summary>Class count C.</summary>
         public int Classes { get; }
@@ -123,6 +128,22 @@ internal static unsafe class LogMassKernel
 
             return result;
         }
+
+        /// <summary>
+        /// <see cref="LogMass"/> as a float32 tensor <c>[θ, C, queries]</c> in the caller's θ order (duplicates included), the first
+        /// <paramref name="queries"/> columns, contiguous.
+        /// </summary>
+        public Tensor ToTensor(long queries)
+        {
+            using var scope = NewDisposeScope();
+            var result = tensor(LogMass(), [Thetas.Length, Classes, Columns]).narrow(2, 0, queries);
+            if (!Grid.IsDistinctOrder)
+            {
+                result = result.index_select(0, tensor(Grid.DistinctIndex, dtype: ScalarType.Int64));
+            }
+
+            return result.contiguous().MoveToOuterDisposeScope();
+        }
     }
 
     /// <summary>
@@ -140,14 +161,11 @@ internal static unsafe class LogMassKernel
     /// <param name="labels">Labels of the block's keys: <paramref name="labels"/>[<paramref name="labelOffset"/> + k].</param>
     /// <param name="labelOffset">Index of the block's first key in <paramref name="labels"/>.</param>
     /// <param name="present">Per class: whether the block holds a key of it.</param>
-    /// <param name="thetas">Distinct θ, ascending.</param>
-    /// <param name="chainDelta">Step δ of evenly spaced θ reused through one exponential, or 0 for none.</param>
     /// <param name="theta0">Per query: stabiliser temperature θ₀.</param>
     /// <param name="upper">Per query: ‖q‖·max‖k‖, an upper bound of its similarities.</param>
-    /// <param name="running">Running log-mass <c>[T, C, columns]</c>.</param>
+    /// <param name="running">Running log-mass <c>[T, C, columns]</c>; its <see cref="Running.Grid"/> gives the θ.</param>
     public static void Accumulate(
-        nint similarities, int rows, int columns, int[] labels, int labelOffset, bool[] present, float[] thetas, float chainDelta,
-        float[] theta0, float[] upper, Running running)
+        nint similarities, int rows, int columns, int[] labels, int labelOffset, bool[] present, float[] theta0, float[] upper, Running running)
     {
         var tiles = (columns + TileColumns - 1) / TileColumns;
         var theta0Min = float.PositiveInfinity;
@@ -156,7 +174,8 @@ internal static unsafe class LogMassKernel
             theta0Min = Math.Min(theta0Min, t);
         }
 
-        var job = new Job(similarities, rows, columns, labels, labelOffset, present, thetas, chainDelta, theta0, upper, running, theta0Min);
+        var job = new Job(
+            similarities, rows, columns, labels, labelOffset, present, running.Thetas, running.Grid.ChainDelta, theta0, upper, running, theta0Min);
         if (tiles == 1)
         {
             job.Tile(0);
