@@ -10,10 +10,12 @@ using static ScalableCache.Benchmarks.BenchmarkText;
 namespace ScalableCache.Benchmarks;
 
 /// <summary>
-/// The layer search's scoring of one layer set (<see cref="LayerCombinationSearch.Score"/>):
+/// The layer search's scoring of one layer set (<c>LayerCombinationSearch.Score</c>):
 /// the fused kernel against the tensor path it replaced (<see cref="SimilarityLogMass"/>), on the same float16 similarity
 /// matrices <c>[Q, N]</c> of L layers, θ grid 10…90 and λ grid 0.1…0.9, in the same process and interleaved: seconds per
-/// call, the ratio tensor time / fused time, and whether both choose the same (error, θ, λ).
+/// call, the ratio tensor time / fused time, and whether both choose the same (error, θ, λ); then the fused kernel reading the
+/// same matrices from <see cref="SimilarityFile"/>s (written to a temporary folder, deleted at the end) as the layer search now
+/// does, and the ratio of its time to the in-memory one.
 /// </summary>
 /// <remarks>
 /// Arguments (all optional): <c>--queries Q</c> (5000), <c>--keys N</c> (50000), <c>--dim d</c> (64, per layer, for making
@@ -78,6 +80,26 @@ internal static class SearchScoreBenchmark
         var pNet = logits.softmax(1);
         string[] names = [.. Enumerable.Range(0, layers).Select(l => $"layer{l}")];
 
+        var folder = Directory.CreateTempSubdirectory("scache-bench-search-").FullName;
+        var files = new SimilarityMatrix[layers];
+        for (var l = 0; l < layers; l++)
+        {
+            using var writer = new SimilarityFile.Writer(Path.Combine(folder, $"s{l}.f16"), q, n);
+            for (long start = 0; start < n; start += 256)
+            {
+                using var inner = NewDisposeScope();
+                writer.Append(similarities[l].narrow(1, start, Math.Min(256, n - start)));
+            }
+
+            files[l] = writer.Complete();
+        }
+
+        LayerSetScore ScoreFiles()
+        {
+            var errors = LayerCombinationSearch.Errors(files, trainY, pNet, valY, c, Thetas, Lambdas, RowBlock, weights, fused: true);
+            return LayerCombinationSearch.Best(names, errors, Thetas, Lambdas, q);
+        }
+
         LayerSetScore Score(bool fused, int rows)
         {
             var (part, partWeights) = rows == q
@@ -94,11 +116,23 @@ internal static class SearchScoreBenchmark
         var tensorTimes = new List<double>();
         var fusedTimes = new List<double>();
         LayerSetScore? tensorScore = null, fusedScore = null;
+        var fileTimes = new List<double>();
+        LayerSetScore? fileScore = null;
         for (var r = 0; r < repeats; r++)
         {
             tensorTimes.Add(Seconds(() => tensorScore = Score(fused: false, q)));
             fusedTimes.Add(Seconds(() => fusedScore = Score(fused: true, q)));
+            fileTimes.Add(Seconds(() => fileScore = ScoreFiles()));
         }
+
+        foreach (var f in files)
+        {
+            f.Dispose();
+        }
+
+        Directory.Delete(folder, recursive: true);
+        var fileSeconds = Quantile(fileTimes, 0.5);
+        var sameFromFiles = (fileScore!.Error, fileScore.Theta, fileScore.Lambda) == (fusedScore!.Error, fusedScore.Theta, fusedScore.Lambda);
 
         var (tensorSeconds, fusedSeconds) = (Quantile(tensorTimes, 0.5), Quantile(fusedTimes, 0.5));
         var ratio = tensorSeconds / fusedSeconds;
@@ -107,6 +141,8 @@ internal static class SearchScoreBenchmark
         Console.WriteLine(Line($"{"tensor path (SimilarityLogMass)",-34} {tensorSeconds,8:F2} s   runs {Runs(tensorTimes)}   error {tensorScore.Error:P2} θ={tensorScore.Theta} λ={tensorScore.Lambda}"));
         Console.WriteLine(Line($"{"fused kernel (LogMassKernel)",-34} {fusedSeconds,8:F2} s   runs {Runs(fusedTimes)}   error {fusedScore.Error:P2} θ={fusedScore.Theta} λ={fusedScore.Lambda}"));
         Console.WriteLine(Line($"{"tensor time / fused time",-34} {ratio,8:F2}   same choice: {same}"));
+        Console.WriteLine(Line($"{"fused kernel, matrices in files",-34} {fileSeconds,8:F2} s   runs {Runs(fileTimes)}   same choice as in memory: {sameFromFiles}"));
+        Console.WriteLine(Line($"{"files time / in-memory fused time",-34} {fileSeconds / fusedSeconds,8:F2}"));
         using (var process = Process.GetCurrentProcess())
         {
             Console.WriteLine(Line($"{"peak working set (process)",-34} {Mib(process.PeakWorkingSet64)}   similarity matrices alone: {Mib(2L * q * n * layers)}"));
@@ -128,6 +164,9 @@ internal static class SearchScoreBenchmark
             ["fused_s"] = Math.Round(fusedSeconds, 3),
             ["tensor_over_fused"] = Math.Round(ratio, 3),
             ["same_choice"] = same,
+            ["files_s"] = Math.Round(fileSeconds, 3),
+            ["files_over_fused"] = Math.Round(fileSeconds / fusedSeconds, 3),
+            ["same_choice_files"] = sameFromFiles,
         }));
         return Program.Success;
     }

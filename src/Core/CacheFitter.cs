@@ -79,6 +79,13 @@ public sealed class CacheFitOptions
     /// </summary>
     public string? KeyFolder { get; set; }
 
+    /// <summary>
+    /// Where a layer search keeps its similarity matrices (<see cref="SearchSimilarities"/>): files under <see cref="KeyFolder"/>
+    /// written during the training pass when they fit on its disk, else computed from the spilled keys whenever the search reads them
+    /// (<see cref="SearchSimilarities.Auto"/>, the default).
+    /// </summary>
+    public SearchSimilarities SearchSimilarities { get; set; } = SearchSimilarities.Auto;
+
     /// <summary>The network and checkpoint, recorded in the fitted classifier (and its cache files).</summary>
     public CacheModelId? Model { get; set; }
 
@@ -301,7 +308,7 @@ public sealed class CacheFitter
         var step = _options.Progress?.Step($"{label} [{layers.Count} layer{(layers.Count == 1 ? "" : "s")}{(validation is null ? "" : ", similarities")}]", data.Count);
         var folder = Path.Combine(_options.KeyFolder ?? Path.GetTempPath(), $"scache-keys-{Guid.NewGuid():N}");
         return DatasetFeatureExtractor.ExtractForSearch(
-            extractor, data, _input, validation, folder, ExtractionOptions(), Adapt(step), cancellationToken);
+            extractor, data, _input, validation, folder, ExtractionOptions(), Adapt(step), cancellationToken, _options.SearchSimilarities);
     }
 
     /// <summary>Keys of <paramref name="layers"/> composed by the recipe, probabilities and labels of <paramref name="data"/>.</summary>

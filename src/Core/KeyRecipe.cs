@@ -144,8 +144,25 @@ public sealed record KeyRecipe
             parts = [.. parts.Select((p, i) => p * norms[i].to_type(ScalarType.Float32).unsqueeze(1))];
         }
 
-        var keys = parts.Length == 1 ? parts[0] : cat(parts, 1);
-        return nn.functional.normalize(keys, 2, 1, NormEpsilon).MoveToOuterDisposeScope();
+        if (parts.Length == 1 && normalization == KeyNormalization.PerLayer)
+        {
+            return nn.functional.normalize(parts[0], 2, 1, NormEpsilon).MoveToOuterDisposeScope(); // parts[0] may be the caller's tensor
+        }
+
+        // A new tensor (the concatenation, or the weighted part): normalised in place, one [b, D] tensor instead of two.
+        return NormalizeRowsInPlace(parts.Length == 1 ? parts[0] : cat(parts, 1)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Divides each row of <paramref name="keys"/> (float32 <c>[b, D]</c>, owned by the caller and not needed unnormalised) by its
+    /// L2 norm, at least <see cref="NormEpsilon"/>, in place: the values <c>nn.functional.normalize(keys, 2, 1, NormEpsilon)</c>
+    /// computes (the same norm, then the same division), without a second <c>[b, D]</c> tensor. Returns <paramref name="keys"/>.
+    /// </summary>
+    internal static Tensor NormalizeRowsInPlace(Tensor keys)
+    {
+        ArgumentNullException.ThrowIfNull(keys);
+        using var denominator = keys.norm(1, true).clamp_min_(NormEpsilon);
+        return keys.div_(denominator);
     }
 
     /// <summary>

@@ -357,13 +357,25 @@ public sealed partial class ExactCacheMemory : ICacheMemory
 
         var fused = !track && _device.type == DeviceType.CPU && UseFusedKernel;
         var parts = new List<Tensor>();
-        for (long start = 0; start < b; start += _queryBlockSize)
+        if (fused)
         {
-            var rows = Math.Min(_queryBlockSize, b - start);
-            var logMass = fused
-                ? QueryBlockFused(snapshot, q.narrow(0, start, rows), plan, keyBuffer)
-                : where(present, QueryBlock(snapshot, q.narrow(0, start, rows), plan, thetaColumn, keyBuffer, track), float.NegativeInfinity);
-            parts.Add(logMass.permute(0, 2, 1));
+            // Keys outer, query blocks inner: each key block is read (from a mapped file: paged in and converted) once per group of
+            // query blocks, not once per query block; a query's arithmetic is the same either way.
+            var group = FusedGroupBlocks(plan.Kernel.Distinct.Length, ClassCount, _queryBlockSize, FusedRunningBudgetBytes);
+            for (long start = 0; start < b; start += (long)group * _queryBlockSize)
+            {
+                var rows = Math.Min((long)group * _queryBlockSize, b - start);
+                parts.AddRange(QueryBlocksFused(snapshot, q.narrow(0, start, rows), plan, keyBuffer).Select(l => l.permute(0, 2, 1)));
+            }
+        }
+        else
+        {
+            for (long start = 0; start < b; start += _queryBlockSize)
+            {
+                var rows = Math.Min(_queryBlockSize, b - start);
+                var logMass = where(present, QueryBlock(snapshot, q.narrow(0, start, rows), plan, thetaColumn, keyBuffer, track), float.NegativeInfinity);
+                parts.Add(logMass.permute(0, 2, 1));
+            }
         }
 
         var result = parts.Count == 1 ? parts[0] : cat(parts, 1);
@@ -433,28 +445,55 @@ public sealed partial class ExactCacheMemory : ICacheMemory
     }
 
     /// <summary>
-    /// Log-mass <c>[T, C, b]</c> (−∞ for classes without keys) of one block of queries <c>[b, d]</c> on the CPU, without
-    /// gradients: one matrix multiply per key block, then <see cref="LogMassKernel"/>.
+    /// How many query blocks <see cref="QueryBlocksFused"/> takes at once: as many as keep their running log-masses (float64, per
+    /// distinct θ and one shift, per class and query) within <see cref="FusedRunningBudgetBytes"/>, at least one.
     /// </summary>
-    private Tensor QueryBlockFused(Snapshot snapshot, Tensor queries, ThetaPlan plan, KeyBlockBuffers keyBuffer)
+    internal static int FusedGroupBlocks(int distinctThetas, int classes, int queryBlock, long budgetBytes)
+    {
+        var perBlock = (distinctThetas + 1L) * classes * queryBlock * sizeof(double);
+        return (int)Math.Clamp(budgetBytes / perBlock, 1, 1 << 16);
+    }
+
+    /// <summary>Memory the fused CPU path's running log-masses may take across the query blocks it serves in one pass over the keys.</summary>
+    internal const long FusedRunningBudgetBytes = 1L << 30;
+
+    /// <summary>
+    /// Log-mass <c>[T, C, b_j]</c> (−∞ for classes without keys) of each block of <see cref="ExactCacheOptions.QueryBlockSize"/>
+    /// queries of <paramref name="queries"/> <c>[b, d]</c> on the CPU, without gradients, in one pass over the keys: per key block
+    /// one matrix multiply per query block, then <see cref="LogMassKernel"/>. Each query block's values are those of a pass of its
+    /// own (the same products, merged in the same key order).
+    /// </summary>
+    private Tensor[] QueryBlocksFused(Snapshot snapshot, Tensor queries, ThetaPlan plan, KeyBlockBuffers keyBuffer)
     {
         using var scope = NewDisposeScope();
-        var b = (int)queries.shape[0];
-        var padded = (b + LogMassKernel.Lanes - 1) / LogMassKernel.Lanes * LogMassKernel.Lanes;
-        var q = padded == b ? queries : cat([queries, zeros(padded - b, Dimension, dtype: ScalarType.Float32)]);
-        var queriesT = q.t();
-
-        // Stabiliser temperature per query: θ₀ · (largest possible similarity range 2‖q‖·max‖k‖) = 80.
-        var norms = q.norm(1).data<float>().ToArray();
-        var upper = new float[padded];
-        var theta0 = new float[padded];
-        for (var j = 0; j < padded; j++)
+        var total = queries.shape[0];
+        var blocks = (int)((total + _queryBlockSize - 1) / _queryBlockSize);
+        var counts = new int[blocks];
+        var transposed = new Tensor[blocks];
+        var uppers = new float[blocks][];
+        var theta0s = new float[blocks][];
+        var running = new LogMassKernel.Running[blocks];
+        for (var j = 0; j < blocks; j++)
         {
-            upper[j] = (float)(norms[j] * snapshot.MaxKeyNorm);
-            theta0[j] = LogMassKernel.StabiliserTemperature(upper[j]);
+            var b = counts[j] = (int)Math.Min(_queryBlockSize, total - ((long)j * _queryBlockSize));
+            var block = queries.narrow(0, (long)j * _queryBlockSize, b);
+            var padded = (b + LogMassKernel.Lanes - 1) / LogMassKernel.Lanes * LogMassKernel.Lanes;
+            var q = padded == b ? block : cat([block, zeros(padded - b, Dimension, dtype: ScalarType.Float32)]);
+            transposed[j] = q.t();
+
+            // Stabiliser temperature per query: θ₀ · (largest possible similarity range 2‖q‖·max‖k‖) = 80.
+            var norms = q.norm(1).data<float>().ToArray();
+            uppers[j] = new float[padded];
+            theta0s[j] = new float[padded];
+            for (var i = 0; i < padded; i++)
+            {
+                uppers[j][i] = (float)(norms[i] * snapshot.MaxKeyNorm);
+                theta0s[j][i] = LogMassKernel.StabiliserTemperature(uppers[j][i]);
+            }
+
+            running[j] = new LogMassKernel.Running(plan.Kernel, ClassCount, padded);
         }
 
-        var running = new LogMassKernel.Running(plan.Kernel, ClassCount, padded);
         var present = new bool[ClassCount];
         foreach (var view in snapshot.Views)
         {
@@ -470,15 +509,20 @@ public sealed partial class ExactCacheMemory : ICacheMemory
                     present[label] = true;
                 }
 
-                var similarities = mm(keys, queriesT).contiguous(); // [n, padded]
-                using var storage = similarities.storage<float>();
-                var address = storage.data_ptr() + (nint)(similarities.storage_offset() * sizeof(float));
-                LogMassKernel.Accumulate(address, rows, padded, hostLabels, offset, present, theta0, upper, running);
-                GC.KeepAlive(similarities);
+                for (var j = 0; j < blocks; j++)
+                {
+                    using var inner = NewDisposeScope();
+                    var padded = running[j].Columns;
+                    var similarities = mm(keys, transposed[j]).contiguous(); // [n, padded]
+                    using var storage = similarities.storage<float>();
+                    var address = storage.data_ptr() + (nint)(similarities.storage_offset() * sizeof(float));
+                    LogMassKernel.Accumulate(address, rows, padded, hostLabels, offset, present, theta0s[j], uppers[j], running[j]);
+                    GC.KeepAlive(similarities);
+                }
             }
         }
 
-        return running.ToTensor(b).MoveToOuterDisposeScope();
+        return [.. running.Select((r, j) => r.ToTensor(counts[j]).MoveToOuterDisposeScope())];
     }
 
     /// <summary>

@@ -264,7 +264,29 @@ public sealed class CacheClassifierTests : IDisposable
             var parts = new[] { flatA / flatA.norm(1).unsqueeze(1), b / b.norm(1).unsqueeze(1) };
             var composed = KeyRecipe.ComposeUnitParts(parts, [flatA.norm(1), b.norm(1)], mode);
             Assert.True(composed.allclose(expected.to_type(ScalarType.Float32), rtol: 1e-5, atol: 1e-6), mode.ToString());
+
+            // Normalised in place, the values are those of nn.functional.normalize over the concatenation, bit for bit, and the
+            // caller's parts are untouched (also a single part, which may be the caller's own tensor).
+            var floatParts = parts.Select(p => p.to_type(ScalarType.Float32)).ToArray();
+            var before = floatParts.Select(p => p.clone()).ToArray();
+            var joined = mode == KeyNormalization.PerLayer
+                ? cat(floatParts, 1)
+                : cat([floatParts[0] * flatA.norm(1).to_type(ScalarType.Float32).unsqueeze(1), floatParts[1] * b.norm(1).to_type(ScalarType.Float32).unsqueeze(1)], 1);
+            var reference = nn.functional.normalize(joined, 2, 1, KeyRecipe.NormEpsilon);
+            var float32 = KeyRecipe.ComposeUnitParts(floatParts, [flatA.norm(1).to_type(ScalarType.Float32), b.norm(1).to_type(ScalarType.Float32)], mode);
+            Assert.True(float32.eq(reference).all().item<bool>(), $"{mode}: in-place normalisation differs from nn.functional.normalize");
+            Assert.True(floatParts.Zip(before).All(p => p.First.eq(p.Second).all().item<bool>()), "the parts are not modified");
+            var single = KeyRecipe.ComposeUnitParts([floatParts[1]], [b.norm(1).to_type(ScalarType.Float32)], mode);
+            Assert.True(floatParts[1].eq(before[1]).all().item<bool>(), "a single part is not modified");
+            Assert.True(single.eq(nn.functional.normalize(mode == KeyNormalization.PerLayer ? floatParts[1] : floatParts[1] * b.norm(1).to_type(ScalarType.Float32).unsqueeze(1), 2, 1, KeyRecipe.NormEpsilon)).all().item<bool>());
         }
+
+        // At the CIFAR ResNets' widths (three 4,096-wide layers, 300 rows) as well.
+        var wide = Enumerable.Range(0, 3).Select(_ => nn.functional.normalize(randn(300, 4096), 2, 1, KeyRecipe.NormEpsilon)).ToArray();
+        var wideNorms = Enumerable.Range(0, 3).Select(_ => rand(300) + 0.5).ToArray();
+        Assert.True(KeyRecipe.ComposeUnitParts(wide, wideNorms, KeyNormalization.PerLayer).eq(nn.functional.normalize(cat(wide, 1), 2, 1, KeyRecipe.NormEpsilon)).all().item<bool>());
+        Assert.True(KeyRecipe.ComposeUnitParts(wide, wideNorms, KeyNormalization.Concatenated)
+            .eq(nn.functional.normalize(cat([.. wide.Select((w, i) => w * wideNorms[i].unsqueeze(1))], 1), 2, 1, KeyRecipe.NormEpsilon)).all().item<bool>());
 
         Assert.Throws<ArgumentException>(() => new KeyRecipe(["x", "x"], InputNormalization.ImageNet, InputShape.Cifar));
         Assert.Throws<ArgumentException>(() => new KeyRecipe([], InputNormalization.ImageNet, InputShape.Cifar));

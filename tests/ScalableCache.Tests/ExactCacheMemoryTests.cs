@@ -117,6 +117,35 @@ public sealed class ExactCacheMemoryTests
         BruteForce.AssertClose(logMass, BruteForce.LogMass(keys, labels, queries, dim, classes, thetas), thetas, Tolerance);
     }
 
+    [Fact]
+    public void QueryBlocksServedInOnePassOverTheKeysGiveEachBlocksOwnValuesBitForBit()
+    {
+        // 19 queries in blocks of 8 (the last partial) against 257 keys in three adds (several chunks) and key blocks of 50.
+        const int dim = 24, classes = 7, n = 257, b = 19;
+        var random = new Random(7);
+        var keys = TestData.RandomUnitArray(n, dim, random);
+        var labels = Enumerable.Range(0, n).Select(_ => (long)random.Next(classes)).ToArray();
+        double[] thetas = [10, 20, 30, 40, 50, 60, 70, 80, 90];
+        using var memory = Create(dim, classes, keyBlock: 50, queryBlock: 8);
+        using var all = tensor(keys, [n, dim]);
+        using var y = tensor(labels);
+        foreach (var (start, count) in new[] { (0L, 100L), (100L, 57L), (157L, 100L) })
+        {
+            memory.Add(all.narrow(0, start, count), y.narrow(0, start, count));
+        }
+
+        using var scope = NewDisposeScope();
+        var q = tensor(TestData.RandomUnitArray(b, dim, random), [b, dim]);
+        var together = memory.ClassLogMass(q, thetas);
+        var apart = cat([memory.ClassLogMass(q.narrow(0, 0, 8), thetas), memory.ClassLogMass(q.narrow(0, 8, 8), thetas), memory.ClassLogMass(q.narrow(0, 16, 3), thetas)], 1);
+        Assert.True(together.eq(apart).all().item<bool>(), "a block's log-mass does not depend on the blocks served beside it");
+
+        // The groups of query blocks one pass serves: as many as fit the running log-masses' budget, at least one.
+        Assert.Equal(13, ExactCacheMemory.FusedGroupBlocks(9, 1000, 1024, ExactCacheMemory.FusedRunningBudgetBytes)); // 82 MB a block
+        Assert.Equal(1, ExactCacheMemory.FusedGroupBlocks(9, 100_000, 1024, ExactCacheMemory.FusedRunningBudgetBytes));
+        Assert.Equal(1 << 16, ExactCacheMemory.FusedGroupBlocks(1, 10, 8, ExactCacheMemory.FusedRunningBudgetBytes));
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]

@@ -90,7 +90,7 @@ public sealed class LayerCombinationSearchTests
     /// 9,003 training keys (three blocks of the fused kernel, the last partial and no multiple of 8), float16 similarities as
     /// the search stores them.
     /// </summary>
-    private static (Tensor[] Similarities, (Tensor Query, Tensor Key)[] Weights, Tensor TrainY, Tensor ValY) FusedCase(int seed, int q, double signal)
+    internal static (Tensor[] Similarities, (Tensor Query, Tensor Key)[] Weights, Tensor TrainY, Tensor ValY) FusedCase(int seed, int q, double signal)
     {
         var gen = manual_seed(seed);
         const int classes = 10, n = 9003;

@@ -26,8 +26,9 @@ public sealed class LayerSearchKeysTests : IDisposable
 
     private static ImageDataset Validation => ModelTestSupport.Cifar10Test.ClassBalancedSubset(30, seed: 4);
 
-    private CacheFitOptions Options(bool flip = false, IReadOnlyList<string>? layers = null) => new()
+    private CacheFitOptions Options(bool flip = false, IReadOnlyList<string>? layers = null, SearchSimilarities similarities = SearchSimilarities.Auto) => new()
     {
+        SearchSimilarities = similarities,
         Store = new ExactCacheMemoryFactory(new ExactCacheOptions()),
         Input = InputNormalization.ImageNet,
         InputShape = InputShape.Cifar,
@@ -62,7 +63,7 @@ public sealed class LayerSearchKeysTests : IDisposable
             Assert.True(Same(spilled.ReadLayer(layer, 101, 250), inMemory.Layer(layer).narrow(0, 101, 250)), $"{layer}: rows 101..350");
             Assert.True(Same(spilled.Norms[layer], inMemory.Norms[layer]), $"{layer}: norms");
             var reference = LayerCombinationSearch.Similarities(validation.Layer(layer), inMemory.Layer(layer));
-            var streamed = spilled.Similarities![layer];
+            var streamed = spilled.Similarities![layer].ToTensor();
             Assert.Equal(reference.shape, streamed.shape);
             var differing = reference.ne(streamed).sum().item<long>();
             Assert.True(differing == 0, $"{layer}: {differing} of {reference.numel()} float16 similarities differ from LayerCombinationSearch.Similarities");
@@ -179,6 +180,44 @@ public sealed class LayerSearchKeysTests : IDisposable
         using var scope = NewDisposeScope();
         using var queries = held.Compose(fit.Report.Layers);
         Assert.True(Same(fit.Classifier.Memory.ClassLogMass(queries.Keys, [10, 50, 90]), reference.Classifier.Memory.ClassLogMass(queries.Keys, [10, 50, 90])));
+    }
+
+    [Fact]
+    public void SimilaritiesComputedFromTheKeysAreTheFilesToAFloat16StepAndTheFitChoosesTheSame()
+    {
+        using var net = ModelTestSupport.LoadResNet20();
+        var files = new CacheFitter(net.Model, Options(similarities: SearchSimilarities.Files));
+        var fromKeys = new CacheFitter(net.Model, Options(similarities: SearchSimilarities.FromKeys));
+        var candidates = files.Candidates();
+        var train = Train;
+        using var validation = files.ExtractLayers(Validation, candidates, "validation", Ct);
+        using var written = files.ExtractForSearch(train, validation, candidates, "train", Ct);
+        using var computed = fromKeys.ExtractForSearch(train, validation, candidates, "train", Ct);
+        var folder = Assert.Single(Directory.GetDirectories(_folder.Path), d => Directory.GetFiles(d, "similarities*").Length == 0);
+        Assert.Equal(candidates.Count, Directory.GetFiles(folder).Length); // the keys only
+        Assert.IsType<SimilarityFile>(written.Similarities![candidates[0]]);
+
+        foreach (var layer in candidates)
+        {
+            using var scope = NewDisposeScope();
+            var a = written.Similarities![layer].ToTensor().to_type(ScalarType.Float32);
+            var b = computed.Similarities![layer].ToTensor().to_type(ScalarType.Float32);
+            var step = maximum(a.abs(), b.abs()) * Math.Pow(2, -10) + Math.Pow(2, -24); // one float16 step at most
+            Assert.True((a - b).abs().le(step).all().item<bool>(), $"{layer}: a similarity differs by more than one float16 step");
+            var differing = a.ne(b).sum().item<long>();
+            Assert.True(differing <= a.numel() / 100, $"{layer}: {differing} of {a.numel()} similarities differ");
+        }
+
+        using var a1 = files.Fit(written, validation, train, Ct);
+        using var b1 = fromKeys.Fit(computed, validation, train, Ct);
+        Assert.Equal(a1.Report.Layers, b1.Report.Layers);
+        Assert.Equal(a1.Report.Tuning.Theta, b1.Report.Tuning.Theta);
+        Assert.Equal(a1.Report.Tuning.Lambda, b1.Report.Tuning.Lambda);
+        Assert.Equal(a1.Report.LayerSearch!.Evaluated.Select(s => string.Join(",", s.Layers)), b1.Report.LayerSearch!.Evaluated.Select(s => string.Join(",", s.Layers)));
+        foreach (var (x, y) in a1.Report.LayerSearch.Evaluated.Zip(b1.Report.LayerSearch.Evaluated))
+        {
+            Assert.True(Math.Abs(x.Error - y.Error) <= 2.0 / Validation.Count, $"[{string.Join(",", x.Layers)}]: {x.Error} and {y.Error}");
+        }
     }
 
     [Fact]

@@ -9,40 +9,65 @@ using Xunit;
 namespace ScalableCache.Tests;
 
 /// <summary>
-/// A layer search whose similarity matrices cannot fit in memory (ImageNet-size caches: 3 candidates × 25,000 validation ×
-/// 275,000 training images is 41.25 GB of float16) is refused before the training pass reads an image, naming the sizes and the ways out.
+/// A layer search whose files cannot fit on the key folder's disk (ImageNet-size caches: 3 candidates × 25,000 validation ×
+/// 1,281,167 training images is 192 GB of float16 similarities), or whose panels cannot fit in memory, is refused before the training
+/// pass reads an image, naming the sizes and the ways out.
 /// </summary>
 public sealed class SearchMemoryGuardTests : IDisposable
 {
     private readonly PersistenceTempFolder _folder = new();
 
     [Fact]
-    public void TheSimilarityBytesAreOneFloat16MatrixPerCandidate()
+    public void TheSimilarityBytesAreOneFloat16MatrixPerCandidateAndThePanelsOnePanelEach()
     {
         Assert.Equal(3L * 25_000 * 275_000 * 2, DatasetFeatureExtractor.SearchSimilarityBytes(3, 25_000, 275_000));
         Assert.Equal(4L * 5_000 * 50_000 * 2, DatasetFeatureExtractor.SearchSimilarityBytes(4, 5_000, 50_000));
+        Assert.Equal(5L * 5_000 * SimilarityFile.PanelWidth * 2, DatasetFeatureExtractor.SearchPanelBytes(5, 5_000));
     }
 
     [Fact]
-    public void AMatrixSetLargerThanTheAvailableMemoryIsRefusedWithBothSizes()
+    public void FilesLargerThanTheFreeDiskAreRefusedWithTheSizes()
     {
-        var ex = Assert.Throws<InvalidOperationException>(() => DatasetFeatureExtractor.EnsureSimilaritiesFit(3, 25_000, 275_000, 24_000_000_000));
-        Assert.Contains("41.2 GB", ex.Message, StringComparison.Ordinal);
-        Assert.Contains("24.0 GB", ex.Message, StringComparison.Ordinal);
+        // ImageNet at 275 images per class with 2,048-wide candidates: 41.25 GB of similarities and 6.76 GB of keys.
+        const long keys = 3L * 2_048 * 275_000 * 4;
+        var ex = Assert.Throws<InvalidOperationException>(
+            () => DatasetFeatureExtractor.EnsureSearchFits(3, 25_000, 275_000, keys, "/keys", 24_000_000_000, 24_000_000_000));
+        Assert.Contains("48.0 GB to /keys", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("41.2 GB of similarity matrices", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("6.8 GB of training keys", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("24.0 GB free", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("TMPDIR", ex.Message, StringComparison.Ordinal);
         Assert.Contains("--layers", ex.Message, StringComparison.Ordinal);
         Assert.Contains("--per-class", ex.Message, StringComparison.Ordinal);
 
-        // The CIFAR-10 search (4 × 5,000 × 50,000: 2 GB) fits, and an unknown amount of memory is not checked.
-        DatasetFeatureExtractor.EnsureSimilaritiesFit(4, 5_000, 50_000, 24_000_000_000);
-        DatasetFeatureExtractor.EnsureSimilaritiesFit(3, 25_000, 275_000, null);
+        // With 61 GB free the same search fits; the CIFAR-10 search (5 × 5,000 × 50,000: 2.5 GB, and 4 GB of keys) fits in 24 GB;
+        // unknown amounts are not checked.
+        DatasetFeatureExtractor.EnsureSearchFits(3, 25_000, 275_000, keys, "/keys", 61_000_000_000, 24_000_000_000);
+        DatasetFeatureExtractor.EnsureSearchFits(5, 5_000, 50_000, 5L * 4_096 * 50_000 * 4, "/keys", 24_000_000_000, 24_000_000_000);
+        DatasetFeatureExtractor.EnsureSearchFits(3, 25_000, 1_281_167, keys, "/keys", null, null);
     }
 
     [Fact]
-    public void TheAvailableMemoryIsKnownAndBelowThePhysicalMemory()
+    public void PanelsLargerThanTheAvailableMemoryAreRefused()
+    {
+        var ex = Assert.Throws<InvalidOperationException>(
+            () => DatasetFeatureExtractor.EnsureSearchFits(3, 1_000_000, 10, 0, "/keys", null, 1_000_000_000));
+        Assert.Contains("24.6 GB of memory for its similarity matrices' panels", ex.Message, StringComparison.Ordinal);
+        Assert.Contains("1.0 GB of memory is available", ex.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void TheFreeDiskAndTheAvailableMemoryAreKnown()
     {
         var available = ProcessMemory.AvailableBytes();
         Assert.NotNull(available);
         Assert.InRange(available.Value, 1, GC.GetGCMemoryInfo().TotalAvailableMemoryBytes);
+        var free = DatasetFeatureExtractor.FreeDiskBytes(_folder.Path);
+        Assert.NotNull(free);
+        Assert.True(free > 0);
+
+        // A folder still to be created is measured on the disk of its nearest existing parent.
+        Assert.NotNull(DatasetFeatureExtractor.FreeDiskBytes(Path.Combine(_folder.Path, "not", "yet")));
     }
 
     [Fact]
@@ -62,6 +87,7 @@ public sealed class SearchMemoryGuardTests : IDisposable
         var ex = Assert.Throws<InvalidOperationException>(() => fitter.ExtractForSearch(huge, validation, candidates, "train", TestContext.Current.CancellationToken));
         Assert.Contains("similarity matrices", ex.Message, StringComparison.Ordinal);
         Assert.Contains($"{int.MaxValue:N0} training images", ex.Message, StringComparison.Ordinal);
+        Assert.Contains(_folder.Path, ex.Message, StringComparison.Ordinal);
         Assert.Equal(0, huge.Reads);
         Assert.Empty(Directory.EnumerateFileSystemEntries(_folder.Path));
     }

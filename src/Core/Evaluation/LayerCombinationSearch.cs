@@ -41,7 +41,7 @@ public sealed record LayerCombinationResult(
 public static class LayerCombinationSearch
 {
     /// <summary>Keys per call of the fused kernel: one block's key-major similarities stay in cache between its passes.</summary>
-    private const int KeyBlock = 4096;
+    internal const int KeyBlock = 4096;
 
     /// <summary>Runs the search.</summary>
     public static LayerCombinationResult Run(
@@ -110,6 +110,42 @@ public static class LayerCombinationSearch
     public static LayerCombinationResult Run(
         IReadOnlyList<string> layers,
         IReadOnlyList<Tensor> similarities,
+        Tensor trainLabels,
+        Tensor validationProbabilities,
+        Tensor validationLabels,
+        int classCount,
+        IReadOnlyList<double> thetas,
+        IReadOnlyList<double> lambdas,
+        int maxLayers = 3,
+        IProgress<string>? progress = null,
+        int rowBlock = 512,
+        IReadOnlyList<(Tensor QueryNorms, Tensor KeyNorms)>? norms = null)
+    {
+        ArgumentNullException.ThrowIfNull(similarities);
+        return Run(
+            layers, InMemory(similarities), trainLabels, validationProbabilities, validationLabels, classCount, thetas, lambdas, maxLayers, progress,
+            rowBlock, norms);
+    }
+
+    /// <summary>
+    /// Runs the search from each candidate's similarity matrix read tile by tile (<see cref="SimilarityMatrix"/>: in memory, or a
+    /// <see cref="SimilarityFile"/> written while the training images were extracted), as the overload over tensors does.
+    /// </summary>
+    /// <param name="layers">Candidate names, one per similarity matrix.</param>
+    /// <param name="similarities">Per candidate: validation-query × training-key cosine similarities.</param>
+    /// <param name="trainLabels">Labels <c>[N]</c> of the training keys (the similarities' columns).</param>
+    /// <param name="validationProbabilities"><c>p_net</c> <c>[n, C]</c> of the validation queries.</param>
+    /// <param name="validationLabels">Labels <c>[n]</c> of the validation queries.</param>
+    /// <param name="classCount">Classes C.</param>
+    /// <param name="thetas">θ grid.</param>
+    /// <param name="lambdas">λ grid.</param>
+    /// <param name="maxLayers">Largest set.</param>
+    /// <param name="progress">Told of every scored set.</param>
+    /// <param name="rowBlock">Query rows scored at a time.</param>
+    /// <param name="norms">Per candidate (query norms, key norms) for <see cref="KeyNormalization.Concatenated"/> keys, else <see langword="null"/>.</param>
+    public static LayerCombinationResult Run(
+        IReadOnlyList<string> layers,
+        IReadOnlyList<SimilarityMatrix> similarities,
         Tensor trainLabels,
         Tensor validationProbabilities,
         Tensor validationLabels,
@@ -240,6 +276,23 @@ public static class LayerCombinationSearch
         int rowBlock = 512,
         IReadOnlyList<(Tensor Query, Tensor Key)>? weights = null)
     {
+        ArgumentNullException.ThrowIfNull(similarities);
+        return Score(InMemory(similarities), layers, trainLabels, probabilities, labels, classCount, thetas, lambdas, rowBlock, weights);
+    }
+
+    /// <summary>As the overload over tensors, with the similarity matrices read tile by tile (<see cref="SimilarityMatrix"/>).</summary>
+    public static LayerSetScore Score(
+        IReadOnlyList<SimilarityMatrix> similarities,
+        IReadOnlyList<string> layers,
+        Tensor trainLabels,
+        Tensor probabilities,
+        Tensor labels,
+        int classCount,
+        IReadOnlyList<double> thetas,
+        IReadOnlyList<double> lambdas,
+        int rowBlock = 512,
+        IReadOnlyList<(Tensor Query, Tensor Key)>? weights = null)
+    {
         ArgumentNullException.ThrowIfNull(labels);
         var errors = Errors(similarities, trainLabels, probabilities, labels, classCount, thetas, lambdas, rowBlock, weights, fused: true);
         return Best(layers, errors, thetas, lambdas, labels.shape[0]);
@@ -253,15 +306,23 @@ public static class LayerCombinationSearch
         return new LayerSetScore(layers.ToArray(), errors[bt, bl] / (double)n, thetas[bt], lambdas[bl]);
     }
 
-    /// <summary>The error counts <c>[T, Λ]</c> behind <see cref="Score"/>, from <see cref="LogMass"/> per block of <paramref name="rowBlock"/> queries.</summary>
+    /// <summary>The error counts <c>[T, Λ]</c> behind <c>Score</c> over held tensors.</summary>
     internal static long[,] Errors(
         IReadOnlyList<Tensor> similarities, Tensor trainLabels, Tensor probabilities, Tensor labels, int classCount, IReadOnlyList<double> thetas,
+        IReadOnlyList<double> lambdas, int rowBlock, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, bool fused) =>
+        Errors(InMemory(similarities), trainLabels, probabilities, labels, classCount, thetas, lambdas, rowBlock, weights, fused);
+
+    /// <summary>The error counts <c>[T, Λ]</c> behind <c>Score</c>, from <c>LogMass</c> per block of <paramref name="rowBlock"/> queries.</summary>
+    internal static long[,] Errors(
+        IReadOnlyList<SimilarityMatrix> similarities, Tensor trainLabels, Tensor probabilities, Tensor labels, int classCount, IReadOnlyList<double> thetas,
         IReadOnlyList<double> lambdas, int rowBlock, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, bool fused)
     {
         ArgumentNullException.ThrowIfNull(labels);
         ArgumentNullException.ThrowIfNull(thetas);
         ArgumentNullException.ThrowIfNull(lambdas);
         ArgumentOutOfRangeException.ThrowIfLessThan(rowBlock, 1);
+        ArgumentNullException.ThrowIfNull(similarities);
+        rowBlock = Math.Max(rowBlock, similarities.Count == 0 ? 0 : similarities.Max(m => m.PreferredRowBlock)); // a query's result does not depend on its block
         using var scope = NewDisposeScope();
         var n = labels.shape[0];
         var errors = new long[thetas.Count, lambdas.Count];
@@ -285,6 +346,12 @@ public static class LayerCombinationSearch
     /// </summary>
     internal static Tensor LogMass(
         IReadOnlyList<Tensor> similarities, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, Tensor trainLabels, int classCount,
+        double[] thetas, long start, int len, bool fused) =>
+        LogMass(InMemory(similarities), weights, trainLabels, classCount, thetas, start, len, fused);
+
+    /// <summary>As the overload over tensors, with the matrices read tile by tile; the reference path (<paramref name="fused"/> false) needs them in memory.</summary>
+    internal static Tensor LogMass(
+        IReadOnlyList<SimilarityMatrix> similarities, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, Tensor trainLabels, int classCount,
         double[] thetas, long start, int len, bool fused)
     {
         ArgumentNullException.ThrowIfNull(similarities);
@@ -301,9 +368,9 @@ public static class LayerCombinationSearch
 
         using var noGrad = no_grad();
         return fused
-            ? FusedLogMass(similarities, weights, start, len, KeyLabels(trainLabels, similarities[0].shape[1], classCount, thetas), classCount,
+            ? FusedLogMass(similarities, weights, start, len, KeyLabels(trainLabels, similarities[0].Columns, classCount, thetas), classCount,
                 LogMassKernel.ThetaGrid.Create(thetas))
-            : SimilarityLogMass.Compute(Combined(similarities, weights, start, len, 0, similarities[0].shape[1]), trainLabels, classCount, thetas);
+            : SimilarityLogMass.Compute(Combined(Held(similarities), weights, start, len, 0, similarities[0].Columns), trainLabels, classCount, thetas);
     }
 
     /// <summary>
@@ -364,7 +431,7 @@ public static class LayerCombinationSearch
     /// per query of that block.
     /// </summary>
     private static Tensor FusedLogMass(
-        IReadOnlyList<Tensor> similarities, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, long start, int len, int[] keyLabels,
+        IReadOnlyList<SimilarityMatrix> similarities, IReadOnlyList<(Tensor Query, Tensor Key)>? weights, long start, int len, int[] keyLabels,
         int classCount, LogMassKernel.ThetaGrid grid)
     {
         using var scope = NewDisposeScope();
@@ -381,10 +448,11 @@ public static class LayerCombinationSearch
             theta0[j] = LogMassKernel.StabiliserTemperature(0);
         }
 
-        // Contiguous float16 matrices (what the search stores) are read directly; anything else goes through tensor operations.
-        var direct = similarities.All(m => m.dtype == ScalarType.Float16 && m.device_type == DeviceType.CPU && m.is_contiguous())
-            && 2L * len * total <= int.MaxValue;
-        var sources = direct ? similarities.Select(m => Address(m.narrow(0, start, len))).ToArray() : null;
+        // Float16 tiles (what the search stores, in memory or in files) are read directly; other held matrices go through tensor operations.
+        var direct = similarities.All(m => m.Direct(len));
+        var held = direct ? null : Held(similarities);
+        var sources = new nint[similarities.Count];
+        var strides = new long[similarities.Count];
         var queryWeights = direct ? weights?.Select(w => w.Query.narrow(0, start, len).to_type(ScalarType.Float32).data<float>().ToArray()).ToArray() : null;
         var keyWeights = direct ? weights?.Select(w => w.Key.to_type(ScalarType.Float32).data<float>().ToArray()).ToArray() : null;
         var address = Address(buffer);
@@ -394,11 +462,16 @@ public static class LayerCombinationSearch
             var rows = Math.Min(capacity, total - offset);
             if (direct)
             {
-                CombineTransposed(sources!, total, queryWeights, keyWeights, len, offset, rows, address, padded, upper);
+                for (var l = 0; l < similarities.Count; l++)
+                {
+                    (sources[l], strides[l]) = similarities[l].Tile(start, len, offset, rows);
+                }
+
+                CombineTransposed(sources, strides, queryWeights, keyWeights, len, offset, rows, address, padded, upper);
             }
             else
             {
-                var combined = Combined(similarities, weights, start, len, offset, rows); // [len, rows]
+                var combined = Combined(held!, weights, start, len, offset, rows); // [len, rows]
                 buffer.narrow(0, 0, rows).narrow(1, 0, len).copy_(combined.t());
                 maximum(combined.amax([1]), combined.amin([1]).neg_()).data<float>().CopyTo(upper, 0);
             }
@@ -431,7 +504,7 @@ public static class LayerCombinationSearch
     /// 8 × 8 tile is transposed in registers.
     /// </summary>
     private static unsafe void CombineTransposed(
-        nint[] sources, long columns, float[][]? queryWeights, float[][]? keyWeights, int len, int offset, int rows,
+        nint[] sources, long[] strides, float[][]? queryWeights, float[][]? keyWeights, int len, int offset, int rows,
         nint target, int padded, float[] upper)
     {
         var groups = (len + 7) / 8;
@@ -456,7 +529,7 @@ public static class LayerCombinationSearch
                     var value = Vector256<float>.Zero;
                     for (var l = 0; l < layers; l++)
                     {
-                        var part = ToSingle(Vector128.Load((ushort*)sources[l] + ((j0 + q) * columns) + offset + k));
+                        var part = ToSingle(Vector128.Load((ushort*)sources[l] + ((j0 + q) * strides[l]) + k));
                         if (queryWeights is not null)
                         {
                             fixed (float* b = keyWeights![l])
@@ -503,7 +576,7 @@ public static class LayerCombinationSearch
                     var value = 0f;
                     for (var l = 0; l < layers; l++)
                     {
-                        var part = (float)BitConverter.UInt16BitsToHalf(((ushort*)sources[l])[((j0 + q) * columns) + offset + k]);
+                        var part = (float)BitConverter.UInt16BitsToHalf(((ushort*)sources[l])[((j0 + q) * strides[l]) + k]);
                         if (queryWeights is not null)
                         {
                             part = part * queryWeights[l][j0 + q] * keyWeights![l][offset + k];
@@ -525,6 +598,13 @@ public static class LayerCombinationSearch
             }
         });
     }
+
+    /// <summary>Views held tensors as similarity matrices (the tensors stay the caller's).</summary>
+    private static SimilarityMatrix[] InMemory(IReadOnlyList<Tensor> similarities) => [.. similarities.Select(SimilarityMatrix.InMemory)];
+
+    /// <summary>The held tensors of in-memory matrices (the tensor path needs them).</summary>
+    private static Tensor[] Held(IReadOnlyList<SimilarityMatrix> similarities) =>
+        [.. similarities.Select(m => m.HeldTensor ?? throw new ArgumentException("Float16 similarity files are read tile by tile only; this path needs the matrices in memory.", nameof(similarities)))];
 
     /// <summary>Transposes the 8 × 8 floats of <paramref name="rows"/> in place (AVX shuffles where available).</summary>
     private static unsafe void Transpose8x8(Vector256<float>* rows)
@@ -576,7 +656,7 @@ public static class LayerCombinationSearch
     /// alive while the address is used). TorchSharp has no float16 storage, so float16 tensors (under 2 GiB) go through
     /// their bytes.
     /// </summary>
-    private static unsafe nint Address(Tensor tensor)
+    internal static unsafe nint Address(Tensor tensor)
     {
         if (tensor.dtype == ScalarType.Float32)
         {

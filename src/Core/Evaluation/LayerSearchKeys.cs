@@ -6,28 +6,31 @@ namespace ScalableCache.Core.Evaluation;
 /// <summary>
 /// The training images' per-layer keys for a greedy layer search that never holds every candidate's <c>N × D</c> keys at once
 /// (<see cref="Features.DatasetFeatureExtractor.ExtractForSearch"/>): each candidate's similarities to the validation queries
-/// (<c>[n, N]</c> float16, the values <see cref="LayerCombinationSearch.Similarities"/> gives) and the activation norms stay in
-/// memory, while the float32 unit keys go to one file per layer and are read back, bit for bit, for the chosen layers only
-/// (<see cref="Compose"/>). Owns its tensors and its folder, which <see cref="Dispose"/> deletes.
+/// (<c>[n, N]</c> float16, the values <see cref="LayerCombinationSearch.Similarities"/> gives) go to one
+/// <see cref="SimilarityFile"/> per layer, read tile by tile by the search, and the float32 unit keys to one file per layer, read
+/// back, bit for bit, for the chosen layers only (<see cref="Compose"/>); only the activation norms, probabilities and labels stay in
+/// memory. Owns its tensors and its folder, which <see cref="Dispose"/> deletes.
 /// </summary>
 public sealed class LayerSearchKeys : IDisposable
 {
     private readonly string _folder;
     private readonly string[] _layers;
     private readonly long[] _dimensions;
-    private Dictionary<string, Tensor>? _similarities;
+    private Dictionary<string, SimilarityMatrix>? _similarities;
     private bool _disposed;
 
     internal LayerSearchKeys(
-        string folder, string[] layers, long[] dimensions, Tensor[] norms, Tensor probabilities, Tensor labels, Tensor[]? similarities)
+        string folder, string[] layers, long[] dimensions, Tensor[] norms, Tensor probabilities, Tensor labels, SimilarityMatrix[]? similarities,
+        Tensor[]? queries = null)
     {
         _folder = folder;
         _layers = layers;
         _dimensions = dimensions;
         Norms = layers.Select((l, i) => (l, norms[i])).ToDictionary(p => p.l, p => p.Item2, StringComparer.Ordinal);
-        _similarities = similarities?.Select((s, i) => (layers[i], s)).ToDictionary(p => p.Item1, p => p.s, StringComparer.Ordinal);
         Probabilities = probabilities;
         Labels = labels;
+        similarities ??= queries?.Select((q, i) => (SimilarityMatrix)new KeySimilarities(this, i, q)).ToArray();
+        _similarities = similarities?.Select((s, i) => (layers[i], s)).ToDictionary(p => p.Item1, p => p.s, StringComparer.Ordinal);
     }
 
     /// <summary>The extracted layers, in tap order.</summary>
@@ -37,10 +40,11 @@ public sealed class LayerSearchKeys : IDisposable
     public IReadOnlyDictionary<string, Tensor> Norms { get; }
 
     /// <summary>
-    /// Layer name → validation-query × training-key similarities <c>[n, N]</c> (float16); <see langword="null"/> when no validation
-    /// keys were given or after <see cref="ReleaseSimilarities"/>.
+    /// Layer name → validation-query × training-key similarities <c>[n, N]</c> (float16): in files, or computed from the spilled keys
+    /// tile by tile (<see cref="SearchSimilarities"/>); <see langword="null"/> when no validation keys were given or after
+    /// <see cref="ReleaseSimilarities"/>.
     /// </summary>
-    public IReadOnlyDictionary<string, Tensor>? Similarities => _similarities;
+    public IReadOnlyDictionary<string, SimilarityMatrix>? Similarities => _similarities;
 
     /// <summary><c>p_net</c> <c>[N, C]</c> (float32).</summary>
     public Tensor Probabilities { get; }
@@ -66,7 +70,7 @@ public sealed class LayerSearchKeys : IDisposable
     /// <summary>Frees the similarity matrices (once the search is done); the keys stay readable.</summary>
     public void ReleaseSimilarities()
     {
-        foreach (var s in _similarities?.Values ?? Enumerable.Empty<Tensor>())
+        foreach (var s in _similarities?.Values ?? Enumerable.Empty<SimilarityMatrix>())
         {
             s.Dispose();
         }
@@ -75,44 +79,93 @@ public sealed class LayerSearchKeys : IDisposable
     }
 
     /// <summary>The float32 unit keys <c>[count, D]</c> of rows <c>[start, start + count)</c> of <paramref name="layer"/>, as extracted.</summary>
-    public unsafe Tensor ReadLayer(string layer, long start, long count)
+    public Tensor ReadLayer(string layer, long start, long count)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         var i = IndexOf(layer);
+        CheckRows(start, count);
+        var result = empty([count, _dimensions[i]], ScalarType.Float32);
+        ReadInto(i, start, count, result, 0);
+        return result;
+    }
+
+    /// <summary>Reads rows <c>[start, start + count)</c> of layer <paramref name="index"/> into columns from <paramref name="column"/> of <paramref name="target"/> (contiguous float32).</summary>
+    private unsafe void ReadInto(int index, long start, long count, Tensor target, long column)
+    {
+        var width = _dimensions[index];
+        var stride = target.shape[1];
+        using var file = new FileStream(PathOf(index), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+        file.Seek(start * width * sizeof(float), SeekOrigin.Begin);
+        using var storage = target.storage<float>();
+        var address = (byte*)storage.data_ptr() + (target.storage_offset() * sizeof(float));
+        if (stride == width)
+        {
+            for (long done = 0, total = count * width * sizeof(float); done < total;)
+            {
+                var part = (int)Math.Min(1 << 30, total - done);
+                file.ReadExactly(new Span<byte>(address + done, part));
+                done += part;
+            }
+
+            return;
+        }
+
+        for (long r = 0; r < count; r++)
+        {
+            file.ReadExactly(new Span<byte>(address + (((r * stride) + column) * sizeof(float)), checked((int)(width * sizeof(float)))));
+        }
+    }
+
+    private void CheckRows(long start, long count)
+    {
         ArgumentOutOfRangeException.ThrowIfNegative(start);
         ArgumentOutOfRangeException.ThrowIfNegative(count);
         if (start + count > Count)
         {
             throw new ArgumentOutOfRangeException(nameof(count), $"Rows [{start}, {start + count}) of {Count}.");
         }
-
-        var width = _dimensions[i];
-        var result = empty([count, width], ScalarType.Float32);
-        using var file = new FileStream(PathOf(i), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
-        file.Seek(start * width * sizeof(float), SeekOrigin.Begin);
-        using var storage = result.storage<float>();
-        var address = (byte*)storage.data_ptr();
-        for (long done = 0, total = count * width * sizeof(float); done < total;)
-        {
-            var part = (int)Math.Min(1 << 30, total - done);
-            file.ReadExactly(new Span<byte>(address + done, part));
-            done += part;
-        }
-
-        return result;
     }
 
     /// <summary>
     /// The cache keys of <paramref name="layers"/> for rows <c>[start, start + count)</c>, composed as
     /// <see cref="PerLayerKeys.Compose"/> composes them (bit for bit), with their probabilities and labels.
     /// </summary>
+    /// <remarks>
+    /// Each layer's rows are read from its file straight into their columns of the one <c>[count, D]</c> result, which is then weighted
+    /// (<see cref="KeyNormalization.Concatenated"/>) and normalised in place: the values of <see cref="KeyRecipe.ComposeUnitParts"/>
+    /// (the same products, norm and division), with one <c>[count, D]</c> tensor instead of three.
+    /// </remarks>
     public FeatureTable Compose(IReadOnlyList<string> layers, long start, long count, KeyNormalization normalization = KeyNormalization.PerLayer)
     {
         ArgumentNullException.ThrowIfNull(layers);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (layers.Count == 0)
+        {
+            throw new ArgumentException("At least one layer is needed.", nameof(layers));
+        }
+
+        CheckRows(start, count);
         using var scope = NewDisposeScope();
-        return PerLayerKeys.ComposeTable(
-            layers, [.. layers.Select(l => ReadLayer(l, start, count))], [.. layers.Select(l => Norms[IndexedName(l)].narrow(0, start, count))],
-            Probabilities.narrow(0, start, count), Labels.narrow(0, start, count), normalization);
+        var indices = layers.Select(IndexOf).ToArray();
+        var keys = empty([count, indices.Sum(i => _dimensions[i])], ScalarType.Float32);
+        long column = 0;
+        foreach (var i in indices)
+        {
+            ReadInto(i, start, count, keys, column);
+            if (normalization == KeyNormalization.Concatenated)
+            {
+                keys.narrow(1, column, _dimensions[i]).mul_(Norms[_layers[i]].narrow(0, start, count).unsqueeze(1));
+            }
+
+            column += _dimensions[i];
+        }
+
+        var table = new FeatureTable(
+            KeyRecipe.NormalizeRowsInPlace(keys), Probabilities.narrow(0, start, count).clone(), Labels.narrow(0, start, count).clone(), layers);
+        table.Keys.DetachFromDisposeScope();
+        table.Probabilities.DetachFromDisposeScope();
+        table.Labels.DetachFromDisposeScope();
+        return table;
     }
 
     /// <summary>
@@ -177,9 +230,9 @@ public sealed class LayerSearchKeys : IDisposable
 
     internal static string FileName(int index) => $"layer{index}.f32";
 
-    private string PathOf(int index) => Path.Combine(_folder, FileName(index));
+    internal static string SimilarityFileName(int index) => $"similarities{index}.f16";
 
-    private string IndexedName(string layer) => _layers[IndexOf(layer)];
+    private string PathOf(int index) => Path.Combine(_folder, FileName(index));
 
     private int IndexOf(string layer)
     {
@@ -187,6 +240,75 @@ public sealed class LayerSearchKeys : IDisposable
         return i >= 0
             ? i
             : throw new ArgumentException($"Layer '{layer}' was not extracted; have {string.Join(", ", _layers)}.", nameof(layer));
+    }
+
+    /// <summary>
+    /// One layer's similarities computed from the keys: each tile is the held float32 validation keys of its queries times the
+    /// spilled training keys of its columns (read from the layer's file), rounded to float16 as <see cref="SimilarityFile.Writer"/>
+    /// rounds. Owns the validation keys. Its tiles may differ from the training pass's products in the last float32 bit (another
+    /// product shape), so by at most one float16 step.
+    /// </summary>
+    private sealed class KeySimilarities(LayerSearchKeys owner, int index, Tensor queries) : SimilarityMatrix(queries.shape[0], owner.Count)
+    {
+        private Tensor? _keys;
+        private long _keyOffset = -1;
+        private Tensor? _buffer;
+
+        public override long ResidentBytes =>
+            (queries.numel() * sizeof(float)) + ((_keys?.numel() ?? 0) * sizeof(float)) + ((_buffer?.numel() ?? 0) * sizeof(ushort));
+
+        /// <summary>Enough queries per tile that the training keys are read a few times per scored set, not once per 512 queries.</summary>
+        internal override int PreferredRowBlock => 4096;
+
+        public override Tensor ToTensor()
+        {
+            using var scope = NewDisposeScope();
+            var result = empty([Rows, Columns], ScalarType.Float16);
+            for (long offset = 0; offset < Columns; offset += SimilarityFile.PanelWidth)
+            {
+                var count = (int)Math.Min(SimilarityFile.PanelWidth, Columns - offset);
+                using var keys = owner.ReadLayer(owner._layers[index], offset, count);
+                result.narrow(1, offset, count).copy_(queries.mm(keys.t()));
+            }
+
+            return result.MoveToOuterDisposeScope();
+        }
+
+        internal override bool Direct(int len) => true;
+
+        internal override (nint Address, long Stride) Tile(long start, int len, long offset, int count)
+        {
+            ObjectDisposedException.ThrowIf(owner._disposed, owner);
+            CheckTile(start, len, offset, count);
+            if (_keyOffset != offset || _keys!.shape[0] != count)
+            {
+                _keys?.Dispose();
+                _keys = null;
+                _keys = owner.ReadLayer(owner._layers[index], offset, count).DetachFromDisposeScope();
+                _keyOffset = offset;
+            }
+
+            using var scope = NewDisposeScope();
+            var elements = (long)len * count;
+            if (_buffer is null || _buffer.numel() < elements)
+            {
+                _buffer?.Dispose();
+                _buffer = empty([elements], ScalarType.Float16).DetachFromDisposeScope();
+            }
+
+            var tile = _buffer.narrow(0, 0, elements).view(len, count);
+            tile.copy_(queries.narrow(0, start, len).mm(_keys.t()));
+            return (LayerCombinationSearch.Address(tile), count);
+        }
+
+        protected override void Dispose(bool disposing)
+        {
+            _keys?.Dispose();
+            _buffer?.Dispose();
+            queries.Dispose();
+            _keys = null;
+            _buffer = null;
+        }
     }
 
     /// <summary>Appends each batch's unit keys to the layers' files.</summary>

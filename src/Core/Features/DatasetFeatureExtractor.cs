@@ -197,8 +197,10 @@ public static class DatasetFeatureExtractor
     /// One pass over <paramref name="source"/> for a layer search that does not hold the candidates' keys (read as in
     /// <see cref="Extract(LayerTapExtractor, IImageSource, InputNormalization, FeatureExtractionOptions?, IProgress{ExtractionProgress}?, CancellationToken)"/>):
     /// each tapped layer's float32 unit keys are appended to a file in <paramref name="folder"/> and, when <paramref name="validation"/>
-    /// is given, multiplied with that layer's validation keys into its similarity matrix <c>[n, N]</c> (float16), batch by batch.
-    /// Memory: the similarity matrices, the norms and probabilities, and one batch.
+    /// is given, multiplied with that layer's validation keys into its similarity matrix <c>[n, N]</c> (float16), batch by batch, which
+    /// goes to a <see cref="SimilarityFile"/> in the same folder. Memory: one panel of each similarity matrix
+    /// (<see cref="SearchPanelBytes"/>), the norms and probabilities, and one batch; a search that would not fit on the folder's disk is
+    /// refused before the pass (<see cref="EnsureSearchFits"/>).
     /// </summary>
     /// <param name="extractor">The tapped model (its layers are the candidates).</param>
     /// <param name="source">The training images and their labels.</param>
@@ -208,6 +210,10 @@ public static class DatasetFeatureExtractor
     /// <param name="options">Batch size and device; defaults when <see langword="null"/>.</param>
     /// <param name="progress">Told after every batch.</param>
     /// <param name="cancellationToken">Checked before every batch.</param>
+    /// <param name="similarities">
+    /// Files (written during the pass), or computed from the keys when the search reads them (the pass then only keeps float32
+    /// copies of the validation keys); <see cref="SearchSimilarities.Auto"/>: files when they fit on the folder's disk beside the keys.
+    /// </param>
     public static LayerSearchKeys ExtractForSearch(
         LayerTapExtractor extractor,
         IImageSource source,
@@ -216,7 +222,8 @@ public static class DatasetFeatureExtractor
         string folder,
         FeatureExtractionOptions? options = null,
         IProgress<ExtractionProgress>? progress = null,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken = default,
+        SearchSimilarities similarities = SearchSimilarities.Auto)
     {
         ArgumentNullException.ThrowIfNull(extractor);
         ArgumentException.ThrowIfNullOrEmpty(folder);
@@ -230,12 +237,18 @@ public static class DatasetFeatureExtractor
             _ = validation!.Layer(layer); // a missing layer fails before the pass
         }
 
-        if (validation is not null)
+        var keyBytes = validation is null ? 0 : checked(extractor.Layers.Sum(l => validation.Layer(l).shape[1]) * source.Count * sizeof(float));
+        var free = FreeDiskBytes(folder);
+        var layers = validation is null ? 0 : extractor.Layers.Count;
+        var files = validation is not null && similarities switch
         {
-            EnsureSimilaritiesFit(extractor.Layers.Count, validation.Count, source.Count, ProcessMemory.AvailableBytes());
-        }
+            SearchSimilarities.Files => true,
+            SearchSimilarities.FromKeys => false,
+            _ => free is not { } f || SearchSimilarityBytes(layers, validation.Count, source.Count) + keyBytes <= f,
+        };
+        EnsureSearchFits(files ? layers : 0, validation?.Count ?? 0, source.Count, keyBytes, folder, free, ProcessMemory.AvailableBytes());
 
-        var sink = new SearchSink(extractor, validation, folder);
+        var sink = new SearchSink(extractor, validation, folder, files);
         try
         {
             Run(extractor, source, normalization, options, sink, progress, cancellationToken);
@@ -248,26 +261,69 @@ public static class DatasetFeatureExtractor
         }
     }
 
-    /// <summary>Bytes of a layer search's similarity matrices: one float16 <c>[validation, training]</c> matrix per candidate layer.</summary>
+    /// <summary>Bytes of a layer search's similarity matrices: one float16 <c>[validation, training]</c> matrix per candidate layer (in files).</summary>
     public static long SearchSimilarityBytes(int layers, long validation, long training) =>
         checked(layers * validation * training * sizeof(ushort));
 
+    /// <summary>Bytes a layer search's similarity matrices hold in memory while they are written: one float16 panel <c>[validation, PanelWidth]</c> per candidate.</summary>
+    public static long SearchPanelBytes(int layers, long validation) =>
+        checked(layers * validation * SimilarityFile.PanelWidth * sizeof(ushort));
+
     /// <summary>
-    /// Refuses a search whose similarity matrices (<see cref="SearchSimilarityBytes"/>) exceed the memory available
-    /// (<paramref name="availableBytes"/>; unknown: no check), before any image is read: the allocation would otherwise stop
-    /// the process (the kernel's out-of-memory killer) hours into the pass instead of failing with a reason.
+    /// Refuses, before any image is read, a search whose files — the similarity matrices (<see cref="SearchSimilarityBytes"/>) and
+    /// the training keys (<paramref name="keyBytes"/>) — exceed the free space of the disk holding <paramref name="folder"/>
+    /// (<paramref name="freeDiskBytes"/>), or whose panels being written (<see cref="SearchPanelBytes"/>) exceed the available memory
+    /// (<paramref name="availableBytes"/>): the pass would otherwise fail (disk full) or be killed (out of memory) hours in, instead
+    /// of failing with a reason. An unknown amount (<see langword="null"/>) is not checked.
     /// </summary>
-    /// <exception cref="InvalidOperationException">The matrices do not fit; the message gives both sizes and what to change.</exception>
-    public static void EnsureSimilaritiesFit(int layers, long validation, long training, long? availableBytes)
+    /// <exception cref="InvalidOperationException">It does not fit; the message gives the sizes and what to change.</exception>
+    public static void EnsureSearchFits(
+        int layers, long validation, long training, long keyBytes, string folder, long? freeDiskBytes, long? availableBytes)
     {
-        var needed = SearchSimilarityBytes(layers, validation, training);
-        if (availableBytes is { } available && needed > available)
+        const string Ways = "Fix the layers (scache evaluate --layers) to skip the search, search fewer candidates (--candidates), or use fewer " +
+            "training images (--per-class, --max-train)";
+        var similarities = SearchSimilarityBytes(layers, validation, training);
+        var needed = similarities + keyBytes;
+        if (freeDiskBytes is { } free && needed > free)
         {
             throw new InvalidOperationException(
-                FormattableString.Invariant($"The layer search needs {needed / 1e9:F1} GB for its similarity matrices ({layers} candidate layers × ") +
-                FormattableString.Invariant($"{validation:N0} validation × {training:N0} training images, float16) but {available / 1e9:F1} GB ") +
-                "of memory is available. Fix the layers (scache evaluate --layers) to skip the search, search fewer candidates (--candidates), use fewer " +
-                "training images (--per-class, --max-train), or run where that much memory is free.");
+                FormattableString.Invariant($"The layer search writes {needed / 1e9:F1} GB to {folder}: {similarities / 1e9:F1} GB of similarity matrices ") +
+                FormattableString.Invariant($"({layers} candidate layers × {validation:N0} validation × {training:N0} training images, float16) and ") +
+                FormattableString.Invariant($"{keyBytes / 1e9:F1} GB of training keys (float32), but that disk has {free / 1e9:F1} GB free. ") +
+                $"Point TMPDIR (or CacheFitOptions.KeyFolder) at a larger disk. {Ways}.");
+        }
+
+        var panels = SearchPanelBytes(layers, validation);
+        if (availableBytes is { } available && panels > available)
+        {
+            throw new InvalidOperationException(
+                FormattableString.Invariant($"The layer search needs {panels / 1e9:F1} GB of memory for its similarity matrices' panels ({layers} candidate layers × ") +
+                FormattableString.Invariant($"{validation:N0} validation images × {SimilarityFile.PanelWidth:N0} keys, float16) but {available / 1e9:F1} GB ") +
+                $"of memory is available. Use fewer validation images, or: {Ways}.");
+        }
+    }
+
+    /// <summary>Free bytes of the disk that holds <paramref name="path"/> (or its nearest existing parent); <see langword="null"/> when unknown.</summary>
+    public static long? FreeDiskBytes(string path)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        try
+        {
+            var existing = Path.GetFullPath(path);
+            while (!Directory.Exists(existing))
+            {
+                existing = Path.GetDirectoryName(existing);
+                if (existing is null)
+                {
+                    return null;
+                }
+            }
+
+            return new DriveInfo(existing).AvailableFreeSpace;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            return null;
         }
     }
 
@@ -516,24 +572,47 @@ public static class DatasetFeatureExtractor
     }
 
     /// <summary>Each layer's unit keys appended to its file, its norms, and its similarities to the validation keys.</summary>
-    private sealed class SearchSink(LayerTapExtractor extractor, PerLayerKeys? validation, string folder) : Sink(extractor)
+    private sealed class SearchSink(LayerTapExtractor extractor, PerLayerKeys? validation, string folder, bool files) : Sink(extractor)
     {
         private LayerSearchKeys.Writer? _writer;
         private Tensor[]? _norms;
-        private Tensor[]? _similarities;
+        private SimilarityFile.Writer[]? _similarities;
         private Tensor[]? _queries;
         private long[]? _dimensions;
 
         public LayerSearchKeys Finish()
         {
             _writer!.Dispose();
-            DisposeQueryCopies();
-            return new LayerSearchKeys(folder, [.. Extractor.Layers], _dimensions!, _norms!, Probabilities!, Labels!, _similarities) { Throughput = Throughput };
+            SimilarityMatrix[]? similarities = null;
+            Tensor[]? queries = null;
+            if (_similarities is not null)
+            {
+                DisposeQueryCopies();
+                similarities = new SimilarityMatrix[_similarities.Length];
+                for (var i = 0; i < similarities.Length; i++)
+                {
+                    similarities[i] = _similarities[i].Complete();
+                }
+            }
+            else if (_queries is not null)
+            {
+                // Similarities from the keys: the search multiplies these (owned) copies of the validation keys with the spilled keys.
+                queries = [.. _queries.Select((q, i) => ReferenceEquals(q, validation!.Layer(Extractor.Layers[i])) ? q.clone().DetachFromDisposeScope() : q)];
+                _queries = null;
+            }
+
+            return new LayerSearchKeys(folder, [.. Extractor.Layers], _dimensions!, _norms!, Probabilities!, Labels!, similarities, queries) { Throughput = Throughput };
         }
 
         public void Abandon()
         {
             _writer?.Dispose();
+            foreach (var w in _similarities ?? [])
+            {
+                w.Dispose();
+            }
+
+            DisposeQueryCopies();
             LayerSearchKeys.DeleteFolder(folder);
         }
 
@@ -549,7 +628,9 @@ public static class DatasetFeatureExtractor
                     // The queries as LayerCombinationSearch.Similarities multiplies them: float32 (a copy only when stored otherwise).
                     _queries = [.. Extractor.Layers.Select(l => validation.Layer(l))
                         .Select(q => q.dtype == ScalarType.Float32 && q.device_type == DeviceType.CPU ? q : q.to(ScalarType.Float32, CPU))];
-                    _similarities = [.. _queries.Select(q => empty([q.shape[0], Count], ScalarType.Float16))];
+                    _similarities = files
+                        ? [.. _queries.Select((q, i) => new SimilarityFile.Writer(Path.Combine(folder, LayerSearchKeys.SimilarityFileName(i)), q.shape[0], Count))]
+                        : null;
                 }
             }
 
@@ -559,14 +640,14 @@ public static class DatasetFeatureExtractor
                 _norms![i].narrow(0, start, n).copy_(norm);
                 var keys = unit.device_type == DeviceType.CPU ? unit : unit.cpu();
                 _writer.Append(i, keys);
-                if (_queries is not null)
+                if (_similarities is not null)
                 {
-                    _similarities![i].narrow(1, start, n).copy_(_queries[i].mm(keys.t()));
+                    _similarities[i].Append(_queries![i].mm(keys.t())); // batches come in order
                 }
             }
         }
 
-        protected override IEnumerable<Tensor?> Results() => [.. _norms ?? [], .. _similarities ?? [], .. OwnedQueries()];
+        protected override IEnumerable<Tensor?> Results() => [.. _norms ?? [], .. OwnedQueries()];
 
         private IEnumerable<Tensor> OwnedQueries() =>
             _queries is null ? [] : _queries.Where((q, i) => !ReferenceEquals(q, validation!.Layer(Extractor.Layers[i])));

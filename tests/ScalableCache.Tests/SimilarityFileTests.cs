@@ -1,0 +1,148 @@
+using ScalableCache.Core.Evaluation;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace ScalableCache.Tests;
+
+/// <summary>
+/// Similarity matrices in files (<see cref="SimilarityFile"/>): written column block by column block in panels, read tile by tile,
+/// they must hold the float16 values given, and the layer search scored from them must be the search scored from the same matrices
+/// in memory, bit for bit.
+/// </summary>
+public sealed class SimilarityFileTests : IDisposable
+{
+    private readonly PersistenceTempFolder _folder = new();
+
+    /// <summary>Writes <paramref name="matrix"/> in column blocks of <paramref name="block"/> (the last one shorter).</summary>
+    private SimilarityFile Write(Tensor matrix, int block, string name)
+    {
+        using var writer = new SimilarityFile.Writer(_folder.File(name), matrix.shape[0], matrix.shape[1]);
+        for (long start = 0; start < matrix.shape[1]; start += block)
+        {
+            using var scope = NewDisposeScope();
+            writer.Append(matrix.narrow(1, start, Math.Min(block, matrix.shape[1] - start)).to_type(ScalarType.Float32));
+        }
+
+        return writer.Complete();
+    }
+
+    [Fact]
+    public void AFileHoldsTheMatrixAndEveryTileOfIt()
+    {
+        using var scope = NewDisposeScope();
+        var (similarities, _, _, _) = LayerCombinationSearchTests.FusedCase(seed: 3, q: 37, signal: 1.5);
+        var matrix = similarities[1]; // [37, 9003] float16: panels of 4096, 4096 and 811 keys
+        foreach (var block in new[] { 1000, 4096, 9003, 333 })
+        {
+            using var file = Write(matrix, block, $"m{block}.f16");
+            Assert.Equal(37L * 9003 * sizeof(ushort), new FileInfo(file.Path).Length);
+            Assert.Equal((37L, 9003L), (file.Rows, file.Columns));
+            Assert.True(file.ToTensor().ne(matrix).sum().item<long>() == 0, $"blocks of {block}: the file's values are the matrix's");
+        }
+
+        using var tiles = Write(matrix, 700, "tiles.f16");
+        var held = SimilarityMatrix.InMemory(matrix);
+        foreach (var (start, len, offset, count) in new[] { (0L, 37, 0L, 4096), (5L, 20, 4096L, 4096), (36L, 1, 8192L, 811), (3L, 9, 4100L, 17), (0L, 37, 8999L, 4) })
+        {
+            var expected = matrix.narrow(0, start, len).narrow(1, offset, count).to_type(ScalarType.Float32).contiguous().data<float>().ToArray();
+            Assert.True(expected.AsSpan().SequenceEqual(Read(tiles, start, len, offset, count)), $"file tile {start}+{len} × {offset}+{count}");
+            Assert.True(expected.AsSpan().SequenceEqual(Read(held, start, len, offset, count)), $"memory tile {start}+{len} × {offset}+{count}");
+        }
+
+        Assert.Throws<ArgumentOutOfRangeException>(() => tiles.Tile(0, 1, 4000, 200)); // crosses the first panel's end
+        Assert.Throws<ArgumentOutOfRangeException>(() => tiles.Tile(30, 8, 0, 10)); // past the last row
+        var path = tiles.Path;
+        tiles.Dispose();
+        Assert.False(File.Exists(path), "disposing the matrix deletes its file");
+        Assert.Throws<ObjectDisposedException>(() => tiles.Tile(0, 1, 0, 1));
+    }
+
+    [Fact]
+    public void TheWriterRefusesWrongShapesAndAnIncompleteMatrixAndLeavesNoFileWhenAbandoned()
+    {
+        using var scope = NewDisposeScope();
+        var path = _folder.File("w.f16");
+        using (var writer = new SimilarityFile.Writer(path, 4, 10))
+        {
+            Assert.Throws<ArgumentException>(() => writer.Append(zeros(3, 2)));
+            writer.Append(zeros(4, 6));
+            Assert.Throws<ArgumentException>(() => writer.Append(zeros(4, 5))); // 11 columns of 10
+            Assert.Throws<InvalidOperationException>(() => writer.Complete()); // 6 of 10
+        }
+
+        Assert.False(File.Exists(path), "an abandoned writer deletes its file");
+        Assert.Throws<IOException>(() =>
+        {
+            File.WriteAllBytes(path, [1]);
+            using var again = new SimilarityFile.Writer(path, 4, 10); // an existing file is never overwritten
+        });
+    }
+
+    [Fact]
+    public void TheSearchScoredFromFilesIsTheSearchScoredFromMemoryBitForBit()
+    {
+        using var scope = NewDisposeScope();
+        const int classes = 10, q = 300;
+        double[] thetas = [10, 30, 50, 70, 90];
+        double[] lambdas = [0.2, 0.5, 0.8, 1.0];
+        var (similarities, weights, trainY, valY) = LayerCombinationSearchTests.FusedCase(seed: 8, q, signal: 0.3);
+        var gen = manual_seed(9);
+        var pNet = (randn(q, classes, generator: gen) + (nn.functional.one_hot(valY, classes).to_type(ScalarType.Float32) * 1.2)).softmax(1);
+        var files = similarities.Select((m, i) => Write(m, 96 + (i * 37), $"s{i}.f16")).ToArray();
+        try
+        {
+            SimilarityMatrix[] held = [.. similarities.Select(SimilarityMatrix.InMemory)];
+            foreach (var w in new[] { null, weights })
+            {
+                foreach (var (start, len) in new[] { (0L, q), (37L, 50) })
+                {
+                    var fromFiles = LayerCombinationSearch.LogMass(files, w, trainY, classes, thetas, start, len, fused: true);
+                    var fromMemory = LayerCombinationSearch.LogMass(held, w, trainY, classes, thetas, start, len, fused: true);
+                    Assert.True(fromFiles.eq(fromMemory).all().item<bool>(), $"log-mass, rows {start}…{start + len}, weighted: {w is not null}");
+                }
+
+                var a = LayerCombinationSearch.Errors(files, trainY, pNet, valY, classes, thetas, lambdas, 128, w, fused: true);
+                var b = LayerCombinationSearch.Errors(similarities, trainY, pNet, valY, classes, thetas, lambdas, 128, w, fused: true);
+                Assert.Equal(b.Cast<long>(), a.Cast<long>());
+            }
+
+            var searched = LayerCombinationSearch.Run(["a", "b"], files, trainY, pNet, valY, classes, thetas, lambdas, maxLayers: 2);
+            var reference = LayerCombinationSearch.Run(["a", "b"], similarities, trainY, pNet, valY, classes, thetas, lambdas, maxLayers: 2);
+            Assert.Equal(reference.Evaluated.Select(s => (string.Join(",", s.Layers), s.Error, s.Theta, s.Lambda)),
+                searched.Evaluated.Select(s => (string.Join(",", s.Layers), s.Error, s.Theta, s.Lambda)));
+            Assert.Equal(reference.Layers, searched.Layers);
+
+            // The tensor reference path needs the matrices in memory and says so.
+            Assert.Contains("in memory", Assert.Throws<ArgumentException>(
+                () => LayerCombinationSearch.LogMass(files, null, trainY, classes, thetas, 0, 10, fused: false)).Message, StringComparison.Ordinal);
+        }
+        finally
+        {
+            foreach (var f in files)
+            {
+                f.Dispose();
+            }
+        }
+    }
+
+    public void Dispose() => _folder.Dispose();
+
+    /// <summary>A tile's values (float16, exactly as float32), query by query.</summary>
+    private static float[] Read(SimilarityMatrix matrix, long start, int len, long offset, int count)
+    {
+        var (address, stride) = matrix.Tile(start, len, offset, count);
+        var bits = new short[count];
+        var result = new float[len * count];
+        for (var q = 0; q < len; q++)
+        {
+            System.Runtime.InteropServices.Marshal.Copy(address + (nint)(q * stride * sizeof(ushort)), bits, 0, count);
+            for (var k = 0; k < count; k++)
+            {
+                result[(q * count) + k] = (float)BitConverter.Int16BitsToHalf(bits[k]);
+            }
+        }
+
+        return result;
+    }
+}
