@@ -116,6 +116,39 @@ public sealed class LayerSearchKeys : IDisposable
         }
     }
 
+    /// <summary>The rows at <paramref name="rows"/> of layer <paramref name="index"/> as a new <c>[rows, D]</c> float32 tensor, each read from the file alone.</summary>
+    private unsafe Tensor ReadRows(int index, IReadOnlyList<int> rows)
+    {
+        var width = _dimensions[index];
+        var bytes = checked((int)(width * sizeof(float)));
+        var result = empty([rows.Count, width], ScalarType.Float32);
+        using var file = File.OpenHandle(PathOf(index), FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
+        using var storage = result.storage<float>();
+        var address = (byte*)storage.data_ptr();
+        for (var r = 0; r < rows.Count; r++)
+        {
+            if ((uint)rows[r] >= (ulong)Count)
+            {
+                throw new ArgumentOutOfRangeException(nameof(rows), $"Row {rows[r]} of {Count}.");
+            }
+
+            var target = new Span<byte>(address + ((long)r * bytes), bytes);
+            for (long position = (long)rows[r] * bytes; target.Length > 0;)
+            {
+                var read = RandomAccess.Read(file, target, position);
+                if (read <= 0)
+                {
+                    throw new EndOfStreamException($"Key file {PathOf(index)} ended at byte {position}.");
+                }
+
+                target = target[read..];
+                position += read;
+            }
+        }
+
+        return result;
+    }
+
     private void CheckRows(long start, long count)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(start);
@@ -185,8 +218,7 @@ public sealed class LayerSearchKeys : IDisposable
         var unit = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var layer in keys ? names : [])
         {
-            using var inner = NewDisposeScope();
-            unit[layer] = Take(ReadLayer(layer, 0, Count));
+            unit[layer] = ReadRows(IndexOf(layer), rows).DetachFromDisposeScope();
         }
 
         return new PerLayerKeys(
