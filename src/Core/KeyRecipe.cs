@@ -137,20 +137,38 @@ public sealed record KeyRecipe
             throw new ArgumentException($"{unitParts.Count} unit parts and {norms.Count} norms; expected one norm per part, at least one part.");
         }
 
+        var widths = unitParts.Select(p => p.shape[1]).ToArray();
+        return ComposeColumns(unitParts[0].shape[0], widths, norms, normalization, (i, keys, column) => keys.narrow(1, column, widths[i]).copy_(unitParts[i]));
+    }
+
+    /// <summary>
+    /// The keys of <paramref name="widths"/>.Count layers, <c>[rows, Σ widths]</c> float32, composed in one tensor:
+    /// <paramref name="fill"/> <c>(layer, keys, column)</c> writes layer <c>layer</c>'s unit keys into columns
+    /// <c>[column, column + widths[layer])</c> of <c>keys</c>; each is then weighted by its norms (<see cref="KeyNormalization.Concatenated"/>)
+    /// and the rows normalised in place: the values of normalising the concatenation (<see cref="ComposeUnitParts"/>), one
+    /// <c>[rows, D]</c> tensor. Joins the caller's dispose scope.
+    /// </summary>
+    internal static Tensor ComposeColumns(
+        long rows, IReadOnlyList<long> widths, IReadOnlyList<Tensor> norms, KeyNormalization normalization, Action<int, Tensor, long> fill)
+    {
+        ArgumentNullException.ThrowIfNull(widths);
+        ArgumentNullException.ThrowIfNull(norms);
+        ArgumentNullException.ThrowIfNull(fill);
         using var scope = NewDisposeScope();
-        var parts = unitParts.Select(p => p.to_type(ScalarType.Float32)).ToArray();
-        if (normalization == KeyNormalization.Concatenated)
+        var keys = empty([rows, widths.Sum()], ScalarType.Float32);
+        long column = 0;
+        for (var i = 0; i < widths.Count; i++)
         {
-            parts = [.. parts.Select((p, i) => p * norms[i].to_type(ScalarType.Float32).unsqueeze(1))];
+            fill(i, keys, column);
+            if (normalization == KeyNormalization.Concatenated)
+            {
+                keys.narrow(1, column, widths[i]).mul_(norms[i].to_type(ScalarType.Float32).unsqueeze(1));
+            }
+
+            column += widths[i];
         }
 
-        if (parts.Length == 1 && normalization == KeyNormalization.PerLayer)
-        {
-            return nn.functional.normalize(parts[0], 2, 1, NormEpsilon).MoveToOuterDisposeScope(); // parts[0] may be the caller's tensor
-        }
-
-        // A new tensor (the concatenation, or the weighted part): normalised in place, one [b, D] tensor instead of two.
-        return NormalizeRowsInPlace(parts.Length == 1 ? parts[0] : cat(parts, 1)).MoveToOuterDisposeScope();
+        return NormalizeRowsInPlace(keys).MoveToOuterDisposeScope();
     }
 
     /// <summary>

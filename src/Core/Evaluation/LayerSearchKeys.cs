@@ -164,9 +164,9 @@ public sealed class LayerSearchKeys : IDisposable
     /// <see cref="PerLayerKeys.Compose"/> composes them (bit for bit), with their probabilities and labels.
     /// </summary>
     /// <remarks>
-    /// Each layer's rows are read from its file straight into their columns of the one <c>[count, D]</c> result, which is then weighted
-    /// (<see cref="KeyNormalization.Concatenated"/>) and normalised in place: the values of <see cref="KeyRecipe.ComposeUnitParts"/>
-    /// (the same products, norm and division), with one <c>[count, D]</c> tensor instead of three.
+    /// Each layer's rows are read from its file straight into their columns of the one <c>[count, D]</c> result, composed by the
+    /// key recipe in place (<see cref="KeyRecipe.ComposeColumns"/>, as <see cref="KeyRecipe.ComposeUnitParts"/> composes): one
+    /// <c>[count, D]</c> tensor instead of three.
     /// </remarks>
     public FeatureTable Compose(IReadOnlyList<string> layers, long start, long count, KeyNormalization normalization = KeyNormalization.PerLayer)
     {
@@ -180,21 +180,10 @@ public sealed class LayerSearchKeys : IDisposable
         CheckRows(start, count);
         using var scope = NewDisposeScope();
         var indices = layers.Select(IndexOf).ToArray();
-        var keys = empty([count, indices.Sum(i => _dimensions[i])], ScalarType.Float32);
-        long column = 0;
-        foreach (var i in indices)
-        {
-            ReadInto(i, start, count, keys, column);
-            if (normalization == KeyNormalization.Concatenated)
-            {
-                keys.narrow(1, column, _dimensions[i]).mul_(Norms[_layers[i]].narrow(0, start, count).unsqueeze(1));
-            }
-
-            column += _dimensions[i];
-        }
-
-        var table = new FeatureTable(
-            KeyRecipe.NormalizeRowsInPlace(keys), Probabilities.narrow(0, start, count).clone(), Labels.narrow(0, start, count).clone(), layers);
+        var keys = KeyRecipe.ComposeColumns(
+            count, [.. indices.Select(i => _dimensions[i])], [.. indices.Select(i => Norms[_layers[i]].narrow(0, start, count))], normalization,
+            (layer, target, column) => ReadInto(indices[layer], start, count, target, column));
+        var table = new FeatureTable(keys, Probabilities.narrow(0, start, count).clone(), Labels.narrow(0, start, count).clone(), layers);
         table.Keys.DetachFromDisposeScope();
         table.Probabilities.DetachFromDisposeScope();
         table.Labels.DetachFromDisposeScope();

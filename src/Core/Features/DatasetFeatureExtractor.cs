@@ -594,11 +594,10 @@ public static class DatasetFeatureExtractor
                     similarities[i] = _similarities[i].Complete();
                 }
             }
-            else if (_queries is not null)
+            else if (validation is not null)
             {
-                // Similarities from the keys: the search multiplies these (owned) copies of the validation keys with the spilled keys.
-                queries = [.. _queries.Select((q, i) => ReferenceEquals(q, validation!.Layer(Extractor.Layers[i])) ? q.clone().DetachFromDisposeScope() : q)];
-                _queries = null;
+                // Similarities from the keys: the search multiplies these owned float32 copies of the validation keys with the spilled keys.
+                queries = [.. Extractor.Layers.Select(l => validation.Layer(l).to(ScalarType.Float32, CPU, copy: true).DetachFromDisposeScope())];
             }
 
             return new LayerSearchKeys(folder, [.. Extractor.Layers], _dimensions!, _norms!, Probabilities!, Labels!, similarities, queries) { Throughput = Throughput };
@@ -623,14 +622,12 @@ public static class DatasetFeatureExtractor
                 _writer = new LayerSearchKeys.Writer(folder, activations.Length);
                 _dimensions = [.. activations.Select(a => a.shape[1])];
                 _norms = [.. activations.Select(_ => empty([Count], ScalarType.Float32))];
-                if (validation is not null)
+                if (validation is not null && files)
                 {
                     // The queries as LayerCombinationSearch.Similarities multiplies them: float32 (a copy only when stored otherwise).
                     _queries = [.. Extractor.Layers.Select(l => validation.Layer(l))
                         .Select(q => q.dtype == ScalarType.Float32 && q.device_type == DeviceType.CPU ? q : q.to(ScalarType.Float32, CPU))];
-                    _similarities = files
-                        ? [.. _queries.Select((q, i) => new SimilarityFile.Writer(Path.Combine(folder, LayerSearchKeys.SimilarityFileName(i)), q.shape[0], Count))]
-                        : null;
+                    _similarities = [.. _queries.Select((q, i) => new SimilarityFile.Writer(Path.Combine(folder, LayerSearchKeys.SimilarityFileName(i)), q.shape[0], Count))];
                 }
             }
 
