@@ -22,7 +22,8 @@ namespace ScalableCache.Benchmarks;
 /// <c>--repeats R</c> (1), <c>--layers a,b,c</c>, <c>--model NAME</c> (resnet20), <c>--weights FILE</c> (resnet20.safetensors in
 /// <c>shared/models/cifar10</c>), <c>--data FOLDER</c> (<c>SCACHE_DATA</c>, else <c>shared/data/cifar10</c> beside the
 /// repository), <c>--device cpu|cuda[:N]</c> (cpu), <c>--no-anchor</c> (skip PyTorch's forward pass on the same images, which
-/// runs when Debian's <c>python3-torch</c> is installed: images/s and the ratio, goal ≥ 0.95).
+/// runs when Debian's <c>python3-torch</c> is installed: images/s and the ratio, goal ≥ 0.95), <c>--default-allocator</c> (leave
+/// glibc's allocator as it is instead of <see cref="ProcessMemory.ReuseNativeAllocations"/>, which the <c>scache</c> host applies).
 /// </remarks>
 internal static class ExtractionBenchmark
 {
@@ -57,6 +58,7 @@ internal static class ExtractionBenchmark
         var dataPath = settings.Data ?? Environment.GetEnvironmentVariable(DatasetLocator.EnvironmentVariable)
             ?? Path.Combine(shared ?? ".", "data", "cifar10");
         var device = TorchDevices.Resolve(settings.Device);
+        var reuse = !settings.DefaultAllocator && ProcessMemory.ReuseNativeAllocations(); // as the scache host does (Torch:ReuseNativeMemory)
 
         var load = Stopwatch.StartNew();
         var train = Cifar10.LoadTrain(DatasetLocator.ResolveCifar10(dataPath, DatasetParts.Train));
@@ -75,7 +77,8 @@ internal static class ExtractionBenchmark
         Console.WriteLine(
             Line($"Extraction benchmark: {settings.Model} ({Path.GetFileName(weights)}), {train.Count:N0} CIFAR-10 training images, batch {settings.Batch}, ") +
             Line($"taps {string.Join(", ", settings.Layers)} (D = {dimension:N0}), device {device}, torch threads {get_num_threads()}, ") +
-            Line($"{Environment.ProcessorCount} cores; setup {load.Elapsed.TotalSeconds:F1} s"));
+            Line($"{Environment.ProcessorCount} cores; native allocator {(reuse ? "reusing freed blocks under 32 MiB (ProcessMemory.ReuseNativeAllocations)" : "glibc defaults (--default-allocator)")}; ") +
+            Line($"setup {load.Elapsed.TotalSeconds:F1} s"));
 
         using var extractor = new LayerTapExtractor(model, settings.Layers);
         var options = new FeatureExtractionOptions { BatchSize = settings.Batch, Device = device };
@@ -238,7 +241,8 @@ internal static class ExtractionBenchmark
     private static string Line(FormattableString text) => text.ToString(Invariant);
 
     private sealed record Settings(
-        int Images, int Batch, int Repeats, IReadOnlyList<string> Layers, string Model, string? Weights, string? Data, string Device, bool NoAnchor)
+        int Images, int Batch, int Repeats, IReadOnlyList<string> Layers, string Model, string? Weights, string? Data, string Device, bool NoAnchor,
+        bool DefaultAllocator)
     {
         public static Settings Parse(string[] args)
         {
@@ -260,7 +264,8 @@ internal static class ExtractionBenchmark
                 Value("--weights"),
                 Value("--data"),
                 Value("--device") ?? "cpu",
-                args.Contains("--no-anchor"));
+                args.Contains("--no-anchor"),
+                args.Contains("--default-allocator"));
         }
     }
 }

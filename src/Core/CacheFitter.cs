@@ -86,6 +86,16 @@ public sealed class CacheFitOptions
     /// </summary>
     public SearchSimilarities SearchSimilarities { get; set; } = SearchSimilarities.Auto;
 
+    /// <summary>
+    /// Choose θ and λ of a searched fit from float32 copies of the search's similarity matrices, written from the same products during
+    /// the training pass (<see cref="LayerSearchKeys.ExactSimilarities"/>: <c>n × N × 4</c> bytes per candidate, beside the float16 files,
+    /// when both fit on disk), instead of querying the built memory with the validation keys — a second product of the size of the
+    /// training pass's for the chosen layers. The similarities are the chosen keys' cosines up to float32 rounding (each layer's product
+    /// summed, not one product over the joined keys), so a grid cell can differ from the memory's only where a query's two best mixed
+    /// probabilities tie within that rounding. Not used for caches with flipped images, or when the files are missing. Default on.
+    /// </summary>
+    public bool TuneFromSimilarities { get; set; } = true;
+
     /// <summary>The network and checkpoint, recorded in the fitted classifier (and its cache files).</summary>
     public CacheModelId? Model { get; set; }
 
@@ -308,7 +318,8 @@ public sealed class CacheFitter
         var step = _options.Progress?.Step($"{label} [{layers.Count} layer{(layers.Count == 1 ? "" : "s")}{(validation is null ? "" : ", similarities")}]", data.Count);
         var folder = Path.Combine(_options.KeyFolder ?? Path.GetTempPath(), $"scache-keys-{Guid.NewGuid():N}");
         return DatasetFeatureExtractor.ExtractForSearch(
-            extractor, data, _input, validation, folder, ExtractionOptions(), Adapt(step), cancellationToken, _options.SearchSimilarities);
+            extractor, data, _input, validation, folder, ExtractionOptions(), Adapt(step), cancellationToken, _options.SearchSimilarities,
+            exactSimilarities: _options.TuneFromSimilarities && !_options.Flip);
     }
 
     /// <summary>Keys of <paramref name="layers"/> composed by the recipe, probabilities and labels of <paramref name="data"/>.</summary>
@@ -416,7 +427,9 @@ public sealed class CacheFitter
     /// Fits from keys extracted for a search (<see cref="ExtractForSearch"/>): the greedy search runs on their similarity matrices
     /// (unless the layers are fixed), which are then freed; the memory is built from the chosen layers' keys read back in chunks
     /// (the same float32 keys, added in the same chunks, as <see cref="Fit(PerLayerKeys, PerLayerKeys, ImageDataset?, CancellationToken)"/>
-    /// adds), and θ, λ are chosen exactly as there. <paramref name="validationKeys"/> must be the keys the similarities were made from.
+    /// adds), and θ, λ are chosen exactly as there — or, when the training pass also wrote the similarities in float32
+    /// (<see cref="CacheFitOptions.TuneFromSimilarities"/>), from those, without querying the memory. <paramref name="validationKeys"/>
+    /// must be the keys the similarities were made from.
     /// </summary>
     public CacheFit Fit(LayerSearchKeys trainKeys, PerLayerKeys validationKeys, ImageDataset? train = null, CancellationToken cancellationToken = default)
     {
@@ -440,11 +453,7 @@ public sealed class CacheFitter
         ArgumentNullException.ThrowIfNull(validationKeys);
         ArgumentNullException.ThrowIfNull(validationRows);
         using var outputs = validationKeys.Rows(validationRows, keys: false);
-        return Fit(trainKeys, outputs, layers =>
-        {
-            using var chosen = validationKeys.Rows(validationRows, layers);
-            return Compose(chosen, layers);
-        }, train, cancellationToken);
+        return Fit(trainKeys, outputs, layers => validationKeys.Compose(layers, validationRows, _options.KeyNormalization), train, cancellationToken);
     }
 
     /// <summary>The fit from search keys: <paramref name="validation"/> for the search, <paramref name="validationOf"/> the chosen layers' keys for θ and λ.</summary>
@@ -463,7 +472,43 @@ public sealed class CacheFitter
                     _store, unflipped + (flipped?.Count ?? 0), dimension, trainKeys.ClassCount,
                     (start, n) => ReadTraining(trainKeys, flipped, layers, start, n)));
             },
-            validationOf, train, cancellationToken);
+            validationOf, train, cancellationToken, layers => TuneFromSimilarities(trainKeys, validation, layers));
+
+    /// <summary>
+    /// θ and λ of <paramref name="layers"/> from the float32 similarities of the training pass (<see cref="LayerSearchKeys.ExactSimilarities"/>,
+    /// rows = <paramref name="validation"/>'s queries), combined as the chosen keys are (mean of the layers, or weighted by the activation
+    /// norms) and turned into per-class log-mass by the exact store's kernel; <see langword="null"/> when they are missing (the memory is
+    /// queried instead). The files are freed either way.
+    /// </summary>
+    private CacheTuning? TuneFromSimilarities(LayerSearchKeys train, PerLayerKeys validation, IReadOnlyList<string> layers)
+    {
+        try
+        {
+            if (_options.Flip || train.ExactSimilarities is not { } exact || !layers.All(exact.ContainsKey))
+            {
+                return null;
+            }
+
+            using var scope = NewDisposeScope();
+            var matrices = layers.Select(l => exact[l]).ToArray();
+            var weights = _options.KeyNormalization == KeyNormalization.Concatenated
+                ? LayerCombinationSearch.ConcatenatedWeights([.. layers.Select(l => (validation.Norms[l], train.Norms[l]))])
+                : null;
+            GridSearchResult Search(GridSearchOptions grid) => CacheGridSearch.Search(
+                (start, rows, thetas) => LayerCombinationSearch.LogMass(matrices, weights, train.Labels, train.ClassCount, thetas, start, (int)rows, fused: true),
+                validation.Probabilities, validation.Labels, grid, SimilarityTuningRows);
+            return CacheEvaluation.Tune(
+                Search, (theta, lambda) => Search(new GridSearchOptions { Thetas = [theta], Lambdas = [lambda] }).ErrorAt(0, 0),
+                _options.Grid, _options.Theta, _options.Lambda);
+        }
+        finally
+        {
+            train.ReleaseExactSimilarities();
+        }
+    }
+
+    /// <summary>Validation rows per log-mass call when θ and λ come from similarity files: the search's query block.</summary>
+    private const int SimilarityTuningRows = 512;
 
     /// <summary>The greedy search on the similarity matrices of <see cref="ExtractForSearch"/> (over all its layers, or <paramref name="candidates"/>).</summary>
     public LayerCombinationResult SearchLayers(LayerSearchKeys train, PerLayerKeys validation, IReadOnlyList<string>? candidates = null)
@@ -528,12 +573,12 @@ public sealed class CacheFitter
 
     /// <summary>
     /// The shared fit: the layers (fixed, or <paramref name="search"/>), the memory (<paramref name="build"/>, which measures its
-    /// stages), θ and λ on the validation keys of the chosen layers (<paramref name="validationOf"/>, disposed after the tuning), each
-    /// stage's usage measured.
+    /// stages), θ and λ from <paramref name="tuneWithoutMemory"/> where it gives them, else on the validation keys of the chosen layers
+    /// (<paramref name="validationOf"/>, disposed after the tuning), each stage's usage measured.
     /// </summary>
     private CacheFit Fit(
         Func<LayerCombinationResult> search, Func<IReadOnlyList<string>, StageMeter, ICacheMemory> build, Func<IReadOnlyList<string>, FeatureTable> validationOf,
-        ImageDataset? train, CancellationToken cancellationToken)
+        ImageDataset? train, CancellationToken cancellationToken, Func<IReadOnlyList<string>, CacheTuning?>? tuneWithoutMemory = null)
     {
         if (_options.Flip && train is null)
         {
@@ -556,6 +601,11 @@ public sealed class CacheFitter
         {
             var tuning = meter.Measure("tune", () =>
             {
+                if (tuneWithoutMemory?.Invoke(layers) is { } fromSimilarities)
+                {
+                    return fromSimilarities;
+                }
+
                 using var validation = validationOf(layers);
                 return CacheEvaluation.Tune(memory, validation, _options.Grid, _options.BatchSize, _options.Theta, _options.Lambda);
             });

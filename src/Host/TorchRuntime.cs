@@ -4,7 +4,7 @@ using TorchSharp;
 
 namespace ScalableCache.Host;
 
-/// <summary>Applies <see cref="TorchOptions"/> once (threads) and resolves the configured device.</summary>
+/// <summary>Applies <see cref="TorchOptions"/> once (threads, native memory reuse) and resolves the configured device.</summary>
 internal sealed class TorchRuntime(IOptions<TorchOptions> options)
 {
     private readonly Lazy<torch.Device> _device = new(() =>
@@ -12,6 +12,11 @@ internal sealed class TorchRuntime(IOptions<TorchOptions> options)
         if (options.Value.Threads > 0)
         {
             torch.set_num_threads(options.Value.Threads);
+        }
+
+        if (options.Value.ReuseNativeMemory)
+        {
+            _ = ProcessMemory.ReuseNativeAllocations();
         }
 
         return TorchDevices.Resolve(options.Value.Device);

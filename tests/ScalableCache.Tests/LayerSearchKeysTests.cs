@@ -95,6 +95,17 @@ public sealed class LayerSearchKeysTests : IDisposable
             Assert.True(Same(fromFiles.Labels, fromMemory.Labels));
         }
 
+        // Rows composed straight from the files (the report half as `reproduce` reads it) are the in-memory composition, both recipes.
+        foreach (var normalization in new[] { KeyNormalization.PerLayer, KeyNormalization.Concatenated })
+        {
+            using var composed = spilled.Compose([candidates[1], candidates[0]], rows, normalization);
+            using var fromMemory = inMemory.Rows(rows, [candidates[1], candidates[0]]);
+            using var expected = fromMemory.Compose([candidates[1], candidates[0]], normalization: normalization);
+            Assert.True(Same(composed.Keys, expected.Keys), $"{normalization}: composed rows");
+            Assert.True(Same(composed.Probabilities, expected.Probabilities));
+            Assert.True(Same(composed.Labels, expected.Labels));
+        }
+
         spilled.ReleaseSimilarities();
         Assert.Null(spilled.Similarities);
         Assert.True(Same(spilled.ReadLayer(candidates[0], 0, 1), inMemory.Layer(candidates[0]).narrow(0, 0, 1)), "keys stay readable");
@@ -218,6 +229,65 @@ public sealed class LayerSearchKeysTests : IDisposable
         {
             Assert.True(Math.Abs(x.Error - y.Error) <= 2.0 / Validation.Count, $"[{string.Join(",", x.Layers)}]: {x.Error} and {y.Error}");
         }
+    }
+
+    [Theory]
+    [InlineData(KeyNormalization.PerLayer)]
+    [InlineData(KeyNormalization.Concatenated)]
+    public void ThetaAndLambdaFromTheFloat32SimilaritiesAreWhatTheMemoryGives(KeyNormalization normalization)
+    {
+        using var net = ModelTestSupport.LoadResNet20();
+        CacheFitOptions With(bool exact)
+        {
+            var o = Options();
+            o.KeyNormalization = normalization;
+            o.TuneFromSimilarities = exact;
+            return o;
+        }
+
+        var fitter = new CacheFitter(net.Model, With(exact: true));
+        var memoryFitter = new CacheFitter(net.Model, With(exact: false));
+        var candidates = fitter.Candidates();
+        var train = Train;
+        using var validation = fitter.ExtractLayers(Validation, candidates, "validation", Ct);
+        using var withExact = fitter.ExtractForSearch(train, validation, candidates, "train", Ct);
+        using var without = memoryFitter.ExtractForSearch(train, validation, candidates, "train", Ct);
+        using var poisoned = fitter.ExtractForSearch(train, validation, candidates, "train", Ct);
+        Assert.Null(without.ExactSimilarities);
+        var exact = withExact.ExactSimilarities!;
+        Assert.Equal(candidates.Order(StringComparer.Ordinal), exact.Keys.Order(StringComparer.Ordinal));
+        foreach (var layer in candidates)
+        {
+            using var scope = NewDisposeScope();
+            var values = exact[layer].ToTensor();
+            Assert.Equal(ScalarType.Float32, values.dtype);
+            Assert.True(Same(withExact.Similarities![layer].ToTensor(), values.to_type(ScalarType.Float16)), $"{layer}: the float16 matrix is the float32 one rounded");
+            var product = validation.Layer(layer).to_type(ScalarType.Float32).mm(withExact.ReadLayer(layer, 0, train.Count).t());
+            var gap = (values - product).abs().max().item<float>();
+            Assert.True(gap <= 1e-5f, $"{layer}: float32 similarities {gap} from the product of the keys");
+        }
+
+        // Zeroed float32 files make a different grid: the fit must be reading them.
+        foreach (var file in poisoned.ExactSimilarities!.Values.Cast<SimilarityFile>())
+        {
+            using var handle = File.OpenHandle(file.Path, FileMode.Open, FileAccess.Write, FileShare.ReadWrite);
+            RandomAccess.Write(handle, new byte[RandomAccess.GetLength(handle)], 0);
+        }
+
+        using var a = fitter.Fit(withExact, validation, train, Ct);
+        Assert.Null(withExact.ExactSimilarities); // freed once θ and λ are chosen
+        using var b = memoryFitter.Fit(without, validation, train, Ct);
+        using var c = fitter.Fit(poisoned, validation, train, Ct);
+        Assert.Equal(b.Report.Layers, a.Report.Layers);
+        Assert.Equal(b.Report.Tuning.Theta, a.Report.Tuning.Theta);
+        Assert.Equal(b.Report.Tuning.Lambda, a.Report.Tuning.Lambda);
+        Assert.Equal(b.Report.Tuning.CacheOnlyTheta, a.Report.Tuning.CacheOnlyTheta);
+        Assert.Equal(b.Report.Tuning.ValidationBaselineError, a.Report.Tuning.ValidationBaselineError);
+        Assert.Equal(b.Report.Tuning.ValidationCacheError, a.Report.Tuning.ValidationCacheError);
+        Assert.Equal(b.Report.Tuning.ValidationCacheOnlyError, a.Report.Tuning.ValidationCacheOnlyError);
+        Assert.Equal(b.Report.Tuning.Grid.Errors.SelectMany(r => r), a.Report.Tuning.Grid.Errors.SelectMany(r => r));
+        Assert.Equal(b.Report.Layers, c.Report.Layers); // the search read the float16 files, untouched
+        Assert.NotEqual(b.Report.Tuning.Grid.Errors.SelectMany(r => r), c.Report.Tuning.Grid.Errors.SelectMany(r => r));
     }
 
     [Fact]

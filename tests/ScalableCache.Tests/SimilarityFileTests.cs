@@ -126,6 +126,60 @@ public sealed class SimilarityFileTests : IDisposable
         }
     }
 
+    [Fact]
+    public void AFloat32FileHoldsTheExactValuesAndIsScoredAsTheSameMatricesInMemory()
+    {
+        using var scope = NewDisposeScope();
+        const int classes = 10, q = 70;
+        double[] thetas = [10, 50, 90];
+        var (half, weights, trainY, _) = LayerCombinationSearchTests.FusedCase(seed: 5, q, signal: 0.5);
+        var gen = manual_seed(6);
+        // Exact values: the float16 matrices plus noise below a float16 step, so that a float16 file could not hold them.
+        Tensor[] exact = [.. half.Select(m => m.to_type(ScalarType.Float32) + (randn(m.shape, generator: gen) * 1e-4f))];
+        var files = exact.Select((m, i) =>
+        {
+            using var writer = new SimilarityFile.Writer(_folder.File($"e{i}.f32"), m.shape[0], m.shape[1], ScalarType.Float32);
+            for (long start = 0; start < m.shape[1]; start += 500 + i)
+            {
+                writer.Append(m.narrow(1, start, Math.Min(500 + i, m.shape[1] - start)));
+            }
+
+            return writer.Complete();
+        }).ToArray();
+        try
+        {
+            Assert.All(files, f => Assert.Equal(ScalarType.Float32, f.ElementType));
+            Assert.Equal(q * 9003L * sizeof(float), new FileInfo(files[0].Path).Length);
+            Assert.True(files[0].ToTensor().eq(exact[0]).all().item<bool>(), "the file's float32 values are the matrix's, bit for bit");
+            SimilarityMatrix[] held = [.. exact.Select(SimilarityMatrix.InMemory)];
+            foreach (var w in new[] { null, weights })
+            {
+                var fromFiles = LayerCombinationSearch.LogMass(files, w, trainY, classes, thetas, 3, 60, fused: true);
+                var fromMemory = LayerCombinationSearch.LogMass(held, w, trainY, classes, thetas, 3, 60, fused: true);
+                Assert.True(fromFiles.eq(fromMemory).all().item<bool>(), $"files and memory, weighted: {w is not null}");
+
+                // The tensor path over the same float32 values: the same combined similarities, so the log-mass within a few
+                // float32 steps of θ + ln N (as for float16 matrices), and far from the float16 matrices' where the noise matters.
+                var reference = LayerCombinationSearch.LogMass(held, w, trainY, classes, thetas, 3, 60, fused: false);
+                var finite = reference.isfinite();
+                Assert.True(finite.eq(fromFiles.isfinite()).all().item<bool>(), "the same classes without keys");
+                var scale = tensor(thetas.Select(t => 4 * Math.Pow(2, -23) * (t + Math.Log(trainY.shape[0]))).ToArray()).view(-1, 1, 1);
+                var share = where(finite, (fromFiles.to_type(ScalarType.Float64) - reference.to_type(ScalarType.Float64)).abs() / scale, 0.0).max().item<double>();
+                Assert.True(share <= 1, $"largest |ΔL| is {4 * share:F2} float32 steps of θ + ln N (weighted: {w is not null})");
+                var fromHalf = LayerCombinationSearch.LogMass(half, w, trainY, classes, thetas, 3, 60, fused: true);
+                var lost = where(finite, (fromHalf.to_type(ScalarType.Float64) - fromFiles.to_type(ScalarType.Float64)).abs() / scale, 0.0).max().item<double>();
+                Assert.True(lost > 10, $"the float16 matrices' log-mass is only {4 * lost:F2} float32 steps away: the noise did not matter");
+            }
+        }
+        finally
+        {
+            foreach (var f in files)
+            {
+                f.Dispose();
+            }
+        }
+    }
+
     public void Dispose() => _folder.Dispose();
 
     /// <summary>A tile's values (float16, exactly as float32), query by query.</summary>

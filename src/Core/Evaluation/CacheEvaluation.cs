@@ -104,6 +104,19 @@ public static class CacheEvaluation
     {
         ArgumentNullException.ThrowIfNull(memory);
         ArgumentNullException.ThrowIfNull(validation);
+        return Tune(
+            g => CacheGridSearch.Search(memory, validation.Keys, validation.Probabilities, validation.Labels, g, batchSize),
+            (t, l) => CacheGridSearch.Evaluate(memory, validation.Keys, validation.Probabilities, validation.Labels, t, l, batchSize),
+            grid, theta, lambda);
+    }
+
+    /// <summary>
+    /// <see cref="Tune(ICacheMemory, FeatureTable, GridSearchOptions, int, double?, double?)"/> over any grid search of the validation
+    /// queries: <paramref name="search"/> runs a grid, <paramref name="evaluate"/> gives the error at a fixed (θ, λ).
+    /// </summary>
+    internal static CacheTuning Tune(
+        Func<GridSearchOptions, GridSearchResult> search, Func<double, double, double> evaluate, GridSearchOptions grid, double? theta, double? lambda)
+    {
         ArgumentNullException.ThrowIfNull(grid);
         if (theta.HasValue != lambda.HasValue)
         {
@@ -119,7 +132,7 @@ public static class CacheEvaluation
         while (true)
         {
             var searchGrid = new GridSearchOptions { Thetas = thetas, Lambdas = grid.Lambdas, IncludeCacheOnly = true };
-            searched = CacheGridSearch.Search(memory, validation.Keys, validation.Probabilities, validation.Labels, searchGrid, batchSize);
+            searched = search(searchGrid);
             (bestTheta, bestLambda, cacheOnlyTheta, cacheOnlyColumn) = Choose(searched, mixedAllowsOne);
             if (widenings >= grid.MaxThetaWidenings || thetas.Distinct().Count() < 2)
             {
@@ -149,9 +162,7 @@ public static class CacheEvaluation
         var chosenTheta = theta ?? searched.Thetas[bestTheta];
         var chosenLambda = lambda ?? lambdas[bestLambda];
         var coTheta = searched.Thetas[cacheOnlyTheta];
-        var validationCache = theta.HasValue
-            ? CacheGridSearch.Evaluate(memory, validation.Keys, validation.Probabilities, validation.Labels, chosenTheta, chosenLambda, batchSize)
-            : searched.ErrorAt(bestTheta, bestLambda);
+        var validationCache = theta.HasValue ? evaluate(chosenTheta, chosenLambda) : searched.ErrorAt(bestTheta, bestLambda);
 
         var minTheta = searched.Thetas.Min();
         var maxTheta = searched.Thetas.Max();

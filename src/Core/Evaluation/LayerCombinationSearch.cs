@@ -448,8 +448,9 @@ public static class LayerCombinationSearch
             theta0[j] = LogMassKernel.StabiliserTemperature(0);
         }
 
-        // Float16 tiles (what the search stores, in memory or in files) are read directly; other held matrices go through tensor operations.
+        // Float16 or float32 tiles (in memory or in files) are read directly; other held matrices go through tensor operations.
         var direct = similarities.All(m => m.Direct(len));
+        var single = similarities.Select(m => m.ElementType == ScalarType.Float32).ToArray();
         var held = direct ? null : Held(similarities);
         var sources = new nint[similarities.Count];
         var strides = new long[similarities.Count];
@@ -467,7 +468,7 @@ public static class LayerCombinationSearch
                     (sources[l], strides[l]) = similarities[l].Tile(start, len, offset, rows);
                 }
 
-                CombineTransposed(sources, strides, queryWeights, keyWeights, len, offset, rows, address, padded, upper);
+                CombineTransposed(sources, single, strides, queryWeights, keyWeights, len, offset, rows, address, padded, upper);
             }
             else
             {
@@ -497,14 +498,14 @@ public static class LayerCombinationSearch
 
     /// <summary>
     /// Writes the combined similarities of the <paramref name="len"/> queries and keys <c>[offset, offset + rows)</c> of the
-    /// contiguous float16 matrices <c>[len, columns]</c> at <paramref name="sources"/> into <paramref name="target"/>
+    /// contiguous float16 (or, where <paramref name="single"/> says so, float32) matrices <c>[len, columns]</c> at <paramref name="sources"/> into <paramref name="target"/>
     /// <c>[rows, padded]</c> (key-major float32), and <c>max_k |s|</c> of each query into <paramref name="upper"/>. The same
     /// float32 operations in the same order as <see cref="Combined"/> (exact conversions, then <c>((s₀ + s₁) + …) / k</c> or
     /// <c>Σ_l (s_l · a_l) · b_l</c>), so the values are those of the tensor path. Parallel over groups of 8 queries; each
     /// 8 × 8 tile is transposed in registers.
     /// </summary>
     private static unsafe void CombineTransposed(
-        nint[] sources, long[] strides, float[][]? queryWeights, float[][]? keyWeights, int len, int offset, int rows,
+        nint[] sources, bool[] single, long[] strides, float[][]? queryWeights, float[][]? keyWeights, int len, int offset, int rows,
         nint target, int padded, float[] upper)
     {
         var groups = (len + 7) / 8;
@@ -529,7 +530,8 @@ public static class LayerCombinationSearch
                     var value = Vector256<float>.Zero;
                     for (var l = 0; l < layers; l++)
                     {
-                        var part = ToSingle(Vector128.Load((ushort*)sources[l] + ((j0 + q) * strides[l]) + k));
+                        var at = ((j0 + q) * strides[l]) + k;
+                        var part = single[l] ? Vector256.Load((float*)sources[l] + at) : ToSingle(Vector128.Load((ushort*)sources[l] + at));
                         if (queryWeights is not null)
                         {
                             fixed (float* b = keyWeights![l])
@@ -576,7 +578,8 @@ public static class LayerCombinationSearch
                     var value = 0f;
                     for (var l = 0; l < layers; l++)
                     {
-                        var part = (float)BitConverter.UInt16BitsToHalf(((ushort*)sources[l])[((j0 + q) * strides[l]) + k]);
+                        var at = ((j0 + q) * strides[l]) + k;
+                        var part = single[l] ? ((float*)sources[l])[at] : (float)BitConverter.UInt16BitsToHalf(((ushort*)sources[l])[at]);
                         if (queryWeights is not null)
                         {
                             part = part * queryWeights[l][j0 + q] * keyWeights![l][offset + k];

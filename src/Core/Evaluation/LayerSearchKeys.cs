@@ -8,7 +8,7 @@ namespace ScalableCache.Core.Evaluation;
 /// (<see cref="Features.DatasetFeatureExtractor.ExtractForSearch"/>): each candidate's similarities to the validation queries
 /// (<c>[n, N]</c> float16, the values <see cref="LayerCombinationSearch.Similarities"/> gives) go to one
 /// <see cref="SimilarityFile"/> per layer, read tile by tile by the search, and the float32 unit keys to one file per layer, read
-/// back, bit for bit, for the chosen layers only (<see cref="Compose"/>); only the activation norms, probabilities and labels stay in
+/// back, bit for bit, for the chosen layers only (<c>Compose</c>); only the activation norms, probabilities and labels stay in
 /// memory. Owns its tensors and its folder, which <see cref="Dispose"/> deletes.
 /// </summary>
 public sealed class LayerSearchKeys : IDisposable
@@ -17,11 +17,12 @@ public sealed class LayerSearchKeys : IDisposable
     private readonly string[] _layers;
     private readonly long[] _dimensions;
     private Dictionary<string, SimilarityMatrix>? _similarities;
+    private Dictionary<string, SimilarityMatrix>? _exact;
     private bool _disposed;
 
     internal LayerSearchKeys(
         string folder, string[] layers, long[] dimensions, Tensor[] norms, Tensor probabilities, Tensor labels, SimilarityMatrix[]? similarities,
-        Tensor[]? queries = null)
+        Tensor[]? queries = null, SimilarityMatrix[]? exactSimilarities = null)
     {
         _folder = folder;
         _layers = layers;
@@ -31,6 +32,7 @@ public sealed class LayerSearchKeys : IDisposable
         Labels = labels;
         similarities ??= queries?.Select((q, i) => (SimilarityMatrix)new KeySimilarities(this, i, q)).ToArray();
         _similarities = similarities?.Select((s, i) => (layers[i], s)).ToDictionary(p => p.Item1, p => p.s, StringComparer.Ordinal);
+        _exact = exactSimilarities?.Select((s, i) => (layers[i], s)).ToDictionary(p => p.Item1, p => p.s, StringComparer.Ordinal);
     }
 
     /// <summary>The extracted layers, in tap order.</summary>
@@ -45,6 +47,13 @@ public sealed class LayerSearchKeys : IDisposable
     /// <see cref="ReleaseSimilarities"/>.
     /// </summary>
     public IReadOnlyDictionary<string, SimilarityMatrix>? Similarities => _similarities;
+
+    /// <summary>
+    /// Layer name → the same similarities in float32 (files written from the same products as <see cref="Similarities"/>), from
+    /// which θ and λ of the chosen layers are searched without a second product; <see langword="null"/> when they were not written
+    /// (<see cref="CacheFitOptions.TuneFromSimilarities"/>, or no room on disk) or after <see cref="ReleaseExactSimilarities"/>.
+    /// </summary>
+    public IReadOnlyDictionary<string, SimilarityMatrix>? ExactSimilarities => _exact;
 
     /// <summary><c>p_net</c> <c>[N, C]</c> (float32).</summary>
     public Tensor Probabilities { get; }
@@ -67,16 +76,11 @@ public sealed class LayerSearchKeys : IDisposable
     /// <summary>The flattened width of <paramref name="layer"/>.</summary>
     public long Dimension(string layer) => _dimensions[IndexOf(layer)];
 
-    /// <summary>Frees the similarity matrices (once the search is done); the keys stay readable.</summary>
-    public void ReleaseSimilarities()
-    {
-        foreach (var s in _similarities?.Values ?? Enumerable.Empty<SimilarityMatrix>())
-        {
-            s.Dispose();
-        }
+    /// <summary>Frees the float16 similarity matrices (once the search is done); the keys, and any <see cref="ExactSimilarities"/>, stay.</summary>
+    public void ReleaseSimilarities() => Release(ref _similarities);
 
-        _similarities = null;
-    }
+    /// <summary>Frees the float32 similarity matrices (once θ and λ are chosen); the keys stay readable.</summary>
+    public void ReleaseExactSimilarities() => Release(ref _exact);
 
     /// <summary>The float32 unit keys <c>[count, D]</c> of rows <c>[start, start + count)</c> of <paramref name="layer"/>, as extracted.</summary>
     public Tensor ReadLayer(string layer, long start, long count)
@@ -117,14 +121,25 @@ public sealed class LayerSearchKeys : IDisposable
     }
 
     /// <summary>The rows at <paramref name="rows"/> of layer <paramref name="index"/> as a new <c>[rows, D]</c> float32 tensor, each read from the file alone.</summary>
-    private unsafe Tensor ReadRows(int index, IReadOnlyList<int> rows)
+    private Tensor ReadRows(int index, IReadOnlyList<int> rows)
+    {
+        var result = empty([rows.Count, _dimensions[index]], ScalarType.Float32);
+        ReadRowsInto(index, rows, result, 0);
+        return result;
+    }
+
+    /// <summary>
+    /// Reads the rows at <paramref name="rows"/> of layer <paramref name="index"/>, each from the file alone, into columns
+    /// <c>[column, column + D)</c> of <paramref name="target"/> (contiguous float32 <c>[rows, ≥ D]</c>).
+    /// </summary>
+    private unsafe void ReadRowsInto(int index, IReadOnlyList<int> rows, Tensor target, long column)
     {
         var width = _dimensions[index];
         var bytes = checked((int)(width * sizeof(float)));
-        var result = empty([rows.Count, width], ScalarType.Float32);
+        var stride = target.shape[1];
         using var file = File.OpenHandle(PathOf(index), FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
-        using var storage = result.storage<float>();
-        var address = (byte*)storage.data_ptr();
+        using var storage = target.storage<float>();
+        var address = (byte*)storage.data_ptr() + (target.storage_offset() * sizeof(float));
         for (var r = 0; r < rows.Count; r++)
         {
             if ((uint)rows[r] >= (ulong)Count)
@@ -132,21 +147,19 @@ public sealed class LayerSearchKeys : IDisposable
                 throw new ArgumentOutOfRangeException(nameof(rows), $"Row {rows[r]} of {Count}.");
             }
 
-            var target = new Span<byte>(address + ((long)r * bytes), bytes);
-            for (long position = (long)rows[r] * bytes; target.Length > 0;)
+            var row = new Span<byte>(address + ((((long)r * stride) + column) * sizeof(float)), bytes);
+            for (long position = (long)rows[r] * bytes; row.Length > 0;)
             {
-                var read = RandomAccess.Read(file, target, position);
+                var read = RandomAccess.Read(file, row, position);
                 if (read <= 0)
                 {
                     throw new EndOfStreamException($"Key file {PathOf(index)} ended at byte {position}.");
                 }
 
-                target = target[read..];
+                row = row[read..];
                 position += read;
             }
         }
-
-        return result;
     }
 
     private void CheckRows(long start, long count)
@@ -191,6 +204,35 @@ public sealed class LayerSearchKeys : IDisposable
     }
 
     /// <summary>
+    /// The cache keys of <paramref name="layers"/> for the rows at <paramref name="rows"/> (e.g. the report half of a test pass),
+    /// composed as <see cref="PerLayerKeys.Compose"/> composes them (bit for bit), with their probabilities and labels: each row is
+    /// read from each layer's file straight into its columns of the one <c>[rows, D]</c> result and composed there
+    /// (<see cref="KeyRecipe.ComposeColumns"/>), so no per-layer copy of the rows is held beside it.
+    /// </summary>
+    public FeatureTable Compose(IReadOnlyList<string> layers, IReadOnlyList<int> rows, KeyNormalization normalization = KeyNormalization.PerLayer)
+    {
+        ArgumentNullException.ThrowIfNull(layers);
+        ArgumentNullException.ThrowIfNull(rows);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (layers.Count == 0)
+        {
+            throw new ArgumentException("At least one layer is needed.", nameof(layers));
+        }
+
+        using var scope = NewDisposeScope();
+        var indices = layers.Select(IndexOf).ToArray();
+        var index = tensor(rows.Select(r => (long)r).ToArray());
+        var keys = KeyRecipe.ComposeColumns(
+            rows.Count, [.. indices.Select(i => _dimensions[i])], [.. indices.Select(i => Norms[_layers[i]].index_select(0, index))], normalization,
+            (layer, target, column) => ReadRowsInto(indices[layer], rows, target, column));
+        var table = new FeatureTable(keys, Probabilities.index_select(0, index), Labels.index_select(0, index), layers);
+        table.Keys.DetachFromDisposeScope();
+        table.Probabilities.DetachFromDisposeScope();
+        table.Labels.DetachFromDisposeScope();
+        return table;
+    }
+
+    /// <summary>
     /// The rows at <paramref name="rows"/> of every layer (or of <paramref name="layers"/> only) as in-memory per-layer keys, the
     /// values <see cref="PerLayerKeys.Rows"/> gives of the same extraction; one layer is read at a time. With
     /// <paramref name="keys"/> false no file is read: the result holds the layers' norms, the probabilities and the labels, and no
@@ -227,6 +269,7 @@ public sealed class LayerSearchKeys : IDisposable
 
         _disposed = true;
         ReleaseSimilarities();
+        ReleaseExactSimilarities();
         foreach (var t in Norms.Values)
         {
             t.Dispose();
@@ -252,6 +295,18 @@ public sealed class LayerSearchKeys : IDisposable
     internal static string FileName(int index) => $"layer{index}.f32";
 
     internal static string SimilarityFileName(int index) => $"similarities{index}.f16";
+
+    internal static string ExactSimilarityFileName(int index) => $"similarities{index}.f32";
+
+    private static void Release(ref Dictionary<string, SimilarityMatrix>? matrices)
+    {
+        foreach (var s in matrices?.Values ?? Enumerable.Empty<SimilarityMatrix>())
+        {
+            s.Dispose();
+        }
+
+        matrices = null;
+    }
 
     private string PathOf(int index) => Path.Combine(_folder, FileName(index));
 
@@ -280,6 +335,8 @@ public sealed class LayerSearchKeys : IDisposable
 
         /// <summary>Enough queries per tile that the training keys are read a few times per scored set, not once per 512 queries.</summary>
         internal override int PreferredRowBlock => 4096;
+
+        public override ScalarType ElementType => ScalarType.Float16;
 
         public override Tensor ToTensor()
         {

@@ -31,6 +31,12 @@ public abstract class SimilarityMatrix : IDisposable
     public abstract long ResidentBytes { get; }
 
     /// <summary>
+    /// The type of the stored similarities: float16 (what the search reads) or float32 (the exact values, for choosing θ and λ
+    /// without another product of the chosen keys).
+    /// </summary>
+    public abstract ScalarType ElementType { get; }
+
+    /// <summary>
     /// A matrix held in memory: <paramref name="similarities"/> <c>[n, N]</c> (float16 as the search stores them, or float32). The
     /// matrix views the tensor (the caller keeps owning it: <see cref="Dispose()"/> does not dispose it).
     /// </summary>
@@ -42,7 +48,7 @@ public abstract class SimilarityMatrix : IDisposable
             : throw new ArgumentException($"Similarities have shape [{string.Join(", ", similarities.shape)}]; expected [n, N].", nameof(similarities));
     }
 
-    /// <summary>The whole matrix <c>[n, N]</c> as a new float16 tensor (for checks and small matrices: it is the size of the matrix).</summary>
+    /// <summary>The whole matrix <c>[n, N]</c> as a new tensor of <see cref="ElementType"/> (for checks and small matrices: it is the size of the matrix).</summary>
     public abstract Tensor ToTensor();
 
     /// <inheritdoc />
@@ -58,7 +64,7 @@ public abstract class SimilarityMatrix : IDisposable
     }
 
     /// <summary>
-    /// Whether <see cref="Tile"/> can give the float16 tiles of <paramref name="len"/>-query blocks directly; otherwise the search
+    /// Whether <see cref="Tile"/> can give the tiles of <paramref name="len"/>-query blocks directly; otherwise the search
     /// combines the held tensor through tensor operations (<see cref="HeldTensor"/>).
     /// </summary>
     internal abstract bool Direct(int len);
@@ -70,7 +76,7 @@ public abstract class SimilarityMatrix : IDisposable
     internal virtual Tensor? HeldTensor => null;
 
     /// <summary>
-    /// The float16 similarities of queries <c>[start, start + len)</c> and keys <c>[offset, offset + count)</c>: the address of the
+    /// The similarities (of <see cref="ElementType"/>) of queries <c>[start, start + len)</c> and keys <c>[offset, offset + count)</c>: the address of the
     /// first (query <paramref name="start"/>, key <paramref name="offset"/>) and the distance between queries, in elements. Valid
     /// until the next call or the matrix is disposed. Only when <see cref="Direct"/>.
     /// </summary>
@@ -92,23 +98,25 @@ public abstract class SimilarityMatrix : IDisposable
 
         internal override Tensor? HeldTensor => similarities;
 
-        public override Tensor ToTensor() => similarities.to(ScalarType.Float16, CPU, copy: true);
+        public override ScalarType ElementType => similarities.dtype == ScalarType.Float32 ? ScalarType.Float32 : ScalarType.Float16;
+
+        public override Tensor ToTensor() => similarities.to(ElementType, CPU, copy: true);
 
         internal override bool Direct(int len) =>
-            similarities.dtype == ScalarType.Float16 && similarities.device_type == DeviceType.CPU && similarities.is_contiguous()
-            && 2L * len * Columns <= int.MaxValue;
+            similarities.dtype is ScalarType.Float16 or ScalarType.Float32 && similarities.device_type == DeviceType.CPU && similarities.is_contiguous()
+            && similarities.element_size() * len * Columns <= int.MaxValue;
 
         internal override (nint Address, long Stride) Tile(long start, int len, long offset, int count)
         {
             CheckTile(start, len, offset, count);
             using var rows = similarities.narrow(0, start, len); // a view: the memory is the held tensor's
-            return (LayerCombinationSearch.Address(rows) + (nint)(offset * sizeof(ushort)), Columns);
+            return (LayerCombinationSearch.Address(rows) + (nint)(offset * similarities.element_size()), Columns);
         }
     }
 }
 
 /// <summary>
-/// A similarity matrix <c>[n, N]</c> (float16) in a file, written column panel by column panel as the training keys are extracted
+/// A similarity matrix <c>[n, N]</c> (float16, or float32 for the exact values) in a file, written column panel by column panel as the training keys are extracted
 /// (<see cref="Writer"/>) and read tile by tile: the file holds panels of <see cref="PanelWidth"/> keys (the last one narrower), each
 /// panel <c>[n, width]</c> row-major, so the search's tile of a query block and a panel is one contiguous read. Its memory is one
 /// read buffer; the pages it reads stay in the operating system's file cache, which gives them back under memory pressure.
@@ -120,19 +128,22 @@ public sealed class SimilarityFile : SimilarityMatrix
     public const int PanelWidth = LayerCombinationSearch.KeyBlock;
 
     private readonly SafeFileHandle _file;
-    private ushort[] _buffer = [];
+    private readonly int _elementSize;
+    private byte[] _buffer = [];
     private bool _disposed;
 
-    private SimilarityFile(string path, long rows, long columns) : base(rows, columns)
+    private SimilarityFile(string path, long rows, long columns, ScalarType elementType) : base(rows, columns)
     {
         Path = path;
-        var expected = checked(rows * columns * sizeof(ushort));
+        ElementType = elementType;
+        _elementSize = ElementSize(elementType);
+        var expected = checked(rows * columns * _elementSize);
         _file = File.OpenHandle(path, FileMode.Open, FileAccess.Read, FileShare.Read, FileOptions.RandomAccess);
         var length = RandomAccess.GetLength(_file);
         if (length != expected)
         {
             _file.Dispose();
-            throw new InvalidDataException(FormattableString.Invariant($"Similarity file {path} has {length} bytes; a [{rows}, {columns}] float16 matrix has {expected}."));
+            throw new InvalidDataException(FormattableString.Invariant($"Similarity file {path} has {length} bytes; a [{rows}, {columns}] {Name(elementType)} matrix has {expected}."));
         }
     }
 
@@ -140,14 +151,17 @@ public sealed class SimilarityFile : SimilarityMatrix
     public string Path { get; }
 
     /// <inheritdoc />
-    public override long ResidentBytes => _buffer.LongLength * sizeof(ushort);
+    public override ScalarType ElementType { get; }
+
+    /// <inheritdoc />
+    public override long ResidentBytes => _buffer.LongLength;
 
     /// <inheritdoc />
     public override unsafe Tensor ToTensor()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         using var scope = NewDisposeScope();
-        var result = empty([Rows, Columns], ScalarType.Float16);
+        var result = empty([Rows, Columns], ElementType);
         for (long offset = 0; offset < Columns; offset += PanelWidth)
         {
             var width = (int)Math.Min(PanelWidth, Columns - offset);
@@ -155,8 +169,8 @@ public sealed class SimilarityFile : SimilarityMatrix
             {
                 var len = (int)Math.Min(Math.Max(1, (1 << 24) / width), Rows - start);
                 var (address, _) = Tile(start, len, offset, width);
-                var tile = zeros([len, width], ScalarType.Float16);
-                var bytes = len * width * sizeof(ushort);
+                var tile = zeros([len, width], ElementType);
+                var bytes = len * width * _elementSize;
                 new ReadOnlySpan<byte>((void*)address, bytes).CopyTo(new Span<byte>((void*)LayerCombinationSearch.Address(tile), bytes));
                 result.narrow(0, start, len).narrow(1, offset, width).copy_(tile);
             }
@@ -181,27 +195,28 @@ public sealed class SimilarityFile : SimilarityMatrix
             throw new ArgumentOutOfRangeException(nameof(count), FormattableString.Invariant($"Columns [{offset}, {offset + count}) cross a panel of {PanelWidth} keys."));
         }
 
-        var elements = (long)len * count;
-        if (_buffer.LongLength < elements)
+        var size = _elementSize;
+        var bytes = checked((int)((long)len * count * size));
+        if (_buffer.Length < bytes)
         {
-            _buffer = GC.AllocateUninitializedArray<ushort>(checked((int)elements), pinned: true);
+            _buffer = GC.AllocateUninitializedArray<byte>(bytes, pinned: true);
         }
 
-        var panelStart = panel * PanelWidth * Rows * sizeof(ushort);
-        var target = MemoryMarshal.AsBytes(_buffer.AsSpan(0, (int)elements));
+        var panelStart = panel * PanelWidth * Rows * size;
+        var target = _buffer.AsSpan(0, bytes);
         if (count == width)
         {
-            Read(panelStart + (start * width * sizeof(ushort)), target); // whole panel rows: one read
+            Read(panelStart + (start * width * size), target); // whole panel rows: one read
         }
         else
         {
             for (var q = 0; q < len; q++)
             {
-                Read(panelStart + ((((start + q) * width) + within) * sizeof(ushort)), target.Slice(q * count * sizeof(ushort), count * sizeof(ushort)));
+                Read(panelStart + ((((start + q) * width) + within) * size), target.Slice(q * count * size, count * size));
             }
         }
 
-        fixed (ushort* address = _buffer)
+        fixed (byte* address = _buffer)
         {
             return ((nint)address, count); // pinned: the address stays valid
         }
@@ -243,21 +258,34 @@ public sealed class SimilarityFile : SimilarityMatrix
         }
     }
 
+    /// <summary>Bytes per similarity of <paramref name="elementType"/>: 2 (float16) or 4 (float32).</summary>
+    public static int ElementSize(ScalarType elementType) => elementType switch
+    {
+        ScalarType.Float16 => sizeof(ushort),
+        ScalarType.Float32 => sizeof(float),
+        _ => throw new ArgumentOutOfRangeException(nameof(elementType), elementType, "Similarity files hold float16 or float32."),
+    };
+
+    private static string Name(ScalarType elementType) => elementType == ScalarType.Float32 ? "float32" : "float16";
+
     /// <summary>
-    /// Writes a similarity file from column blocks given in order (<see cref="Append"/>): the blocks fill a float16 panel of
-    /// <see cref="PanelWidth"/> columns in memory (<c>n × PanelWidth × 2</c> bytes), written out when full.
+    /// Writes a similarity file from column blocks given in order (<see cref="Append"/>): the blocks fill a panel of
+    /// <see cref="PanelWidth"/> columns in memory (<c>n × PanelWidth</c> values), written out when full.
     /// </summary>
     public sealed class Writer : IDisposable
     {
         private readonly FileStream _file;
         private readonly Tensor _panel;
+        private readonly ScalarType _elementType;
         private long _written;
         private int _filled;
         private bool _done;
 
-        /// <summary>Creates <paramref name="path"/> (which must not exist) for a <c>[rows, columns]</c> matrix.</summary>
-        public Writer(string path, long rows, long columns)
+        /// <summary>Creates <paramref name="path"/> (which must not exist) for a <c>[rows, columns]</c> matrix of <paramref name="elementType"/> (float16 or float32).</summary>
+        public Writer(string path, long rows, long columns, ScalarType elementType = ScalarType.Float16)
         {
+            _ = ElementSize(elementType);
+            _elementType = elementType;
             ArgumentException.ThrowIfNullOrEmpty(path);
             ArgumentOutOfRangeException.ThrowIfNegative(rows);
             ArgumentOutOfRangeException.ThrowIfNegative(columns);
@@ -265,7 +293,7 @@ public sealed class SimilarityFile : SimilarityMatrix
             Rows = rows;
             Columns = columns;
             _file = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20);
-            _panel = empty([rows, Math.Min(PanelWidth, Math.Max(1, columns))], ScalarType.Float16).DetachFromDisposeScope(); // outlives the caller's batches
+            _panel = empty([rows, Math.Min(PanelWidth, Math.Max(1, columns))], elementType).DetachFromDisposeScope(); // outlives the caller's batches
         }
 
         /// <summary>The file.</summary>
@@ -278,7 +306,7 @@ public sealed class SimilarityFile : SimilarityMatrix
         public long Columns { get; }
 
         /// <summary>
-        /// Appends the next columns: <paramref name="block"/> <c>[n, b]</c> (any floating type; converted to float16 as
+        /// Appends the next columns: <paramref name="block"/> <c>[n, b]</c> (any floating type; converted to the file's type as
         /// <see cref="Tensor.copy_"/> converts).
         /// </summary>
         public void Append(Tensor block)
@@ -324,7 +352,7 @@ public sealed class SimilarityFile : SimilarityMatrix
             _file.Dispose();
             _panel.Dispose();
             _done = true;
-            return new SimilarityFile(Path, Rows, Columns);
+            return new SimilarityFile(Path, Rows, Columns, _elementType);
         }
 
         /// <summary>Closes the file without completing it (deleting it).</summary>
@@ -355,7 +383,7 @@ public sealed class SimilarityFile : SimilarityMatrix
         {
             using var scope = NewDisposeScope();
             var data = _filled == _panel.shape[1] ? _panel : _panel.narrow(1, 0, _filled).contiguous();
-            var bytes = Rows * _filled * sizeof(ushort);
+            var bytes = Rows * _filled * _panel.element_size();
             var address = (byte*)LayerCombinationSearch.Address(data);
             for (long done = 0; done < bytes;)
             {

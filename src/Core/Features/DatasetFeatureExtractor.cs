@@ -214,6 +214,11 @@ public static class DatasetFeatureExtractor
     /// Files (written during the pass), or computed from the keys when the search reads them (the pass then only keeps float32
     /// copies of the validation keys); <see cref="SearchSimilarities.Auto"/>: files when they fit on the folder's disk beside the keys.
     /// </param>
+    /// <param name="exactSimilarities">
+    /// Also write each candidate's similarities in float32 (<see cref="LayerSearchKeys.ExactSimilarities"/>), from the same products,
+    /// when the float16 ones go to files and both fit on the folder's disk: θ and λ of the chosen layers can then be searched without
+    /// another product of the validation keys with the cache (<see cref="CacheFitOptions.TuneFromSimilarities"/>).
+    /// </param>
     public static LayerSearchKeys ExtractForSearch(
         LayerTapExtractor extractor,
         IImageSource source,
@@ -223,7 +228,8 @@ public static class DatasetFeatureExtractor
         FeatureExtractionOptions? options = null,
         IProgress<ExtractionProgress>? progress = null,
         CancellationToken cancellationToken = default,
-        SearchSimilarities similarities = SearchSimilarities.Auto)
+        SearchSimilarities similarities = SearchSimilarities.Auto,
+        bool exactSimilarities = false)
     {
         ArgumentNullException.ThrowIfNull(extractor);
         ArgumentException.ThrowIfNullOrEmpty(folder);
@@ -246,9 +252,11 @@ public static class DatasetFeatureExtractor
             SearchSimilarities.FromKeys => false,
             _ => free is not { } f || SearchSimilarityBytes(layers, validation.Count, source.Count) + keyBytes <= f,
         };
-        EnsureSearchFits(files ? layers : 0, validation?.Count ?? 0, source.Count, keyBytes, folder, free, ProcessMemory.AvailableBytes());
+        var exact = files && exactSimilarities && (free is not { } room
+            || SearchSimilarityBytes(layers, validation!.Count, source.Count) + ExactSimilarityBytes(layers, validation.Count, source.Count) + keyBytes <= room);
+        EnsureSearchFits(files ? layers : 0, validation?.Count ?? 0, source.Count, keyBytes, folder, free, ProcessMemory.AvailableBytes(), exact);
 
-        var sink = new SearchSink(extractor, validation, folder, files);
+        var sink = new SearchSink(extractor, validation, folder, files, exact);
         try
         {
             Run(extractor, source, normalization, options, sink, progress, cancellationToken);
@@ -265,40 +273,48 @@ public static class DatasetFeatureExtractor
     public static long SearchSimilarityBytes(int layers, long validation, long training) =>
         checked(layers * validation * training * sizeof(ushort));
 
-    /// <summary>Bytes a layer search's similarity matrices hold in memory while they are written: one float16 panel <c>[validation, PanelWidth]</c> per candidate.</summary>
-    public static long SearchPanelBytes(int layers, long validation) =>
-        checked(layers * validation * SimilarityFile.PanelWidth * sizeof(ushort));
+    /// <summary>Bytes of the float32 copies of a layer search's similarity matrices (<see cref="LayerSearchKeys.ExactSimilarities"/>).</summary>
+    public static long ExactSimilarityBytes(int layers, long validation, long training) =>
+        checked(layers * validation * training * sizeof(float));
+
+    /// <summary>
+    /// Bytes a layer search's similarity matrices hold in memory while they are written: one float16 panel <c>[validation, PanelWidth]</c>
+    /// per candidate, and one float32 panel more with <paramref name="exact"/>.
+    /// </summary>
+    public static long SearchPanelBytes(int layers, long validation, bool exact = false) =>
+        checked(layers * validation * SimilarityFile.PanelWidth * (sizeof(ushort) + (exact ? sizeof(float) : 0)));
 
     /// <summary>
     /// Refuses, before any image is read, a search whose files — the similarity matrices (<see cref="SearchSimilarityBytes"/>) and
     /// the training keys (<paramref name="keyBytes"/>) — exceed the free space of the disk holding <paramref name="folder"/>
     /// (<paramref name="freeDiskBytes"/>), or whose panels being written (<see cref="SearchPanelBytes"/>) exceed the available memory
     /// (<paramref name="availableBytes"/>): the pass would otherwise fail (disk full) or be killed (out of memory) hours in, instead
-    /// of failing with a reason. An unknown amount (<see langword="null"/>) is not checked.
+    /// of failing with a reason. An unknown amount (<see langword="null"/>) is not checked. With <paramref name="exact"/> the float32
+    /// copies of the matrices (<see cref="ExactSimilarityBytes"/>) and their panels count too.
     /// </summary>
     /// <exception cref="InvalidOperationException">It does not fit; the message gives the sizes and what to change.</exception>
     public static void EnsureSearchFits(
-        int layers, long validation, long training, long keyBytes, string folder, long? freeDiskBytes, long? availableBytes)
+        int layers, long validation, long training, long keyBytes, string folder, long? freeDiskBytes, long? availableBytes, bool exact = false)
     {
         const string Ways = "Fix the layers (scache evaluate --layers) to skip the search, search fewer candidates (--candidates), or use fewer " +
             "training images (--per-class, --max-train)";
-        var similarities = SearchSimilarityBytes(layers, validation, training);
+        var similarities = SearchSimilarityBytes(layers, validation, training) + (exact ? ExactSimilarityBytes(layers, validation, training) : 0);
         var needed = similarities + keyBytes;
         if (freeDiskBytes is { } free && needed > free)
         {
             throw new InvalidOperationException(
                 FormattableString.Invariant($"The layer search writes {needed / 1e9:F1} GB to {folder}: {similarities / 1e9:F1} GB of similarity matrices ") +
-                FormattableString.Invariant($"({layers} candidate layers × {validation:N0} validation × {training:N0} training images, float16) and ") +
+                FormattableString.Invariant($"({layers} candidate layers × {validation:N0} validation × {training:N0} training images, float16{(exact ? " and float32" : "")}) and ") +
                 FormattableString.Invariant($"{keyBytes / 1e9:F1} GB of training keys (float32), but that disk has {free / 1e9:F1} GB free. ") +
                 $"Point TMPDIR (or CacheFitOptions.KeyFolder) at a larger disk. {Ways}.");
         }
 
-        var panels = SearchPanelBytes(layers, validation);
+        var panels = SearchPanelBytes(layers, validation, exact);
         if (availableBytes is { } available && panels > available)
         {
             throw new InvalidOperationException(
                 FormattableString.Invariant($"The layer search needs {panels / 1e9:F1} GB of memory for its similarity matrices' panels ({layers} candidate layers × ") +
-                FormattableString.Invariant($"{validation:N0} validation images × {SimilarityFile.PanelWidth:N0} keys, float16) but {available / 1e9:F1} GB ") +
+                FormattableString.Invariant($"{validation:N0} validation images × {SimilarityFile.PanelWidth:N0} keys, float16{(exact ? " and float32" : "")}) but {available / 1e9:F1} GB ") +
                 $"of memory is available. Use fewer validation images, or: {Ways}.");
         }
     }
@@ -572,11 +588,12 @@ public static class DatasetFeatureExtractor
     }
 
     /// <summary>Each layer's unit keys appended to its file, its norms, and its similarities to the validation keys.</summary>
-    private sealed class SearchSink(LayerTapExtractor extractor, PerLayerKeys? validation, string folder, bool files) : Sink(extractor)
+    private sealed class SearchSink(LayerTapExtractor extractor, PerLayerKeys? validation, string folder, bool files, bool exact) : Sink(extractor)
     {
         private LayerSearchKeys.Writer? _writer;
         private Tensor[]? _norms;
         private SimilarityFile.Writer[]? _similarities;
+        private SimilarityFile.Writer[]? _exact;
         private Tensor[]? _queries;
         private long[]? _dimensions;
 
@@ -584,15 +601,13 @@ public static class DatasetFeatureExtractor
         {
             _writer!.Dispose();
             SimilarityMatrix[]? similarities = null;
+            SimilarityMatrix[]? exactSimilarities = null;
             Tensor[]? queries = null;
             if (_similarities is not null)
             {
                 DisposeQueryCopies();
-                similarities = new SimilarityMatrix[_similarities.Length];
-                for (var i = 0; i < similarities.Length; i++)
-                {
-                    similarities[i] = _similarities[i].Complete();
-                }
+                similarities = [.. _similarities.Select(w => w.Complete())];
+                exactSimilarities = _exact is null ? null : [.. _exact.Select(w => w.Complete())];
             }
             else if (validation is not null)
             {
@@ -600,13 +615,13 @@ public static class DatasetFeatureExtractor
                 queries = [.. Extractor.Layers.Select(l => validation.Layer(l).to(ScalarType.Float32, CPU, copy: true).DetachFromDisposeScope())];
             }
 
-            return new LayerSearchKeys(folder, [.. Extractor.Layers], _dimensions!, _norms!, Probabilities!, Labels!, similarities, queries) { Throughput = Throughput };
+            return new LayerSearchKeys(folder, [.. Extractor.Layers], _dimensions!, _norms!, Probabilities!, Labels!, similarities, queries, exactSimilarities) { Throughput = Throughput };
         }
 
         public void Abandon()
         {
             _writer?.Dispose();
-            foreach (var w in _similarities ?? [])
+            foreach (var w in (_similarities ?? []).Concat(_exact ?? []))
             {
                 w.Dispose();
             }
@@ -628,6 +643,9 @@ public static class DatasetFeatureExtractor
                     _queries = [.. Extractor.Layers.Select(l => validation.Layer(l))
                         .Select(q => q.dtype == ScalarType.Float32 && q.device_type == DeviceType.CPU ? q : q.to(ScalarType.Float32, CPU))];
                     _similarities = [.. _queries.Select((q, i) => new SimilarityFile.Writer(Path.Combine(folder, LayerSearchKeys.SimilarityFileName(i)), q.shape[0], Count))];
+                    _exact = exact
+                        ? [.. _queries.Select((q, i) => new SimilarityFile.Writer(Path.Combine(folder, LayerSearchKeys.ExactSimilarityFileName(i)), q.shape[0], Count, ScalarType.Float32))]
+                        : null;
                 }
             }
 
@@ -639,7 +657,9 @@ public static class DatasetFeatureExtractor
                 _writer.Append(i, keys);
                 if (_similarities is not null)
                 {
-                    _similarities[i].Append(_queries![i].mm(keys.t())); // batches come in order
+                    var product = _queries![i].mm(keys.t());
+                    _similarities[i].Append(product); // batches come in order
+                    _exact?[i].Append(product);
                 }
             }
         }

@@ -34,12 +34,23 @@ public static class CacheGridSearch
         }
 
         CacheMixer.CheckBatch(memory, queries, netProbabilities, labels);
-        var n = queries.shape[0];
-        if (n == 0)
+        if (queries.shape[0] == 0)
         {
             throw new ArgumentException("The validation set is empty.", nameof(queries));
         }
 
+        return Search((start, rows, thetas) => memory.ClassLogMass(queries.narrow(0, start, rows), thetas), netProbabilities, labels, options, batchSize);
+    }
+
+    /// <summary>
+    /// The grid search over any source of per-class log-mass: <paramref name="logMass"/> <c>(start, rows, θs)</c> gives
+    /// <c>[T, rows, C]</c> for validation rows <c>[start, start + rows)</c>, as <see cref="ICacheMemory.ClassLogMass"/> does for
+    /// their keys; asked <paramref name="batchSize"/> rows at a time. The inputs are checked by the caller.
+    /// </summary>
+    internal static GridSearchResult Search(
+        Func<long, long, double[], Tensor> logMass, Tensor netProbabilities, Tensor labels, GridSearchOptions options, int batchSize)
+    {
+        var n = labels.shape[0];
         var thetas = options.Thetas.ToArray();
         var lambdas = options.EffectiveLambdas.ToArray();
         var errors = new long[thetas.Length, lambdas.Length];
@@ -51,11 +62,11 @@ public static class CacheGridSearch
             {
                 using var scope = NewDisposeScope();
                 var rows = Math.Min(batchSize, n - start);
-                var logMass = memory.ClassLogMass(queries.narrow(0, start, rows), thetas); // [T, b, C], CPU
+                var mass = logMass(start, rows, thetas); // [T, b, C], CPU
                 var pNet = netProbabilities.narrow(0, start, rows);
                 var y = labels.narrow(0, start, rows);
                 baseline += pNet.argmax(1).ne(y.to(ScalarType.Int64, pNet.device)).sum().item<long>();
-                MixtureErrors.Accumulate(logMass, pNet, y, lambdas, errors);
+                MixtureErrors.Accumulate(mass, pNet, y, lambdas, errors);
             }
         }
 

@@ -1,7 +1,7 @@
 namespace ScalableCache.Core;
 
 /// <summary>
-/// Outcome of <see cref="CacheGridSearch.Search"/>: the best (θ, λ), its error, the whole error grid and the network's own
+/// Outcome of <c>CacheGridSearch.Search</c>: the best (θ, λ), its error, the whole error grid and the network's own
 /// error. Errors are fractions of misclassified samples in [0, 1].
 /// </summary>
 /// <param name="Theta">Best θ.</param>

@@ -175,13 +175,7 @@ internal sealed class Table1Experiment(ExperimentSession session)
         var layers = fit.Report.Layers;
         var result = progress.Timed($"{request.Model}: report", () => meter.Measure("report", () =>
         {
-            FeatureTable Compose()
-            {
-                using var reportKeys = testKeys.Rows(split.Second, layers);
-                return fitter.Compose(reportKeys, layers);
-            }
-
-            using var report = Compose();
+            using var report = testKeys.Compose(layers, split.Second, fit.Classifier.Recipe.Normalization);
             return CacheEvaluation.Report(fit.Classifier.Memory, fit.Report.Tuning, report, Math.Max(1, session.BatchSize));
         }), out _);
         var seconds = meter.Stages.ToDictionary(s => s.Key, s => s.Value.Seconds, StringComparer.Ordinal);
