@@ -607,7 +607,7 @@ public static class LayerCombinationSearch
 
     /// <summary>The held tensors of in-memory matrices (the tensor path needs them).</summary>
     private static Tensor[] Held(IReadOnlyList<SimilarityMatrix> similarities) =>
-        [.. similarities.Select(m => m.HeldTensor ?? throw new ArgumentException("Float16 similarity files are read tile by tile only; this path needs the matrices in memory.", nameof(similarities)))];
+        [.. similarities.Select(m => m.HeldTensor ?? throw new ArgumentException("Similarity files (and matrices computed from keys) are read tile by tile only; this path needs the matrices in memory.", nameof(similarities)))];
 
     /// <summary>Transposes the 8 × 8 floats of <paramref name="rows"/> in place (AVX shuffles where available).</summary>
     private static unsafe void Transpose8x8(Vector256<float>* rows)

@@ -191,16 +191,7 @@ public sealed class LayerSearchKeys : IDisposable
         }
 
         CheckRows(start, count);
-        using var scope = NewDisposeScope();
-        var indices = layers.Select(IndexOf).ToArray();
-        var keys = KeyRecipe.ComposeColumns(
-            count, [.. indices.Select(i => _dimensions[i])], [.. indices.Select(i => Norms[_layers[i]].narrow(0, start, count))], normalization,
-            (layer, target, column) => ReadInto(indices[layer], start, count, target, column));
-        var table = new FeatureTable(keys, Probabilities.narrow(0, start, count).clone(), Labels.narrow(0, start, count).clone(), layers);
-        table.Keys.DetachFromDisposeScope();
-        table.Probabilities.DetachFromDisposeScope();
-        table.Labels.DetachFromDisposeScope();
-        return table;
+        return Compose(layers, count, t => t.narrow(0, start, count).clone(), (index, target, column) => ReadInto(index, start, count, target, column), normalization);
     }
 
     /// <summary>
@@ -219,13 +210,24 @@ public sealed class LayerSearchKeys : IDisposable
             throw new ArgumentException("At least one layer is needed.", nameof(layers));
         }
 
+        using var index = tensor(rows.Select(r => (long)r).ToArray());
+        return Compose(layers, rows.Count, t => t.index_select(0, index), (layer, target, column) => ReadRowsInto(layer, rows, target, column), normalization);
+    }
+
+    /// <summary>
+    /// The shared composition of <c>count</c> rows: <paramref name="take"/> selects them (as new tensors) from any per-row tensor (norms,
+    /// probabilities, labels), <paramref name="read"/> <c>(layer index, target, column)</c> reads a layer's rows into its columns of the
+    /// one <c>[count, D]</c> result, which the key recipe then composes in place (<see cref="KeyRecipe.ComposeColumns"/>).
+    /// </summary>
+    private FeatureTable Compose(
+        IReadOnlyList<string> layers, long count, Func<Tensor, Tensor> take, Action<int, Tensor, long> read, KeyNormalization normalization)
+    {
         using var scope = NewDisposeScope();
         var indices = layers.Select(IndexOf).ToArray();
-        var index = tensor(rows.Select(r => (long)r).ToArray());
         var keys = KeyRecipe.ComposeColumns(
-            rows.Count, [.. indices.Select(i => _dimensions[i])], [.. indices.Select(i => Norms[_layers[i]].index_select(0, index))], normalization,
-            (layer, target, column) => ReadRowsInto(indices[layer], rows, target, column));
-        var table = new FeatureTable(keys, Probabilities.index_select(0, index), Labels.index_select(0, index), layers);
+            count, [.. indices.Select(i => _dimensions[i])], [.. indices.Select(i => take(Norms[_layers[i]]))], normalization,
+            (layer, target, column) => read(indices[layer], target, column));
+        var table = new FeatureTable(keys, take(Probabilities), take(Labels), layers);
         table.Keys.DetachFromDisposeScope();
         table.Probabilities.DetachFromDisposeScope();
         table.Labels.DetachFromDisposeScope();

@@ -246,14 +246,15 @@ public static class DatasetFeatureExtractor
         var keyBytes = validation is null ? 0 : checked(extractor.Layers.Sum(l => validation.Layer(l).shape[1]) * source.Count * sizeof(float));
         var free = FreeDiskBytes(folder);
         var layers = validation is null ? 0 : extractor.Layers.Count;
+        var searchBytes = SearchSimilarityBytes(layers, validation?.Count ?? 0, source.Count) + keyBytes;
         var files = validation is not null && similarities switch
         {
             SearchSimilarities.Files => true,
             SearchSimilarities.FromKeys => false,
-            _ => free is not { } f || SearchSimilarityBytes(layers, validation.Count, source.Count) + keyBytes <= f,
+            _ => free is not { } f || searchBytes <= f,
         };
-        var exact = files && exactSimilarities && (free is not { } room
-            || SearchSimilarityBytes(layers, validation!.Count, source.Count) + ExactSimilarityBytes(layers, validation.Count, source.Count) + keyBytes <= room);
+        var exact = files && exactSimilarities
+            && (free is not { } room || searchBytes + ExactSimilarityBytes(layers, validation!.Count, source.Count) <= room);
         EnsureSearchFits(files ? layers : 0, validation?.Count ?? 0, source.Count, keyBytes, folder, free, ProcessMemory.AvailableBytes(), exact);
 
         var sink = new SearchSink(extractor, validation, folder, files, exact);
