@@ -7,6 +7,7 @@ using ScalableCache.Core.Features;
 using ScalableCache.Core.Models;
 using TorchSharp;
 using static TorchSharp.torch;
+using static ScalableCache.Benchmarks.BenchmarkText;
 
 namespace ScalableCache.Benchmarks;
 
@@ -232,11 +233,6 @@ internal static class ExtractionBenchmark
         return watch.Elapsed.TotalSeconds;
     }
 
-    private static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
-    }
 
     private static string Line(FormattableString text) => text.ToString(Invariant);
 

@@ -28,7 +28,9 @@ namespace ScalableCache.Benchmarks;
 /// <c>--skip-single-thread</c>, <c>--no-anchor</c>, <c>--json FILE</c>, <c>--kernel Native|Float32|both</c> (both: USearch's
 /// float32 distance kernel and this library's, one after the other on the same keys); <c>--real N</c> takes, instead of synthetic keys, the
 /// ResNet-20 keys (layers <c>layer3.0, layer3.2</c>, d = 8,192) of the first N CIFAR-10 training images from <c>../shared</c>,
-/// and the keys of the first Q test images as queries.
+/// and the keys of the first Q test images as queries. With the float32 kernel the built memory is settled (searched by the
+/// managed walk, <c>HnswCacheOptions.ManagedSearch</c>): its queries are timed in three rounds alternating with USearch's walk
+/// of the same graph, and three more after the hnswlib anchor (which times three query rounds of its own); medians are reported.
 /// </remarks>
 internal static class HnswBenchmark
 {
@@ -64,8 +66,9 @@ internal static class HnswBenchmark
             ["threads"] = threads, ["loadBefore"] = Load(),
         };
 
-        HnswCacheOptions Options(int t, HnswDistanceKernel kernel) => new()
+        HnswCacheOptions Options(int t, HnswDistanceKernel kernel, bool managed = true) => new()
         {
+            ManagedSearch = managed,
             TopK = settings.TopK,
             ExpansionSearch = Math.Max(settings.ExpansionSearch, settings.TopK),
             ExpansionAdd = settings.ExpansionAdd,
@@ -89,6 +92,8 @@ internal static class HnswBenchmark
 
         // Each distance kernel in turn on the same keys: build (one native thread, then all), queries, recall.
         var measured = new Dictionary<HnswDistanceKernel, (double Build, double Queries, double Recall)>();
+        HnswCacheMemory? settledMemory = null; // the float32 kernel's memory, kept for the rounds after the anchor
+        var ourRounds = new List<double>();
         foreach (var kernel in settings.Kernels)
         {
             Console.WriteLine($"-- distance kernel {kernel}");
@@ -102,7 +107,7 @@ internal static class HnswBenchmark
             }
 
             var before = Environment.WorkingSet;
-            using var hnsw = HnswCacheMemory.Create(d, classes, Options(threads, kernel));
+            var hnsw = HnswCacheMemory.Create(d, classes, Options(threads, kernel));
             var (buildWall, buildCpu) = Time($"Build, {threads} threads", () => hnsw.Add(keys, labels));
             Console.WriteLine($"  {n / buildWall:N0} keys/s; USearch kernel target {hnsw.HardwareAcceleration}; native index {Mib(hnsw.NativeMemoryBytes)}, resident +{Mib(Environment.WorkingSet - before)}");
             figures["buildKeysPerSecond"] = n / buildWall;
@@ -127,8 +132,40 @@ internal static class HnswBenchmark
             Console.WriteLine($"  Recall@{settings.TopK} {recall:F4}; top-1 class agreement with Exact {agree:F4}; resident {Resident()}");
             figures["recall"] = recall;
             figures["top1AgreementWithExact"] = agree;
+            figures["settled"] = hnsw.IsSettled;
+            var queriesPerSecond = q / oneTheta;
+            if (hnsw.IsSettled)
+            {
+                // The same graph searched by USearch's walk (loaded without ManagedSearch), rounds alternating with ours.
+                var saved = hnsw.SaveGraph();
+                using var usearchWalk = HnswCacheMemory.Load(saved.Graph, saved.Labels, classes, Options(threads, kernel, managed: false));
+                usearchWalk.ClassLogMass(queries.narrow(0, 0, Math.Min(16, q)), one).Dispose();
+                var theirs = new List<double>();
+                for (var round = 0; round < 3; round++)
+                {
+                    ourRounds.Add(Time($"Queries, 1 θ, managed walk, round {round + 1}", () => hnsw.ClassLogMass(queries, one).Dispose()).Wall);
+                    theirs.Add(Time($"Queries, 1 θ, USearch's walk of the same graph, round {round + 1}", () => usearchWalk.ClassLogMass(queries, one).Dispose()).Wall);
+                }
+
+                var usearchRecall = HnswRecall.AtK(usearchWalk, queries, keys, settings.TopK);
+                queriesPerSecond = q / Median(ourRounds);
+                Console.WriteLine(string.Create(Invariant,
+                    $"  managed walk {queriesPerSecond:N0} q/s, USearch's walk {q / Median(theirs):N0} q/s (medians of 3): ×{Median(theirs) / Median(ourRounds):F2}; recall {recall:F4} vs {usearchRecall:F4}"));
+                figures["queriesPerSecondManagedWalk"] = queriesPerSecond;
+                figures["queriesPerSecondUSearchWalk"] = q / Median(theirs);
+                figures["recallUSearchWalk"] = usearchRecall;
+            }
+
             results[$"kernel{kernel}"] = figures;
-            measured[kernel] = (n / buildWall, q / oneTheta, recall);
+            measured[kernel] = (n / buildWall, queriesPerSecond, recall);
+            if (kernel == HnswDistanceKernel.Float32)
+            {
+                settledMemory = hnsw;
+            }
+            else
+            {
+                hnsw.Dispose();
+            }
         }
 
         if (measured.TryGetValue(HnswDistanceKernel.Native, out var native) && measured.TryGetValue(HnswDistanceKernel.Float32, out var own))
@@ -141,7 +178,24 @@ internal static class HnswBenchmark
         if (!settings.NoAnchor)
         {
             results["hnswlib"] = Anchor(settings, keys, queries, threads, ours.Build, ours.Queries, ours.Recall);
+            if (settledMemory is { IsSettled: true } && results["hnswlib"] is Dictionary<string, object> anchor)
+            {
+                // The machine's speed drifts over minutes: the same rounds again after the anchor, and the ratio over all six.
+                for (var round = 0; round < 3; round++)
+                {
+                    ourRounds.Add(Time($"Queries, 1 θ, managed walk, after the anchor, round {round + 1}", () => settledMemory.ClassLogMass(queries, one).Dispose()).Wall);
+                }
+
+                var bracketed = q / Median(ourRounds);
+                var ratio = bracketed / (double)anchor["queriesPerSecond"];
+                Console.WriteLine(string.Create(Invariant,
+                    $"Ours (median of 6 rounds around the anchor) {bracketed:N0} q/s / hnswlib (median of its 3) ×{ratio:F2}"));
+                anchor["queryRatioBracketed"] = ratio;
+                anchor["ourQueriesPerSecondBracketed"] = bracketed;
+            }
         }
+
+        settledMemory?.Dispose();
 
         results["loadAfter"] = Load();
         if (settings.Json is { } json)
@@ -179,7 +233,7 @@ internal static class HnswBenchmark
                 }.Select(v => v.ToString(Invariant))],
                 TimeSpan.FromHours(2));
             var build = keys.shape[0] / result.GetProperty("buildSeconds").GetDouble();
-            var query = queries.shape[0] / result.GetProperty("querySeconds").GetDouble();
+            var query = queries.shape[0] / result.GetProperty("querySeconds").GetDouble(); // the median of its rounds
             var recall = result.GetProperty("recall").GetDouble();
             Console.WriteLine(string.Create(Invariant,
                 $"  hnswlib {result.GetProperty("hnswlib").GetString()}: build {build:N0} keys/s [{result.GetProperty("buildCpuSeconds").GetDouble():F2} s CPU], " +
@@ -283,4 +337,5 @@ internal static class HnswBenchmark
                     : [HnswDistanceKernel.Native, HnswDistanceKernel.Float32]);
         }
     }
+
 }

@@ -5,6 +5,7 @@ using Microsoft.Extensions.DependencyInjection;
 using ScalableCache.Core;
 using ScalableCache.RandomProjection;
 using static TorchSharp.torch;
+using static ScalableCache.Benchmarks.BenchmarkText;
 
 namespace ScalableCache.Benchmarks;
 
@@ -184,11 +185,6 @@ internal static class RandomProjectionBenchmark
         return watch.Elapsed.TotalSeconds;
     }
 
-    private static double Median(List<double> values)
-    {
-        var sorted = values.Order().ToArray();
-        return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[(sorted.Length / 2) - 1] + sorted[sorted.Length / 2]) / 2;
-    }
 
     private static string Runs(List<double> runs) => string.Join(" ", runs.Select(r => r.ToString("F3", Invariant)));
 

@@ -30,15 +30,28 @@ namespace ScalableCache.Hnsw;
 /// of an <see cref="Add"/> or none.</para>
 /// <para><b>Exhaustive queries.</b> When TopK ≥ the snapshot count and the graph walk returns fewer keys (HNSW graphs of
 /// clustered data need not be connected), the missed keys are read back (<c>usearch_get</c>) and scored directly, so the
-/// result is the exact full log-mass.</para>
+/// result is the exact full log-mass. A USearch walk that returns nothing although keys are published (it can, beside a
+/// concurrent add whose first node became the entry before it was linked) is answered the same way: the top-k by direct
+/// scoring of the published keys.</para>
+/// <para><b>Settled graphs.</b> With <see cref="HnswCacheOptions.ManagedSearch"/> (float32 keys, float32 kernel), an add
+/// that grew the graph by a quarter or more since it last settled (the first add always does), and a load, end by
+/// serializing the graph into one native block: the index becomes a read-only USearch view of that block and searches walk
+/// it in managed code (<see cref="HnswGraphWalk"/>). The next add first loads the block back into an editable index (and
+/// frees it), so adds in between search with USearch. The switch swaps the index under the write side of the same lock, so
+/// no search runs across it; when the block would not fit in available memory the graph stays editable.</para>
 /// </remarks>
 internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 {
     /// <summary>Bytes of keys per chunk handed to the native add (bounds the size of one span over tensor memory).</summary>
     private const int AddChunkBytes = 256 << 20;
 
-    private readonly USearchIndexHandle _handle;
-    private readonly nint _index;
+    /// <summary>A graph that grew by this fraction since it last settled (1/4) settles again after the add.</summary>
+    private const int SettleGrowthDivisor = 4;
+
+    private USearchIndexHandle _handle;
+    private nint _index;
+    private SettledGraph? _settled;
+    private long _settledCount;
     private readonly int _threads;
     private readonly SemaphoreSlim _slots;
     private readonly ReaderWriterLockSlim _resize = new(LockRecursionPolicy.NoRecursion);
@@ -62,12 +75,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         ClassCount = classCount;
         _labelBuffer = labels;
         _snapshot = new Snapshot(count, labels);
-        if (options.ScalarKind == HnswScalarKind.Float32 && options.DistanceKernel == HnswDistanceKernel.Float32)
-        {
-            nint error = 0;
-            USearchNative.ChangeMetric(_index, InnerProductKernel.Pointer, dimension, USearchNative.MetricKind.InnerProduct, ref error);
-            USearchNative.Check(error, "change_metric");
-        }
+        UseKernel(_index, dimension, options);
     }
 
     public string Provider => HnswCacheMemoryFactory.ProviderName;
@@ -83,7 +91,13 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     /// <summary>Queries that met keys of an unpublished add and were searched again with the snapshot filter.</summary>
     internal long FilteredSearches => Interlocked.Read(ref _filteredSearches);
 
-    /// <summary>Queries with TopK ≥ Count whose graph walk missed keys that were then scored directly.</summary>
+    /// <summary>Whether the graph is settled: searches walk it in managed code (see the class remarks).</summary>
+    internal bool IsSettled => _settled is not null;
+
+    /// <summary>
+    /// Queries whose graph walk missed keys that were then scored directly: with TopK ≥ Count, or when USearch's walk came
+    /// back empty beside a concurrent add.
+    /// </summary>
     internal long ExhaustiveCompletions => Interlocked.Read(ref _exhaustiveCompletions);
 
     public long NativeMemoryBytes
@@ -91,10 +105,18 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         get
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            nint error = 0;
-            var bytes = USearchNative.MemoryUsage(_index, ref error);
-            USearchNative.Check(error, "memory_usage");
-            return (long)bytes;
+            _resize.EnterReadLock();
+            try
+            {
+                nint error = 0;
+                var bytes = USearchNative.MemoryUsage(_index, ref error);
+                USearchNative.Check(error, "memory_usage");
+                return (long)bytes + (_settled?.Length ?? 0);
+            }
+            finally
+            {
+                _resize.ExitReadLock();
+            }
         }
     }
 
@@ -104,10 +126,18 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         get
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
-            nint error = 0;
-            var name = USearchNative.HardwareAcceleration(_index, ref error);
-            USearchNative.Check(error, "hardware_acceleration");
-            return Marshal.PtrToStringUTF8(name) ?? "unknown";
+            _resize.EnterReadLock();
+            try
+            {
+                nint error = 0;
+                var name = USearchNative.HardwareAcceleration(_index, ref error);
+                USearchNative.Check(error, "hardware_acceleration");
+                return Marshal.PtrToStringUTF8(name) ?? "unknown";
+            }
+            finally
+            {
+                _resize.ExitReadLock();
+            }
         }
     }
 
@@ -200,17 +230,32 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
                 nameof(graph));
         }
 
+        SettledGraph? settled = null;
+        if (Settles(options) && labels.Length > 0 && graph.Length <= (ProcessMemory.AvailableBytes() ?? long.MaxValue))
+        {
+            settled = SettledGraph.Copy(graph);
+        }
+
         nint error = 0;
         var handle = USearchIndexHandle.Create(InitOptionsFor(layout.Dimension, options));
         try
         {
             var index = handle.DangerousGetHandle();
-            fixed (byte* bytes = graph)
+            if (settled is not null)
             {
-                USearchNative.LoadBuffer(index, bytes, (nuint)graph.Length, ref error);
+                USearchNative.ViewBuffer(index, settled.Bytes, (nuint)settled.Length, ref error);
+                ThrowIfNotAGraph(error, "view_buffer");
+            }
+            else
+            {
+                fixed (byte* bytes = graph)
+                {
+                    USearchNative.LoadBuffer(index, bytes, (nuint)graph.Length, ref error);
+                }
+
+                ThrowIfNotAGraph(error, "load_buffer");
             }
 
-            ThrowIfNotAGraph(error, "load_buffer");
             var size = (long)USearchNative.Size(index, ref error);
             USearchNative.Check(error, "size");
             if (size != labels.Length)
@@ -225,7 +270,19 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             var memory = new HnswCacheMemory(handle, layout.Dimension, classCount, options, labels.ToArray(), size);
             lock (memory._writeGate)
             {
-                memory.EnsureCapacity(Math.Max(size, options.InitialCapacity));
+                if (settled is not null)
+                {
+                    // A view cannot reserve; room is reserved when the next add loads the graph back.
+                    memory._settled = settled;
+                    memory._settledCount = size;
+                    memory._capacity = size;
+                    settled = null;
+                }
+                else
+                {
+                    memory.EnsureCapacity(Math.Max(size, options.InitialCapacity));
+                }
+
                 memory.ApplyThreadLimits();
             }
 
@@ -234,6 +291,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         catch
         {
             handle.Dispose();
+            settled?.Dispose();
             throw;
         }
     }
@@ -257,6 +315,11 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             var start = _snapshot.Count;
+            if (_settled is not null)
+            {
+                Unsettle();
+            }
+
             EnsureCapacity(start + n);
             var buffer = _labelBuffer;
             for (var row = 0; row < labelValues.Length; row++)
@@ -266,6 +329,116 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 
             InsertRows(rows, start);
             _snapshot = new Snapshot(start + n, buffer);
+            if (Settles(_options) && start + n - _settledCount >= Math.Max(1, _settledCount / SettleGrowthDivisor))
+            {
+                Settle();
+            }
+        }
+    }
+
+    /// <summary>Whether graphs of a memory with <paramref name="options"/> settle (see the class remarks).</summary>
+    private static bool Settles(HnswCacheOptions options) =>
+        options.ManagedSearch && options.ScalarKind == HnswScalarKind.Float32 && options.DistanceKernel == HnswDistanceKernel.Float32;
+
+    /// <summary>
+    /// Serializes the editable graph into a native block and swaps in a read-only view of it; under the write gate. When the
+    /// block would not fit in available memory, or USearch cannot serialize or view it, the graph stays editable (searches
+    /// keep using USearch) and the add that called this has still succeeded.
+    /// </summary>
+    private void Settle()
+    {
+        nint error = 0;
+        var length = (long)USearchNative.SerializedLength(_index, ref error);
+        if (error != 0 || length > (ProcessMemory.AvailableBytes() ?? long.MaxValue))
+        {
+            return;
+        }
+
+        SettledGraph? settled = null;
+        USearchIndexHandle? view = null;
+        try
+        {
+            settled = SettledGraph.Allocate(length);
+            USearchNative.SaveBuffer(_index, settled.Bytes, (nuint)length, ref error);
+            USearchNative.Check(error, "save_buffer");
+            settled.Walk = new HnswGraphWalk(settled.Bytes, length);
+            view = USearchIndexHandle.Create(InitOptionsFor(Dimension, _options));
+            var index = view.DangerousGetHandle();
+            USearchNative.ViewBuffer(index, settled.Bytes, (nuint)length, ref error);
+            USearchNative.Check(error, "view_buffer");
+            USearchNative.ChangeExpansionSearch(index, (nuint)_options.ExpansionSearch, ref error);
+            USearchNative.Check(error, "change_expansion_search");
+            UseKernel(index, Dimension, _options);
+        }
+        catch (Exception e) when (e is USearchException or OutOfMemoryException or ArgumentException)
+        {
+            view?.Dispose();
+            settled?.Dispose();
+            return;
+        }
+
+        Swap(view, settled);
+        _settledCount = _snapshot.Count;
+    }
+
+    /// <summary>Loads the settled block back into an editable index with room for the current capacity, then frees the block.</summary>
+    private void Unsettle()
+    {
+        var settled = _settled!;
+        var editable = USearchIndexHandle.Create(InitOptionsFor(Dimension, _options));
+        try
+        {
+            var index = editable.DangerousGetHandle();
+            nint error = 0;
+            USearchNative.LoadBuffer(index, settled.Bytes, (nuint)settled.Length, ref error);
+            USearchNative.Check(error, "load_buffer");
+            USearchNative.Reserve(index, (nuint)Math.Max(_capacity, settled.Walk?.Count ?? 0), ref error);
+            USearchNative.Check(error, "reserve");
+            USearchNative.ChangeExpansionSearch(index, (nuint)_options.ExpansionSearch, ref error);
+            USearchNative.Check(error, "change_expansion_search");
+            UseKernel(index, Dimension, _options);
+        }
+        catch
+        {
+            editable.Dispose();
+            throw;
+        }
+
+        Swap(editable, null);
+    }
+
+    /// <summary>Makes <paramref name="handle"/> the index (with <paramref name="settled"/> behind it, or none), once no search runs.</summary>
+    private void Swap(USearchIndexHandle handle, SettledGraph? settled)
+    {
+        USearchIndexHandle old;
+        SettledGraph? oldSettled;
+        _resize.EnterWriteLock();
+        try
+        {
+            old = _handle;
+            oldSettled = _settled;
+            _handle = handle;
+            _index = handle.DangerousGetHandle();
+            _settled = settled;
+            ApplyThreadLimits();
+        }
+        finally
+        {
+            _resize.ExitWriteLock();
+        }
+
+        old.Dispose(); // a view first, then the block it reads
+        oldSettled?.Dispose();
+    }
+
+    /// <summary>Hands USearch the library's float32 kernel when <paramref name="options"/> ask for it.</summary>
+    private static void UseKernel(nint index, int dimension, HnswCacheOptions options)
+    {
+        if (options.ScalarKind == HnswScalarKind.Float32 && options.DistanceKernel == HnswDistanceKernel.Float32)
+        {
+            nint error = 0;
+            USearchNative.ChangeMetric(index, InnerProductKernel.Pointer, dimension, USearchNative.MetricKind.InnerProduct, ref error);
+            USearchNative.Check(error, "change_metric");
         }
     }
 
@@ -338,6 +511,20 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         lock (_writeGate)
         {
             var snapshot = _snapshot;
+            if (_settled is { } settled)
+            {
+                // The block is the serialization (USearch's save of the view writes the same bytes).
+                if (settled.Length > Array.MaxLength)
+                {
+                    throw new NotSupportedException(
+                        $"The graph needs {settled.Length} bytes, more than one array holds ({Array.MaxLength}); use fewer keys per memory.");
+                }
+
+                return new HnswGraphSnapshot(
+                    new ReadOnlySpan<byte>(settled.Bytes, (int)settled.Length).ToArray(),
+                    snapshot.Labels.AsSpan(0, checked((int)snapshot.Count)).ToArray());
+            }
+
             nint error = 0;
             var length = USearchNative.SerializedLength(_index, ref error);
             USearchNative.Check(error, "serialized_length");
@@ -367,6 +554,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 
         _disposed = true;
         _handle.Dispose();
+        _settled?.Dispose();
         _slots.Dispose();
         _resize.Dispose();
     }
@@ -593,6 +781,13 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         fixed (ulong* keys = work.Keys)
         fixed (float* distances = work.Distances)
         {
+            if (_settled?.Walk is { } walk)
+            {
+                // A settled graph holds exactly the published keys: no filter is needed.
+                var hits = walk.Search(query, k, _options.ExpansionSearch, HnswGraphWalk.Scratch.For(walk.Count), keys, distances);
+                return hits < k && k == published ? ScoreMissed(query, hits, published, work) : hits;
+            }
+
             _slots.Wait();
             try
             {
@@ -616,6 +811,13 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
                 if ((long)found < k && k == published)
                 {
                     found = (nuint)ScoreMissed(query, (int)found, published, work);
+                }
+                else if (found == 0 && published > 0)
+                {
+                    // USearch's walk can come back empty beside a concurrent add (its entry may be a node the add has not
+                    // linked yet, which the filter then excludes); score the published keys directly instead.
+                    Interlocked.Increment(ref _exhaustiveCompletions);
+                    found = (nuint)ScoreNearest(query, k, published, work);
                 }
             }
             finally
@@ -642,45 +844,84 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             seen[work.Keys[i]] = true;
         }
 
-        var cosine = _options.ScalarKind == HnswScalarKind.Int8;
-        double queryNorm = 0;
-        for (var j = 0; j < Dimension; j++)
-        {
-            queryNorm += (double)query[j] * query[j];
-        }
-
         fixed (float* vector = work.Vector)
         {
+            var queryNorm = SquaredNorm(query);
             for (var key = 0L; key < published; key++)
             {
-                if (seen[key])
+                if (!seen[key] && StoredSimilarity(query, queryNorm, key, vector) is { } similarity)
                 {
-                    continue;
+                    work.Keys[found] = (ulong)key;
+                    work.Distances[found] = (float)(1 - similarity);
+                    found++;
                 }
-
-                nint error = 0;
-                var copied = USearchNative.Get(_index, (ulong)key, 1, vector, USearchNative.ScalarKind.Float32, ref error);
-                USearchNative.Check(error, "get");
-                if (copied == 0)
-                {
-                    continue;
-                }
-
-                double dot = 0, norm = 0;
-                for (var j = 0; j < Dimension; j++)
-                {
-                    dot += (double)query[j] * vector[j];
-                    norm += (double)vector[j] * vector[j];
-                }
-
-                var similarity = cosine ? dot / Math.Sqrt(Math.Max(queryNorm * norm, double.Epsilon)) : dot;
-                work.Keys[found] = (ulong)key;
-                work.Distances[found] = (float)(1 - similarity);
-                found++;
             }
         }
 
         return found;
+    }
+
+    /// <summary>The <paramref name="k"/> published keys nearest to <paramref name="query"/> by direct scoring, nearest first; returns how many.</summary>
+    private int ScoreNearest(float* query, int k, long published, Workspace work)
+    {
+        var nearest = new HnswGraphWalk.Heap(k + 1);
+        fixed (float* vector = work.Vector)
+        {
+            var queryNorm = SquaredNorm(query);
+            for (var key = 0L; key < published; key++)
+            {
+                if (StoredSimilarity(query, queryNorm, key, vector) is { } similarity)
+                {
+                    nearest.Push((float)(1 - similarity), (int)key);
+                    if (nearest.Count > k)
+                    {
+                        nearest.Pop();
+                    }
+                }
+            }
+        }
+
+        var found = nearest.Count;
+        for (var i = found - 1; i >= 0; i--)
+        {
+            var (distance, key) = nearest.Pop();
+            work.Keys[i] = (ulong)key;
+            work.Distances[i] = distance;
+        }
+
+        return found;
+    }
+
+    private double SquaredNorm(float* query)
+    {
+        double norm = 0;
+        for (var j = 0; j < Dimension; j++)
+        {
+            norm += (double)query[j] * query[j];
+        }
+
+        return norm;
+    }
+
+    /// <summary>The similarity of a stored key (read back with <c>usearch_get</c> into <paramref name="vector"/>); null when it is not stored.</summary>
+    private double? StoredSimilarity(float* query, double queryNorm, long key, float* vector)
+    {
+        nint error = 0;
+        var copied = USearchNative.Get(_index, (ulong)key, 1, vector, USearchNative.ScalarKind.Float32, ref error);
+        USearchNative.Check(error, "get");
+        if (copied == 0)
+        {
+            return null;
+        }
+
+        double dot = 0, norm = 0;
+        for (var j = 0; j < Dimension; j++)
+        {
+            dot += (double)query[j] * vector[j];
+            norm += (double)vector[j] * vector[j];
+        }
+
+        return _options.ScalarKind == HnswScalarKind.Int8 ? dot / Math.Sqrt(Math.Max(queryNorm * norm, double.Epsilon)) : dot;
     }
 
     /// <summary>
@@ -719,6 +960,43 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
                     work.Sum[c] = 0;
                     work.Max[c] = double.NegativeInfinity;
                 }
+            }
+        }
+    }
+
+    /// <summary>A serialized graph in one native block (64-byte aligned), and the walk over it; freeing it frees the block.</summary>
+    private sealed class SettledGraph : IDisposable
+    {
+        private SettledGraph(byte* bytes, long length)
+        {
+            Bytes = bytes;
+            Length = length;
+        }
+
+        public byte* Bytes { get; private set; }
+
+        public long Length { get; }
+
+        public HnswGraphWalk? Walk { get; set; }
+
+        public static SettledGraph Allocate(long length) => new((byte*)NativeMemory.AlignedAlloc((nuint)length, 64), length);
+
+        /// <summary>A block holding a copy of <paramref name="graph"/> (bytes <see cref="USearchGraphLayout"/> has checked), walk included.</summary>
+        public static SettledGraph Copy(ReadOnlySpan<byte> graph)
+        {
+            var settled = Allocate(graph.Length);
+            graph.CopyTo(new Span<byte>(settled.Bytes, graph.Length));
+            settled.Walk = new HnswGraphWalk(settled.Bytes, graph.Length);
+            return settled;
+        }
+
+        public void Dispose()
+        {
+            if (Bytes != null)
+            {
+                NativeMemory.AlignedFree(Bytes);
+                Bytes = null;
+                Walk = null;
             }
         }
     }

@@ -46,6 +46,16 @@ public sealed class HnswCacheOptions
     /// </summary>
     public HnswDistanceKernel DistanceKernel { get; set; } = HnswDistanceKernel.Float32;
 
+    /// <summary>
+    /// Whether searches of a settled graph walk it in managed code (default true; float32 keys with the
+    /// <see cref="HnswDistanceKernel.Float32"/> kernel only). After an add that grew the graph by a quarter or more (and after
+    /// a load), the graph is serialized once into one block that USearch views in place and the walk reads: hnswlib's search,
+    /// prefetching each next neighbour's vector while the current one is scored, with the distance kernel inlined (USearch's
+    /// C API walks without prefetching and calls the kernel across the native boundary for every distance). The next add
+    /// loads the block back into an editable index first. Neither copy is kept beside the other, except while switching.
+    /// </summary>
+    public bool ManagedSearch { get; set; } = true;
+
     /// <summary>Keys to reserve room for when the memory is created, in keys (0 = grow on the first <c>Add</c>).</summary>
     public long InitialCapacity { get; set; }
 

@@ -127,6 +127,10 @@ internal static unsafe partial class USearchNative
     [LibraryImport(Library, EntryPoint = "usearch_load_buffer")]
     public static partial void LoadBuffer(nint index, void* buffer, nuint length, ref nint error);
 
+    /// <summary>Makes the index a read-only view of serialized bytes, which must outlive it (nothing is copied).</summary>
+    [LibraryImport(Library, EntryPoint = "usearch_view_buffer")]
+    public static partial void ViewBuffer(nint index, void* buffer, nuint length, ref nint error);
+
     [LibraryImport(Library, EntryPoint = "usearch_version")]
     public static partial nint Version();
 

@@ -1,0 +1,352 @@
+using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics.X86;
+
+namespace ScalableCache.Hnsw;
+
+/// <summary>
+/// HNSW search over a serialized USearch graph of float32 vectors under the inner-product distance <c>1 − a·b</c>, walked in
+/// managed code with the next neighbour's vector prefetched while the current one is scored (USearch's C API walks without
+/// prefetching, and calls a custom metric across the native/managed boundary for every distance). The bytes are those
+/// <see cref="USearchGraphLayout"/> describes and has checked; they are read in place, never copied.
+/// </summary>
+/// <remarks>
+/// The walk is hnswlib's <c>searchKnn</c>: a greedy descent from the entry slot through the upper levels, then a best-first
+/// search of level 0 keeping the <c>ef</c> nearest found so far, stopping when the nearest unexpanded candidate is farther
+/// than the farthest of those. Thread-safe for concurrent searches, each with its own <see cref="Scratch"/>; the bytes must
+/// not change or be freed while a search runs.
+/// </remarks>
+internal sealed unsafe class HnswGraphWalk
+{
+    private const int HeadBytes = 64;
+    private const int GraphHeaderBytes = 40;
+    private const int NodeHeadBytes = 10;
+
+    private readonly byte* _vectors;
+    private readonly long _rowBytes;
+    private readonly long[] _nodes;
+    private readonly uint[] _keys;
+    private readonly int _baseListBytes;
+    private readonly int _listBytes;
+    private readonly int _maxLevel;
+    private readonly int _entry;
+
+    /// <param name="graph">The serialized graph (checked by <see cref="USearchGraphLayout.Validate"/>, float32, inner product).</param>
+    /// <param name="length">Its length in bytes.</param>
+    public HnswGraphWalk(byte* graph, long length)
+    {
+        var rows = BinaryPrimitives.ReadUInt32LittleEndian(new ReadOnlySpan<byte>(graph, 4));
+        _rowBytes = BinaryPrimitives.ReadUInt32LittleEndian(new ReadOnlySpan<byte>(graph + 4, 4));
+        Dimension = (int)(_rowBytes / sizeof(float));
+        _vectors = graph + 8;
+        var header = graph + 8 + (rows * _rowBytes) + HeadBytes;
+        var size = BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header, 8));
+        var connectivity = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 8, 8));
+        var connectivityBase = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 16, 8));
+        _maxLevel = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 24, 8));
+        _entry = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 32, 8));
+        _baseListBytes = 4 * (1 + connectivityBase);
+        _listBytes = 4 * (1 + connectivity);
+        Count = (int)size;
+        _nodes = new long[size];
+        _keys = new uint[size];
+        var levels = (short*)(header + GraphHeaderBytes);
+        var offset = (long)(header + GraphHeaderBytes - graph) + (2 * size);
+        for (var slot = 0; slot < size; slot++)
+        {
+            _nodes[slot] = offset;
+            _keys[slot] = (uint)BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(graph + offset, 8));
+            offset += NodeHeadBytes + _baseListBytes + ((long)levels[slot] * _listBytes);
+        }
+
+        if (offset != length)
+        {
+            throw new ArgumentException($"The graph's nodes end at byte {offset}, not at its length {length}.", nameof(length));
+        }
+
+        Base = graph;
+    }
+
+    /// <summary>The start of the bytes walked.</summary>
+    public byte* Base { get; }
+
+    public int Count { get; }
+
+    public int Dimension { get; }
+
+    /// <summary>
+    /// The <paramref name="k"/> nearest keys to <paramref name="query"/> found with a candidate list of
+    /// <paramref name="expansion"/> (at least k): writes keys and distances nearest first, returns how many (fewer than k only
+    /// when the graph has fewer keys, or level 0 does not reach k of them from the entry).
+    /// </summary>
+    public int Search(float* query, int k, int expansion, Scratch scratch, ulong* keys, float* distances)
+    {
+        if (Count == 0 || k <= 0)
+        {
+            return 0;
+        }
+
+        var ef = Math.Max(expansion, k);
+        var dimension = Dimension;
+        var current = _entry;
+        var currentDistance = Distance(query, current, dimension);
+        for (var level = _maxLevel; level > 0; level--)
+        {
+            bool changed;
+            do
+            {
+                changed = false;
+                var list = List(current, level);
+                var n = *list;
+                for (var j = 1; j <= n; j++)
+                {
+                    var candidate = (int)list[j];
+                    var d = Distance(query, candidate, dimension);
+                    if (d < currentDistance)
+                    {
+                        currentDistance = d;
+                        current = candidate;
+                        changed = true;
+                    }
+                }
+            }
+            while (changed);
+        }
+
+        scratch.Begin();
+        var nearest = scratch.Nearest;
+        var frontier = scratch.Frontier;
+        scratch.Visit(current);
+        nearest.Push(currentDistance, current);
+        frontier.Push(-currentDistance, current);
+        var bound = currentDistance;
+        while (frontier.Count > 0)
+        {
+            var (negative, slot) = frontier.Pop();
+            if (-negative > bound && nearest.Count == ef)
+            {
+                break;
+            }
+
+            var list = List(slot, 0);
+            var n = (int)*list;
+            if (n > 0)
+            {
+                Prefetch(list[1], scratch);
+            }
+
+            for (var j = 1; j <= n; j++)
+            {
+                var candidate = (int)list[j];
+                if (j < n)
+                {
+                    Prefetch(list[j + 1], scratch);
+                }
+
+                if (!scratch.Visit(candidate))
+                {
+                    continue;
+                }
+
+                var d = Distance(query, candidate, dimension);
+                if (nearest.Count < ef || d < bound)
+                {
+                    frontier.Push(-d, candidate);
+                    Touch(List(frontier.TopSlot, 0));
+                    nearest.Push(d, candidate);
+                    if (nearest.Count > ef)
+                    {
+                        nearest.Pop();
+                    }
+
+                    bound = nearest.TopKey;
+                }
+            }
+        }
+
+        while (nearest.Count > k)
+        {
+            nearest.Pop();
+        }
+
+        var found = nearest.Count;
+        for (var i = found - 1; i >= 0; i--)
+        {
+            var (d, slot) = nearest.Pop();
+            keys[i] = _keys[slot];
+            distances[i] = d;
+        }
+
+        return found;
+    }
+
+    /// <summary>Starts loading a slot's vector (its first cache line; the hardware streams the rest) and its visit mark.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void Prefetch(uint slot, Scratch scratch)
+    {
+        Touch(Row(slot));
+        scratch.PrefetchMark((int)slot);
+    }
+
+    /// <summary>A prefetch hint where the CPU has one (x86); nothing elsewhere.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Touch(void* address)
+    {
+        if (Sse.IsSupported)
+        {
+            Sse.Prefetch0(address);
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private float* Row(uint slot) => (float*)(_vectors + (slot * _rowBytes));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private float Distance(float* query, int slot, int dimension) =>
+        1f - InnerProductKernel.Dot(query, Row((uint)slot), dimension);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private uint* List(int slot, int level) =>
+        (uint*)(Base + Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_nodes), slot) + NodeHeadBytes + (level == 0 ? 0 : _baseListBytes + ((level - 1) * _listBytes)));
+
+    /// <summary>Per-search state: visit marks (a generation per slot) and the two heaps; one per thread, reused.</summary>
+    public sealed class Scratch
+    {
+        [ThreadStatic]
+        private static Scratch? t_current;
+
+        private readonly int[] _visited;
+        private int _generation;
+
+        private Scratch(int count)
+        {
+            _visited = GC.AllocateArray<int>(count, pinned: true);
+        }
+
+        public Heap Nearest { get; } = new(256);
+
+        public Heap Frontier { get; } = new(1024);
+
+        /// <summary>This thread's scratch, with room for graphs of <paramref name="count"/> slots (marks of any earlier search never match).</summary>
+        public static Scratch For(int count)
+        {
+            var scratch = t_current;
+            if (scratch is null || scratch._visited.Length < count)
+            {
+                t_current = scratch = new Scratch(Math.Max(count, (scratch?._visited.Length ?? 0) * 5 / 4));
+            }
+
+            return scratch;
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public void PrefetchMark(int slot) =>
+            Touch((int*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_visited)) + slot);
+
+        public void Begin()
+        {
+            Nearest.Clear();
+            Frontier.Clear();
+            if (++_generation == int.MaxValue)
+            {
+                Array.Clear(_visited);
+                _generation = 1;
+            }
+        }
+
+        /// <summary>Marks <paramref name="slot"/> visited; false when it already was.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public bool Visit(int slot)
+        {
+            ref var mark = ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_visited), slot);
+            if (mark == _generation)
+            {
+                return false;
+            }
+
+            mark = _generation;
+            return true;
+        }
+    }
+
+    /// <summary>A max-heap of (key, slot) by key, growing as needed.</summary>
+    public sealed class Heap(int capacity)
+    {
+        private float[] _keys = new float[capacity];
+        private int[] _slots = new int[capacity];
+
+        public int Count { get; private set; }
+
+        public float TopKey => _keys[0];
+
+        public int TopSlot => _slots[0];
+
+        public void Clear() => Count = 0;
+
+        public void Push(float key, int slot)
+        {
+            if (Count == _keys.Length)
+            {
+                Array.Resize(ref _keys, Count * 2);
+                Array.Resize(ref _slots, Count * 2);
+            }
+
+            var i = Count++;
+            while (i > 0)
+            {
+                var parent = (i - 1) >> 1;
+                if (_keys[parent] >= key)
+                {
+                    break;
+                }
+
+                _keys[i] = _keys[parent];
+                _slots[i] = _slots[parent];
+                i = parent;
+            }
+
+            _keys[i] = key;
+            _slots[i] = slot;
+        }
+
+        public (float Key, int Slot) Pop()
+        {
+            var top = (_keys[0], _slots[0]);
+            var last = --Count;
+            var key = _keys[last];
+            var slot = _slots[last];
+            var i = 0;
+            while (true)
+            {
+                var child = (2 * i) + 1;
+                if (child >= last)
+                {
+                    break;
+                }
+
+                if (child + 1 < last && _keys[child + 1] > _keys[child])
+                {
+                    child++;
+                }
+
+                if (_keys[child] <= key)
+                {
+                    break;
+                }
+
+                _keys[i] = _keys[child];
+                _slots[i] = _slots[child];
+                i = child;
+            }
+
+            if (last > 0)
+            {
+                _keys[i] = key;
+                _slots[i] = slot;
+            }
+
+            return top;
+        }
+    }
+}
