@@ -94,6 +94,8 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     /// <summary>Whether the graph is settled: searches walk it in managed code (see the class remarks).</summary>
     internal bool IsSettled => _settled is not null;
 
+
+
     /// <summary>
     /// Queries whose graph walk missed keys that were then scored directly: with TopK ≥ Count, or when USearch's walk came
     /// back empty beside a concurrent add.
@@ -471,11 +473,13 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     }
 
     /// <summary>The retrieved neighbours of each query (key ids, similarities best first), as <see cref="ClassLogMass"/> sees them.</summary>
-    internal (ulong[] Keys, float[] Similarities)[] Neighbours(Tensor queries)
+    /// <param name="queries">The queries.</param>
+    /// <param name="published">Search as a query holding a snapshot of the first this many keys would (tests); default the current one.</param>
+    internal (ulong[] Keys, float[] Similarities)[] Neighbours(Tensor queries, long? published = null)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentNullException.ThrowIfNull(queries);
-        var snapshot = _snapshot;
+        var snapshot = published is { } count ? _snapshot with { Count = Math.Min(count, _snapshot.Count) } : _snapshot;
         var batch = checked((int)queries.shape[0]);
         var result = new (ulong[] Keys, float[] Similarities)[batch];
         var k = (int)Math.Min(_options.TopK, snapshot.Count);
@@ -783,8 +787,8 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         {
             if (_settled?.Walk is { } walk)
             {
-                // A settled graph holds exactly the published keys: no filter is needed.
-                var hits = walk.Search(query, k, _options.ExpansionSearch, HnswGraphWalk.Scratch.For(walk.Count), keys, distances);
+                // A settled graph holds the keys published when it settled, which a query holding an older snapshot filters.
+                var hits = walk.Search(query, k, _options.ExpansionSearch, (ulong)published, HnswGraphWalk.Scratch.For(walk.Count), keys, distances);
                 return hits < k && k == published ? ScoreMissed(query, hits, published, work) : hits;
             }
 

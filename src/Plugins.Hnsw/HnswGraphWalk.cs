@@ -76,11 +76,12 @@ internal sealed unsafe class HnswGraphWalk
     public int Dimension { get; }
 
     /// <summary>
-    /// The <paramref name="k"/> nearest keys to <paramref name="query"/> found with a candidate list of
-    /// <paramref name="expansion"/> (at least k): writes keys and distances nearest first, returns how many (fewer than k only
-    /// when the graph has fewer keys, or level 0 does not reach k of them from the entry).
+    /// The <paramref name="k"/> nearest keys below <paramref name="limit"/> to <paramref name="query"/> found with a candidate
+    /// list of <paramref name="expansion"/> (at least k): writes keys and distances nearest first, returns how many (fewer than
+    /// k only when the graph has fewer such keys, or level 0 does not reach k of them from the entry). Keys at or above the
+    /// limit (a query's older snapshot) are walked through but never returned.
     /// </summary>
-    public int Search(float* query, int k, int expansion, Scratch scratch, ulong* keys, float* distances)
+    public int Search(float* query, int k, int expansion, ulong limit, Scratch scratch, ulong* keys, float* distances)
     {
         if (Count == 0 || k <= 0)
         {
@@ -117,10 +118,15 @@ internal sealed unsafe class HnswGraphWalk
         scratch.Begin();
         var nearest = scratch.Nearest;
         var frontier = scratch.Frontier;
+        var filtered = limit < (ulong)Count;
         scratch.Visit(current);
-        nearest.Push(currentDistance, current);
+        if (!filtered || _keys[current] < limit)
+        {
+            nearest.Push(currentDistance, current);
+        }
+
         frontier.Push(-currentDistance, current);
-        var bound = currentDistance;
+        var bound = nearest.Count > 0 ? currentDistance : float.MaxValue;
         while (frontier.Count > 0)
         {
             var (negative, slot) = frontier.Pop();
@@ -154,13 +160,16 @@ internal sealed unsafe class HnswGraphWalk
                 {
                     frontier.Push(-d, candidate);
                     Touch(List(frontier.TopSlot, 0));
-                    nearest.Push(d, candidate);
-                    if (nearest.Count > ef)
+                    if (!filtered || _keys[candidate] < limit)
                     {
-                        nearest.Pop();
-                    }
+                        nearest.Push(d, candidate);
+                        if (nearest.Count > ef)
+                        {
+                            nearest.Pop();
+                        }
 
-                    bound = nearest.TopKey;
+                        bound = nearest.TopKey;
+                    }
                 }
             }
         }
