@@ -139,7 +139,10 @@ internal static class HnswBenchmark
                 // The same graph searched by USearch's walk (loaded without ManagedSearch), rounds alternating with ours.
                 var saved = hnsw.SaveGraph();
                 using var usearchWalk = HnswCacheMemory.Load(saved.Graph, saved.Labels, classes, Options(threads, kernel, managed: false));
-                usearchWalk.ClassLogMass(queries.narrow(0, 0, Math.Min(16, q)), one).Dispose();
+                using (var warm = queries.narrow(0, 0, Math.Min(16, q)))
+                {
+                    usearchWalk.ClassLogMass(warm, one).Dispose();
+                }
                 var theirs = new List<double>();
                 for (var round = 0; round < 3; round++)
                 {

@@ -75,7 +75,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         ClassCount = classCount;
         _labelBuffer = labels;
         _snapshot = new Snapshot(count, labels);
-        UseKernel(_index, dimension, options);
+        ConfigureSearch(_index, dimension, options);
     }
 
     public string Provider => HnswCacheMemoryFactory.ProviderName;
@@ -93,8 +93,6 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 
     /// <summary>Whether the graph is settled: searches walk it in managed code (see the class remarks).</summary>
     internal bool IsSettled => _settled is not null;
-
-
 
     /// <summary>
     /// Queries whose graph walk missed keys that were then scored directly: with TopK ≥ Count, or when USearch's walk came
@@ -266,9 +264,6 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
                     $"The graph holds {size} keys but {labels.Length} labels were given.", nameof(labels));
             }
 
-            USearchNative.ChangeExpansionSearch(index, (nuint)options.ExpansionSearch, ref error);
-            USearchNative.Check(error, "change_expansion_search");
-
             var memory = new HnswCacheMemory(handle, layout.Dimension, classCount, options, labels.ToArray(), size);
             lock (memory._writeGate)
             {
@@ -339,8 +334,11 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     }
 
     /// <summary>Whether graphs of a memory with <paramref name="options"/> settle (see the class remarks).</summary>
-    private static bool Settles(HnswCacheOptions options) =>
-        options.ManagedSearch && options.ScalarKind == HnswScalarKind.Float32 && options.DistanceKernel == HnswDistanceKernel.Float32;
+    private static bool Settles(HnswCacheOptions options) => options.ManagedSearch && UsesLibraryKernel(options);
+
+    /// <summary>Whether USearch is handed the library's float32 kernel (float32 keys, <see cref="HnswDistanceKernel.Float32"/>).</summary>
+    private static bool UsesLibraryKernel(HnswCacheOptions options) =>
+        options.ScalarKind == HnswScalarKind.Float32 && options.DistanceKernel == HnswDistanceKernel.Float32;
 
     /// <summary>
     /// Serializes the editable graph into a native block and swaps in a read-only view of it; under the write gate. When the
@@ -368,9 +366,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             var index = view.DangerousGetHandle();
             USearchNative.ViewBuffer(index, settled.Bytes, (nuint)length, ref error);
             USearchNative.Check(error, "view_buffer");
-            USearchNative.ChangeExpansionSearch(index, (nuint)_options.ExpansionSearch, ref error);
-            USearchNative.Check(error, "change_expansion_search");
-            UseKernel(index, Dimension, _options);
+            ConfigureSearch(index, Dimension, _options);
         }
         catch (Exception e) when (e is USearchException or OutOfMemoryException or ArgumentException)
         {
@@ -394,11 +390,9 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             nint error = 0;
             USearchNative.LoadBuffer(index, settled.Bytes, (nuint)settled.Length, ref error);
             USearchNative.Check(error, "load_buffer");
-            USearchNative.Reserve(index, (nuint)Math.Max(_capacity, settled.Walk?.Count ?? 0), ref error);
+            USearchNative.Reserve(index, (nuint)_capacity, ref error); // the capacity covers every published key
             USearchNative.Check(error, "reserve");
-            USearchNative.ChangeExpansionSearch(index, (nuint)_options.ExpansionSearch, ref error);
-            USearchNative.Check(error, "change_expansion_search");
-            UseKernel(index, Dimension, _options);
+            ConfigureSearch(index, Dimension, _options);
         }
         catch
         {
@@ -433,12 +427,17 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         oldSettled?.Dispose();
     }
 
-    /// <summary>Hands USearch the library's float32 kernel when <paramref name="options"/> ask for it.</summary>
-    private static void UseKernel(nint index, int dimension, HnswCacheOptions options)
+    /// <summary>
+    /// What every index of this memory is given after it is made, loaded or made a view: the search expansion, and the
+    /// library's float32 kernel when <paramref name="options"/> ask for it.
+    /// </summary>
+    private static void ConfigureSearch(nint index, int dimension, HnswCacheOptions options)
     {
-        if (options.ScalarKind == HnswScalarKind.Float32 && options.DistanceKernel == HnswDistanceKernel.Float32)
+        nint error = 0;
+        USearchNative.ChangeExpansionSearch(index, (nuint)options.ExpansionSearch, ref error);
+        USearchNative.Check(error, "change_expansion_search");
+        if (UsesLibraryKernel(options))
         {
-            nint error = 0;
             USearchNative.ChangeMetric(index, InnerProductKernel.Pointer, dimension, USearchNative.MetricKind.InnerProduct, ref error);
             USearchNative.Check(error, "change_metric");
         }
@@ -820,7 +819,6 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
                 {
                     // USearch's walk can come back empty beside a concurrent add (its entry may be a node the add has not
                     // linked yet, which the filter then excludes); score the published keys directly instead.
-                    Interlocked.Increment(ref _exhaustiveCompletions);
                     found = (nuint)ScoreNearest(query, k, published, work);
                 }
             }
@@ -868,6 +866,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     /// <summary>The <paramref name="k"/> published keys nearest to <paramref name="query"/> by direct scoring, nearest first; returns how many.</summary>
     private int ScoreNearest(float* query, int k, long published, Workspace work)
     {
+        Interlocked.Increment(ref _exhaustiveCompletions);
         var nearest = new HnswGraphWalk.Heap(k + 1);
         fixed (float* vector = work.Vector)
         {

@@ -19,10 +19,6 @@ namespace ScalableCache.Hnsw;
 /// </remarks>
 internal sealed unsafe class HnswGraphWalk
 {
-    private const int HeadBytes = 64;
-    private const int GraphHeaderBytes = 40;
-    private const int NodeHeadBytes = 10;
-
     private readonly byte* _vectors;
     private readonly long _rowBytes;
     private readonly long[] _nodes;
@@ -40,7 +36,7 @@ internal sealed unsafe class HnswGraphWalk
         _rowBytes = BinaryPrimitives.ReadUInt32LittleEndian(new ReadOnlySpan<byte>(graph + 4, 4));
         Dimension = (int)(_rowBytes / sizeof(float));
         _vectors = graph + 8;
-        var header = graph + 8 + (rows * _rowBytes) + HeadBytes;
+        var header = graph + 8 + (rows * _rowBytes) + USearchGraphLayout.HeadBytes;
         var size = BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header, 8));
         var connectivity = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 8, 8));
         var connectivityBase = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 16, 8));
@@ -51,13 +47,13 @@ internal sealed unsafe class HnswGraphWalk
         Count = (int)size;
         _nodes = new long[size];
         _keys = new uint[size];
-        var levels = (short*)(header + GraphHeaderBytes);
-        var offset = (long)(header + GraphHeaderBytes - graph) + (2 * size);
+        var levels = (short*)(header + USearchGraphLayout.GraphHeaderBytes);
+        var offset = (long)(header + USearchGraphLayout.GraphHeaderBytes - graph) + (2 * size);
         for (var slot = 0; slot < size; slot++)
         {
             _nodes[slot] = offset;
             _keys[slot] = (uint)BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(graph + offset, 8));
-            offset += NodeHeadBytes + _baseListBytes + ((long)levels[slot] * _listBytes);
+            offset += USearchGraphLayout.NodeHeadBytes + _baseListBytes + ((long)levels[slot] * _listBytes);
         }
 
         if (offset != length)
@@ -217,7 +213,7 @@ internal sealed unsafe class HnswGraphWalk
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private uint* List(int slot, int level) =>
-        (uint*)(Base + Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_nodes), slot) + NodeHeadBytes + (level == 0 ? 0 : _baseListBytes + ((level - 1) * _listBytes)));
+        (uint*)(Base + Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_nodes), slot) + USearchGraphLayout.NodeHeadBytes + (level == 0 ? 0 : _baseListBytes + ((level - 1) * _listBytes)));
 
     /// <summary>Per-search state: visit marks (a generation per slot) and the two heaps; one per thread, reused.</summary>
     public sealed class Scratch

@@ -29,9 +29,14 @@ namespace ScalableCache.Hnsw;
 /// </remarks>
 internal static class USearchGraphLayout
 {
-    private const int HeadBytes = 64;
-    private const int GraphHeaderBytes = 40;
-    private const int NodeHeadBytes = 10;
+    /// <summary>Bytes of the index head (after the vector matrix).</summary>
+    internal const int HeadBytes = 64;
+
+    /// <summary>Bytes of the graph header (size, connectivity, base connectivity, top level, entry slot).</summary>
+    internal const int GraphHeaderBytes = 40;
+
+    /// <summary>Bytes of a node's head (key, level) before its neighbour lists.</summary>
+    internal const int NodeHeadBytes = 10;
     private const byte MetricInnerProduct = (byte)'i';
     private const byte MetricCos = (byte)'c';
     private const byte ScalarBFloat16 = 4;
