@@ -94,6 +94,10 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     /// <summary>Whether the graph is settled: searches walk it in managed code (see the class remarks).</summary>
     internal bool IsSettled => _settled is not null;
 
+    /// <summary>Of a settled graph: whether its vectors start on a cache line, and the bytes of the walk's level-0 table (a test hook).</summary>
+    internal (bool VectorsAligned, long TableBytes)? SettledLayout =>
+        _settled is { } settled ? (((nint)(settled.Bytes + USearchGraphLayout.MatrixHeadBytes) & 63) == 0, settled.Walk?.ListBytes ?? 0) : null;
+
     /// <summary>
     /// Queries whose graph walk missed keys that were then scored directly: with TopK ≥ Count, or when USearch's walk came
     /// back empty beside a concurrent add.
@@ -111,7 +115,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
                 nint error = 0;
                 var bytes = USearchNative.MemoryUsage(_index, ref error);
                 USearchNative.Check(error, "memory_usage");
-                return (long)bytes + (_settled?.Length ?? 0);
+                return (long)bytes + (_settled?.NativeBytes ?? 0);
             }
             finally
             {
@@ -231,7 +235,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         }
 
         SettledGraph? settled = null;
-        if (Settles(options) && labels.Length > 0 && graph.Length <= (ProcessMemory.AvailableBytes() ?? long.MaxValue))
+        if (Settles(options) && labels.Length > 0 && SettledGraph.Fits(graph.Length, labels.Length, options))
         {
             settled = SettledGraph.Copy(graph);
         }
@@ -349,7 +353,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
     {
         nint error = 0;
         var length = (long)USearchNative.SerializedLength(_index, ref error);
-        if (error != 0 || length > (ProcessMemory.AvailableBytes() ?? long.MaxValue))
+        if (error != 0 || !SettledGraph.Fits(length, _snapshot.Count, _options))
         {
             return;
         }
@@ -967,22 +971,39 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         }
     }
 
-    /// <summary>A serialized graph in one native block (64-byte aligned), and the walk over it; freeing it frees the block.</summary>
+    /// <summary>
+    /// A serialized graph in one native block, and the walk over it; freeing it frees both. The block starts
+    /// <see cref="USearchGraphLayout.MatrixHeadBytes"/> before a 64-byte boundary, so that the vectors after the matrix's head
+    /// start on a cache line (and every row of a 64-byte multiple does): an unaligned row costs a line more per vector read,
+    /// and split loads.
+    /// </summary>
     private sealed class SettledGraph : IDisposable
     {
-        private SettledGraph(byte* bytes, long length)
+        private const int VectorAlignment = 64 - USearchGraphLayout.MatrixHeadBytes;
+
+        private byte* _allocation;
+
+        private SettledGraph(long length)
         {
-            Bytes = bytes;
+            _allocation = (byte*)NativeMemory.AlignedAlloc((nuint)(length + 64), 64);
+            Bytes = _allocation + VectorAlignment;
             Length = length;
         }
 
-        public byte* Bytes { get; private set; }
+        public byte* Bytes { get; }
 
         public long Length { get; }
 
+        /// <summary>Native bytes held: the block and the walk's level-0 table.</summary>
+        public long NativeBytes => Length + (Walk?.ListBytes ?? 0);
+
         public HnswGraphWalk? Walk { get; set; }
 
-        public static SettledGraph Allocate(long length) => new((byte*)NativeMemory.AlignedAlloc((nuint)length, 64), length);
+        public static SettledGraph Allocate(long length) => new(length);
+
+        /// <summary>Whether a graph of <paramref name="length"/> bytes and <paramref name="count"/> keys, settled, fits in available memory.</summary>
+        public static bool Fits(long length, long count, HnswCacheOptions options) =>
+            length + HnswGraphWalk.ListBytesFor(count, 2 * options.Connectivity) <= (ProcessMemory.AvailableBytes() ?? long.MaxValue);
 
         /// <summary>A block holding a copy of <paramref name="graph"/> (bytes <see cref="USearchGraphLayout"/> has checked), walk included.</summary>
         public static SettledGraph Copy(ReadOnlySpan<byte> graph)
@@ -995,11 +1016,12 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 
         public void Dispose()
         {
-            if (Bytes != null)
+            if (_allocation != null)
             {
-                NativeMemory.AlignedFree(Bytes);
-                Bytes = null;
+                Walk?.Dispose();
                 Walk = null;
+                NativeMemory.AlignedFree(_allocation);
+                _allocation = null;
             }
         }
     }

@@ -9,7 +9,10 @@ namespace ScalableCache.Hnsw;
 /// HNSW search over a serialized USearch graph of float32 vectors under the inner-product distance <c>1 − a·b</c>, walked in
 /// managed code with the next neighbour's vector prefetched while the current one is scored (USearch's C API walks without
 /// prefetching, and calls a custom metric across the native/managed boundary for every distance). The bytes are those
-/// <see cref="USearchGraphLayout"/> describes and has checked; they are read in place, never copied.
+/// <see cref="USearchGraphLayout"/> describes and has checked; the vectors and upper levels are read in place. Level 0's
+/// neighbour lists, where a search spends its time, are copied once into a table of fixed stride (a 64-byte multiple, unused
+/// entries <see cref="uint.MaxValue"/>), so a slot's list is found by arithmetic rather than through its node's offset, and
+/// starts on a cache line (<see cref="ListBytes"/>, about 128 bytes a node at M 16; freed by <see cref="Dispose"/>).
 /// </summary>
 /// <remarks>
 /// The walk is hnswlib's <c>searchKnn</c>: a greedy descent from the entry slot through the upper levels, then a best-first
@@ -17,8 +20,11 @@ namespace ScalableCache.Hnsw;
 /// than the farthest of those. Thread-safe for concurrent searches, each with its own <see cref="Scratch"/>; the bytes must
 /// not change or be freed while a search runs.
 /// </remarks>
-internal sealed unsafe class HnswGraphWalk
+internal sealed unsafe class HnswGraphWalk : IDisposable
 {
+    /// <summary>The end of a level-0 row shorter than its stride.</summary>
+    private const uint NoSlot = uint.MaxValue;
+
     private readonly byte* _vectors;
     private readonly long _rowBytes;
     private readonly long[] _nodes;
@@ -27,6 +33,8 @@ internal sealed unsafe class HnswGraphWalk
     private readonly int _listBytes;
     private readonly int _maxLevel;
     private readonly int _entry;
+    private readonly int _stride;
+    private uint* _base0;
 
     /// <param name="graph">The serialized graph (checked by <see cref="USearchGraphLayout.Validate"/>, float32, inner product).</param>
     /// <param name="length">Its length in bytes.</param>
@@ -35,8 +43,8 @@ internal sealed unsafe class HnswGraphWalk
         var rows = BinaryPrimitives.ReadUInt32LittleEndian(new ReadOnlySpan<byte>(graph, 4));
         _rowBytes = BinaryPrimitives.ReadUInt32LittleEndian(new ReadOnlySpan<byte>(graph + 4, 4));
         Dimension = (int)(_rowBytes / sizeof(float));
-        _vectors = graph + 8;
-        var header = graph + 8 + (rows * _rowBytes) + USearchGraphLayout.HeadBytes;
+        _vectors = graph + USearchGraphLayout.MatrixHeadBytes;
+        var header = _vectors + (rows * _rowBytes) + USearchGraphLayout.HeadBytes;
         var size = BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header, 8));
         var connectivity = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 8, 8));
         var connectivityBase = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 16, 8));
@@ -62,6 +70,17 @@ internal sealed unsafe class HnswGraphWalk
         }
 
         Base = graph;
+        _stride = Stride(connectivityBase);
+        ListBytes = size * _stride * sizeof(uint);
+        _base0 = (uint*)NativeMemory.AlignedAlloc((nuint)ListBytes, 64);
+        for (var slot = 0; slot < size; slot++)
+        {
+            var list = List(slot, 0);
+            var n = (int)*list;
+            var row = _base0 + ((long)slot * _stride);
+            new ReadOnlySpan<uint>(list + 1, n).CopyTo(new Span<uint>(row, n));
+            new Span<uint>(row + n, _stride - n).Fill(NoSlot);
+        }
     }
 
     /// <summary>The start of the bytes walked.</summary>
@@ -70,6 +89,22 @@ internal sealed unsafe class HnswGraphWalk
     public int Count { get; }
 
     public int Dimension { get; }
+
+    /// <summary>Bytes of the level-0 table (native memory beside the graph's).</summary>
+    public long ListBytes { get; }
+
+    /// <summary>Bytes of the level-0 table of a graph of <paramref name="count"/> slots with <paramref name="connectivityBase"/> neighbours at level 0.</summary>
+    public static long ListBytesFor(long count, int connectivityBase) => count * Stride(connectivityBase) * sizeof(uint);
+
+    /// <summary>Frees the level-0 table; no search may run then or after.</summary>
+    public void Dispose()
+    {
+        if (_base0 != null)
+        {
+            NativeMemory.AlignedFree(_base0);
+            _base0 = null;
+        }
+    }
 
     /// <summary>
     /// The <paramref name="k"/> nearest keys below <paramref name="limit"/> to <paramref name="query"/> found with a candidate
@@ -131,19 +166,20 @@ internal sealed unsafe class HnswGraphWalk
                 break;
             }
 
-            var list = List(slot, 0);
-            var n = (int)*list;
-            if (n > 0)
+            var row = _base0 + ((long)slot * _stride);
+            var next = row[0];
+            if (next != NoSlot)
             {
-                Prefetch(list[1], scratch);
+                Prefetch(next, scratch);
             }
 
-            for (var j = 1; j <= n; j++)
+            for (var j = 1; next != NoSlot; j++)
             {
-                var candidate = (int)list[j];
-                if (j < n)
+                var candidate = (int)next;
+                next = j < _stride ? row[j] : NoSlot;
+                if (next != NoSlot)
                 {
-                    Prefetch(list[j + 1], scratch);
+                    Prefetch(next, scratch);
                 }
 
                 if (!scratch.Visit(candidate))
@@ -155,7 +191,7 @@ internal sealed unsafe class HnswGraphWalk
                 if (nearest.Count < ef || d < bound)
                 {
                     frontier.Push(-d, candidate);
-                    Touch(List(frontier.TopSlot, 0));
+                    Touch(_base0 + ((long)frontier.TopSlot * _stride));
                     if (!filtered || _keys[candidate] < limit)
                     {
                         nearest.Push(d, candidate);
@@ -203,6 +239,9 @@ internal sealed unsafe class HnswGraphWalk
             Sse.Prefetch0(address);
         }
     }
+
+    /// <summary>Level-0 table entries a row: room for <paramref name="connectivityBase"/>, rounded up to whole cache lines.</summary>
+    private static int Stride(int connectivityBase) => (connectivityBase + 15) / 16 * 16;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private float* Row(uint slot) => (float*)(_vectors + (slot * _rowBytes));

@@ -29,6 +29,9 @@ namespace ScalableCache.Hnsw;
 /// </remarks>
 internal static class USearchGraphLayout
 {
+    /// <summary>Bytes of the vector matrix's head (rows, columns) before its first row.</summary>
+    internal const int MatrixHeadBytes = 8;
+
     /// <summary>Bytes of the index head (after the vector matrix).</summary>
     internal const int HeadBytes = 64;
 
