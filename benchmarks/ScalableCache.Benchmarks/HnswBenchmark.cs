@@ -25,7 +25,7 @@ namespace ScalableCache.Benchmarks;
 /// Arguments (all optional): <c>--keys N</c> (default 200000, up to 1000000), <c>--dim d</c> (256), <c>--classes C</c> (100),
 /// <c>--clusters K</c> (1000), <c>--queries Q</c> (1000), <c>--topk k</c> (100), <c>--ef efSearch</c> (128), <c>--efc
 /// efConstruction</c> (128), <c>--m M</c> (16), <c>--theta θ</c> (50), <c>--seed s</c> (1), <c>--threads T</c> (all cores),
-/// <c>--skip-single-thread</c>, <c>--no-anchor</c>, <c>--json FILE</c>, <c>--kernel Native|Float32|both</c> (both: USearch's
+/// <c>--skip-single-thread</c>, <c>--skip-usearch-build</c> (with the float32 kernel the keys are first inserted by USearch's add, the baseline of the library's managed insertion, <c>HnswCacheOptions.ManagedBuild</c>), <c>--no-anchor</c>, <c>--json FILE</c>, <c>--kernel Native|Float32|both</c> (both: USearch's
 /// float32 distance kernel and this library's, one after the other on the same keys); <c>--real N</c> takes, instead of synthetic keys, the
 /// ResNet-20 keys (layers <c>layer3.0, layer3.2</c>, d = 8,192) of the first N CIFAR-10 training images from <c>../shared</c>,
 /// and the keys of the first Q test images as queries. With the float32 kernel the built memory is settled (searched by the
@@ -66,9 +66,10 @@ internal static class HnswBenchmark
             ["threads"] = threads, ["loadBefore"] = Load(),
         };
 
-        HnswCacheOptions Options(int t, HnswDistanceKernel kernel, bool managed = true) => new()
+        HnswCacheOptions Options(int t, HnswDistanceKernel kernel, bool managed = true, bool managedBuild = true) => new()
         {
             ManagedSearch = managed,
+            ManagedBuild = managedBuild,
             TopK = settings.TopK,
             ExpansionSearch = Math.Max(settings.ExpansionSearch, settings.TopK),
             ExpansionAdd = settings.ExpansionAdd,
@@ -106,10 +107,29 @@ internal static class HnswBenchmark
                 figures["buildKeysPerSecondOneThread"] = n / wall;
             }
 
+            double? usearchBuild = null;
+            if (kernel == HnswDistanceKernel.Float32 && !settings.SkipUSearchBuild)
+            {
+                // The same keys inserted by USearch's add (then settled), before the managed insertion below.
+                using var baseline = HnswCacheMemory.Create(d, classes, Options(threads, kernel, managedBuild: false));
+                var (wall, cpu) = Time($"Build, {threads} threads, USearch's insertion", () => baseline.Add(keys, labels));
+                var baselineRecall = HnswRecall.AtK(baseline, queries, keys, settings.TopK);
+                Console.WriteLine(string.Create(Invariant, $"  {n / wall:N0} keys/s; recall@{settings.TopK} {baselineRecall:F4}"));
+                figures["buildKeysPerSecondUSearchInsertion"] = n / wall;
+                figures["buildCpuSecondsUSearchInsertion"] = cpu;
+                figures["recallUSearchInsertion"] = baselineRecall;
+                usearchBuild = n / wall;
+            }
+
             var before = Environment.WorkingSet;
             var hnsw = HnswCacheMemory.Create(d, classes, Options(threads, kernel));
             var (buildWall, buildCpu) = Time($"Build, {threads} threads", () => hnsw.Add(keys, labels));
             Console.WriteLine($"  {n / buildWall:N0} keys/s; USearch kernel target {hnsw.HardwareAcceleration}; native index {Mib(hnsw.NativeMemoryBytes)}, resident +{Mib(Environment.WorkingSet - before)}");
+            if (usearchBuild is { } baselineRate)
+            {
+                Console.WriteLine(string.Create(Invariant, $"  managed insertion / USearch's insertion ×{n / buildWall / baselineRate:F2} (same keys, one build each)"));
+            }
+
             figures["buildKeysPerSecond"] = n / buildWall;
             figures["buildCpuSeconds"] = buildCpu;
             figures["usearchTarget"] = hnsw.HardwareAcceleration;
@@ -310,7 +330,8 @@ internal static class HnswBenchmark
 
     private sealed record Settings(
         int Keys, int Dimension, int Classes, int Clusters, int Queries, int TopK, int ExpansionSearch, int ExpansionAdd, int Connectivity,
-        double Theta, int Seed, int Threads, bool SkipSingleThread, bool NoAnchor, int? Real, string? Json, HnswDistanceKernel[] Kernels)
+        double Theta, int Seed, int Threads, bool SkipSingleThread, bool NoAnchor, int? Real, string? Json, HnswDistanceKernel[] Kernels,
+        bool SkipUSearchBuild)
     {
         public static Settings Parse(string[] args)
         {
@@ -337,7 +358,8 @@ internal static class HnswBenchmark
                 Value("--json"),
                 Value("--kernel") is { } kernel && !kernel.Equals("both", StringComparison.OrdinalIgnoreCase)
                     ? [Enum.Parse<HnswDistanceKernel>(kernel, ignoreCase: true)]
-                    : [HnswDistanceKernel.Native, HnswDistanceKernel.Float32]);
+                    : [HnswDistanceKernel.Native, HnswDistanceKernel.Float32],
+                args.Contains("--skip-usearch-build"));
         }
     }
 

@@ -55,6 +55,22 @@ public static class CacheInputs
         }
     }
 
+    /// <summary>
+    /// Throws naming the first row of <paramref name="rows"/> <c>[n, d]</c> (finite values) whose squared norm overflows
+    /// float32: a store that scores in float32 (HNSW's distance <c>1 − a·b</c>) cannot give such a key a finite similarity.
+    /// </summary>
+    public static void ThrowIfNormOverflows(Tensor rows, string name, string suffix = "")
+    {
+        ArgumentNullException.ThrowIfNull(rows);
+        using var scope = NewDisposeScope();
+        var overflows = isfinite(rows.detach().to_type(ScalarType.Float32).square().sum(1)).logical_not();
+        if (overflows.any().item<bool>())
+        {
+            var first = overflows.to_type(ScalarType.Int32).argmax().item<long>();
+            throw new ArgumentException($"Row {first} of {name} has a squared norm beyond float32's range{suffix}.", name);
+        }
+    }
+
     /// <summary>Labels as int64 on the CPU, after checking each lies in <c>[0, classCount)</c> (the message names the row).</summary>
     public static Tensor CheckedLabels(Tensor labels, int classCount)
     {

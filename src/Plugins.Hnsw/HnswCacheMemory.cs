@@ -39,6 +39,10 @@ namespace ScalableCache.Hnsw;
 /// it in managed code (<see cref="HnswGraphWalk"/>). The next add first loads the block back into an editable index (and
 /// frees it), so adds in between search with USearch. The switch swaps the index under the write side of the same lock, so
 /// no search runs across it; when the block would not fit in available memory the graph stays editable.</para>
+/// <para><b>Managed insertion.</b> With <see cref="HnswCacheOptions.ManagedBuild"/>, an add that will settle and finds the
+/// graph empty or settled inserts its keys in managed code straight into the new block (<see cref="HnswGraphBuilder"/>:
+/// USearch's insertion, with prefetching, after the earlier block's keys), which USearch then views as above; searches keep
+/// reading the old graph meanwhile. When the block cannot be made it falls back to the path above.</para>
 /// </remarks>
 internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 {
@@ -93,6 +97,9 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 
     /// <summary>Whether the graph is settled: searches walk it in managed code (see the class remarks).</summary>
     internal bool IsSettled => _settled is not null;
+
+    /// <summary>How many adds were inserted by the managed insertion (test hook).</summary>
+    internal int ManagedInsertions { get; private set; }
 
     /// <summary>Of a settled graph: whether its vectors start on a cache line, and the bytes of the walk's level-0 table (a test hook).</summary>
     internal (bool VectorsAligned, long TableBytes)? SettledLayout =>
@@ -310,12 +317,19 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
         using var scope = NewDisposeScope();
         var rows = keys.detach().cpu().contiguous();
         CacheInputs.ThrowIfNonFinite(rows, nameof(keys), "; nothing was added");
+        CacheInputs.ThrowIfNormOverflows(rows, nameof(keys), "; nothing was added");
         var labelValues = CacheInputs.CheckedLabels(labels, ClassCount).contiguous().data<long>().ToArray();
 
         lock (_writeGate)
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
             var start = _snapshot.Count;
+            var settles = Settles(_options) && start + n - _settledCount >= Math.Max(1, _settledCount / SettleGrowthDivisor);
+            if (settles && _options.ManagedBuild && (start == 0 || _settled is not null) && TryBuildSettled(rows, labelValues, start))
+            {
+                return;
+            }
+
             if (_settled is not null)
             {
                 Unsettle();
@@ -330,11 +344,102 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
 
             InsertRows(rows, start);
             _snapshot = new Snapshot(start + n, buffer);
-            if (Settles(_options) && start + n - _settledCount >= Math.Max(1, _settledCount / SettleGrowthDivisor))
+            if (settles)
             {
                 Settle();
             }
         }
+    }
+
+    /// <summary>
+    /// Inserts <paramref name="rows"/> in managed code into a new settled block (<see cref="HnswGraphBuilder"/>): after the
+    /// settled graph's keys, or into USearch's serialization of the empty index; under the write gate. Searches keep reading
+    /// the current graph until the new one is swapped in. False (nothing changed) when the block would not fit in available
+    /// memory or could not be made; the add then goes through USearch.
+    /// </summary>
+    private bool TryBuildSettled(Tensor rows, long[] labelValues, long start)
+    {
+        var n = rows.shape[0];
+        var total = start + n;
+        if (total > Array.MaxLength)
+        {
+            return false;
+        }
+
+        SettledGraph? settled = null;
+        USearchIndexHandle? view = null;
+        try
+        {
+            HnswGraphBuilder builder;
+            byte[]? empty = null; // pinned (it never moves) and kept alive until the builder has written the block
+            if (_settled is { } previous)
+            {
+                builder = new HnswGraphBuilder(previous.Bytes, previous.Length, (int)n, (ulong)start, unchecked((int)total));
+            }
+            else
+            {
+                nint error = 0;
+                var emptyLength = (long)USearchNative.SerializedLength(_index, ref error);
+                USearchNative.Check(error, "serialized_length");
+                empty = GC.AllocateArray<byte>(checked((int)emptyLength), pinned: true);
+                var bytes = (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(empty));
+                USearchNative.SaveBuffer(_index, bytes, (nuint)emptyLength, ref error);
+                USearchNative.Check(error, "save_buffer");
+                builder = new HnswGraphBuilder(bytes, emptyLength, (int)n, (ulong)start, unchecked((int)total));
+            }
+
+            if (builder.Dimension != Dimension || !SettledGraph.Fits(builder.Length, total, _options))
+            {
+                return false;
+            }
+
+            settled = SettledGraph.Allocate(builder.Length);
+            var rowBytes = (long)Dimension * sizeof(float);
+            var chunkRows = Math.Max(1, AddChunkBytes / rowBytes);
+            var target = builder.AddedRows(settled.Bytes);
+            for (long offset = 0; offset < n; offset += chunkRows)
+            {
+                // Spans over tensor memory are bounded, so the rows are copied chunk by chunk.
+                using var chunk = rows.narrow(0, offset, Math.Min(chunkRows, n - offset));
+                var bytes = chunk.bytes;
+                bytes.CopyTo(new Span<byte>(target + (offset * rowBytes), bytes.Length));
+            }
+
+            builder.Write(settled.Bytes, _options.ExpansionAdd, _threads);
+            GC.KeepAlive(empty);
+            settled.Walk = new HnswGraphWalk(settled.Bytes, settled.Length);
+            view = USearchIndexHandle.Create(InitOptionsFor(Dimension, _options));
+            nint viewError = 0;
+            USearchNative.ViewBuffer(view.DangerousGetHandle(), settled.Bytes, (nuint)settled.Length, ref viewError);
+            USearchNative.Check(viewError, "view_buffer");
+            ConfigureSearch(view.DangerousGetHandle(), Dimension, _options);
+        }
+        catch (Exception e) when (e is USearchException or OutOfMemoryException or ArgumentException or NotSupportedException)
+        {
+            view?.Dispose();
+            settled?.Dispose();
+            return false;
+        }
+
+        var buffer = _labelBuffer;
+        if (buffer.Length < total)
+        {
+            buffer = new int[Math.Min(Array.MaxLength, Math.Max(total, _capacity + (_capacity / 2)))];
+            Array.Copy(_labelBuffer, buffer, start);
+        }
+
+        for (var row = 0; row < labelValues.Length; row++)
+        {
+            buffer[start + row] = (int)labelValues[row];
+        }
+
+        Swap(view, settled);
+        _labelBuffer = buffer;
+        _capacity = buffer.Length;
+        _snapshot = new Snapshot(total, buffer);
+        _settledCount = total;
+        ManagedInsertions++;
+        return true;
     }
 
     /// <summary>Whether graphs of a memory with <paramref name="options"/> settle (see the class remarks).</summary>

@@ -56,6 +56,14 @@ public sealed class HnswCacheOptions
     /// </summary>
     public bool ManagedSearch { get; set; } = true;
 
+    /// <summary>
+    /// Whether an add that settles the graph (see <see cref="ManagedSearch"/>, which it needs) inserts its keys in managed
+    /// code straight into the new settled block (default true): USearch's insertion algorithm, with the next neighbour's
+    /// vector prefetched and the kernel inlined, instead of USearch's add followed by a serialization. It applies to the first
+    /// add and to adds to a settled graph; the block is USearch's layout, so a later add loads it back into USearch as before.
+    /// </summary>
+    public bool ManagedBuild { get; set; } = true;
+
     /// <summary>Keys to reserve room for when the memory is created, in keys (0 = grow on the first <c>Add</c>).</summary>
     public long InitialCapacity { get; set; }
 

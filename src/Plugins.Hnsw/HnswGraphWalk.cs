@@ -61,7 +61,7 @@ internal sealed unsafe class HnswGraphWalk : IDisposable
         {
             _nodes[slot] = offset;
             _keys[slot] = (uint)BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(graph + offset, 8));
-            offset += USearchGraphLayout.NodeHeadBytes + _baseListBytes + ((long)levels[slot] * _listBytes);
+            offset += USearchGraphLayout.NodeBytes(levels[slot], connectivity, connectivityBase);
         }
 
         if (offset != length)
@@ -232,7 +232,7 @@ internal sealed unsafe class HnswGraphWalk : IDisposable
 
     /// <summary>A prefetch hint where the CPU has one (x86); nothing elsewhere.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Touch(void* address)
+    internal static void Touch(void* address)
     {
         if (Sse.IsSupported)
         {

@@ -24,8 +24,9 @@ namespace ScalableCache.Hnsw;
 /// and the expected count and dimension; the scalar and metric kinds an HNSW cache memory uses; the key and slot types
 /// (u64, u32); the connectivities (2 ≤ M ≤ base); every level in [0, maxLevel] and equal to its node's copy, maxLevel
 /// reached, the entry slot on it; every list's count within its capacity and every neighbour a slot below size whose
-/// own level reaches the list's; the keys a permutation of 0..N−1; every float vector component finite; and the
-/// lengths adding up to exactly the buffer's. An empty graph (size 0) is the head and the graph header alone.
+/// own level reaches the list's; the keys a permutation of 0..N−1; every float vector component finite and each vector's
+/// squared norm within float32's range (the store scores in float32); and the lengths adding up to exactly the buffer's. An
+/// empty graph (size 0) is the head and the graph header alone.
 /// </remarks>
 internal static class USearchGraphLayout
 {
@@ -40,6 +41,9 @@ internal static class USearchGraphLayout
 
     /// <summary>Bytes of a node's head (key, level) before its neighbour lists.</summary>
     internal const int NodeHeadBytes = 10;
+
+    /// <summary>Where the index head records the count of present keys (a u64).</summary>
+    internal const int HeadPresentOffset = 17;
     private const byte MetricInnerProduct = (byte)'i';
     private const byte MetricCos = (byte)'c';
     private const byte ScalarBFloat16 = 4;
@@ -97,7 +101,7 @@ internal static class USearchGraphLayout
             throw Invalid($"its key and slot type codes are {head[15]} and {head[16]}; expected u64 ({ScalarUInt64}) and u32 ({ScalarUInt32})");
         }
 
-        var present = BinaryPrimitives.ReadUInt64LittleEndian(head[17..]);
+        var present = BinaryPrimitives.ReadUInt64LittleEndian(head[HeadPresentOffset..]);
         var deleted = BinaryPrimitives.ReadUInt64LittleEndian(head[25..]);
         var dimensions = BinaryPrimitives.ReadUInt64LittleEndian(head[33..]);
         if (present != rows || deleted != 0 || head[41] != 0)
@@ -180,7 +184,7 @@ internal static class USearchGraphLayout
         var keys = new bool[size];
         for (var i = 0; i < size; i++)
         {
-            var nodeBytes = NodeHeadBytes + (4L * (1 + capacityBase)) + (levels[i] * 4L * (1 + capacity));
+            var nodeBytes = NodeBytes(levels[i], capacity, capacityBase);
             var node = reader.Take(nodeBytes, $"node {i}");
             var key = BinaryPrimitives.ReadUInt64LittleEndian(node);
             if (key >= (ulong)size || keys[key])
@@ -220,32 +224,42 @@ internal static class USearchGraphLayout
         }
     }
 
+    /// <summary>Bytes of a node of <paramref name="level"/>: its head, level 0's list and one list a level above it.</summary>
+    internal static long NodeBytes(int level, int connectivity, int connectivityBase) =>
+        NodeHeadBytes + (4L * (1 + connectivityBase)) + (level * 4L * (1 + connectivity));
+
     private static void ThrowIfNonFinite(ReadOnlySpan<byte> vectors, USearchNative.ScalarKind scalar, int columns)
     {
-        for (var offset = 0; offset < vectors.Length;)
+        if (scalar == USearchNative.ScalarKind.Int8)
         {
-            bool finite;
-            switch (scalar)
+            return; // int8 components are all finite, and so is any sum of their squares
+        }
+
+        var width = scalar == USearchNative.ScalarKind.Float32 ? 4 : 2;
+        for (var row = 0; row < vectors.Length / columns; row++)
+        {
+            var vector = vectors.Slice(row * columns, columns);
+            var squares = 0.0;
+            for (var offset = 0; offset < columns; offset += width)
             {
-                case USearchNative.ScalarKind.Float32:
-                    finite = float.IsFinite(BinaryPrimitives.ReadSingleLittleEndian(vectors[offset..]));
-                    offset += 4;
-                    break;
-                case USearchNative.ScalarKind.Float16:
-                    finite = (BinaryPrimitives.ReadUInt16LittleEndian(vectors[offset..]) & 0x7C00) != 0x7C00;
-                    offset += 2;
-                    break;
-                case USearchNative.ScalarKind.BFloat16:
-                    finite = (BinaryPrimitives.ReadUInt16LittleEndian(vectors[offset..]) & 0x7F80) != 0x7F80;
-                    offset += 2;
-                    break;
-                default:
-                    return; // int8 components are all finite
+                var value = scalar switch
+                {
+                    USearchNative.ScalarKind.Float32 => BinaryPrimitives.ReadSingleLittleEndian(vector[offset..]),
+                    USearchNative.ScalarKind.Float16 => (float)BinaryPrimitives.ReadHalfLittleEndian(vector[offset..]),
+                    _ => BitConverter.Int32BitsToSingle(BinaryPrimitives.ReadUInt16LittleEndian(vector[offset..]) << 16), // bfloat16
+                };
+                if (!float.IsFinite(value))
+                {
+                    throw Invalid($"the vector in slot {row} has a non-finite component");
+                }
+
+                squares += (double)value * value;
             }
 
-            if (!finite)
+            // The store scores in float32 and its adds refuse such keys (CacheInputs.ThrowIfNormOverflows).
+            if (squares > float.MaxValue)
             {
-                throw Invalid($"the vector in slot {(offset - 1) / columns} has a non-finite component");
+                throw Invalid($"the vector in slot {row} has a squared norm beyond float32's range");
             }
         }
     }

@@ -244,4 +244,29 @@ public sealed class HnswCacheMemoryTests
 
         Assert.InRange(actual, expected - tolerance, expected + tolerance);
     }
+
+    [Fact]
+    public void AKeyWhoseSquaredNormOverflowsFloat32IsRefusedByAddAndByLoad()
+    {
+        var data = HnswTestData.Clustered(61, 200, 8, 3, clusters: 6);
+        using var memory = Build(data, 3, new HnswCacheOptions { Threads = 1 });
+        var keys = data.Keys.Take(16).ToArray();
+        keys[9] = 1e20f; // finite, but its square is not
+        using (var huge = tensor(keys, [2, 8]))
+        using (var labels = tensor(new long[] { 0, 1 }))
+        {
+            var refused = Assert.Throws<ArgumentException>(() => memory.Add(huge, labels));
+            Assert.Contains("Row 1 of keys has a squared norm beyond float32's range; nothing was added", refused.Message, StringComparison.Ordinal);
+        }
+
+        Assert.Equal(200, memory.Count);
+        var saved = memory.SaveGraph();
+        var forged = saved.Graph.ToArray();
+        System.Buffers.Binary.BinaryPrimitives.WriteSingleLittleEndian(forged.AsSpan(8 + (5 * 8 * 4) + 12), 1e20f); // slot 5, component 3
+        var rejected = Assert.Throws<ArgumentException>(() => HnswCacheMemory.Load(forged, saved.Labels, 3, new HnswCacheOptions()));
+        Assert.Contains("the vector in slot 5 has a squared norm beyond float32's range", rejected.Message, StringComparison.Ordinal);
+        System.Buffers.Binary.BinaryPrimitives.WriteSingleLittleEndian(forged.AsSpan(8 + (5 * 8 * 4) + 12), 1e15f); // large but representable
+        using var loaded = HnswCacheMemory.Load(forged, saved.Labels, 3, new HnswCacheOptions());
+        Assert.Equal(200, loaded.Count);
+    }
 }
