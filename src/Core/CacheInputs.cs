@@ -47,12 +47,7 @@ public static class CacheInputs
     {
         ArgumentNullException.ThrowIfNull(rows);
         using var scope = NewDisposeScope();
-        var nonFinite = isfinite(rows.detach()).all(1).logical_not();
-        if (nonFinite.any().item<bool>())
-        {
-            var first = nonFinite.to_type(ScalarType.Int32).argmax().item<long>();
-            throw new ArgumentException($"Row {first} of {name} has a non-finite value (NaN or ±∞){suffix}.", name);
-        }
+        ThrowAtFirst(isfinite(rows.detach()).all(1).logical_not(), name, "has a non-finite value (NaN or ±∞)" + suffix);
     }
 
     /// <summary>
@@ -63,11 +58,16 @@ public static class CacheInputs
     {
         ArgumentNullException.ThrowIfNull(rows);
         using var scope = NewDisposeScope();
-        var overflows = isfinite(rows.detach().to_type(ScalarType.Float32).square().sum(1)).logical_not();
-        if (overflows.any().item<bool>())
+        ThrowAtFirst(isfinite(rows.detach().to_type(ScalarType.Float32).square().sum(1)).logical_not(), name, "has a squared norm beyond float32's range" + suffix);
+    }
+
+    /// <summary>Throws naming the first row <paramref name="failing"/> (<c>[n]</c>, bool) marks, when any is.</summary>
+    private static void ThrowAtFirst(Tensor failing, string name, string problem)
+    {
+        if (failing.any().item<bool>())
         {
-            var first = overflows.to_type(ScalarType.Int32).argmax().item<long>();
-            throw new ArgumentException($"Row {first} of {name} has a squared norm beyond float32's range{suffix}.", name);
+            var first = failing.to_type(ScalarType.Int32).argmax().item<long>();
+            throw new ArgumentException($"Row {first} of {name} {problem}.", name);
         }
     }
 

@@ -421,12 +421,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             return false;
         }
 
-        var buffer = _labelBuffer;
-        if (buffer.Length < total)
-        {
-            buffer = new int[Math.Min(Array.MaxLength, Math.Max(total, _capacity + (_capacity / 2)))];
-            Array.Copy(_labelBuffer, buffer, start);
-        }
+        var buffer = _labelBuffer.Length >= total ? _labelBuffer : LabelsWithRoom(GrownCapacity(total));
 
         for (var row = 0; row < labelValues.Length; row++)
         {
@@ -744,7 +739,7 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             throw new NotSupportedException($"An HNSW cache memory holds at most {Array.MaxLength} keys; {needed} were requested.");
         }
 
-        var target = Math.Min(Array.MaxLength, Math.Max(needed, _capacity + (_capacity / 2)));
+        var target = GrownCapacity(needed);
         _resize.EnterWriteLock();
         try
         {
@@ -758,11 +753,19 @@ internal sealed unsafe partial class HnswCacheMemory : IHnswCacheMemory
             _resize.ExitWriteLock();
         }
 
-        var labels = new int[target];
-        var count = _snapshot.Count;
-        Array.Copy(_labelBuffer, labels, count);
-        _labelBuffer = labels;
+        _labelBuffer = LabelsWithRoom(target);
         _capacity = target;
+    }
+
+    /// <summary>The capacity an add needing <paramref name="needed"/> keys grows to: that, or half again the current one.</summary>
+    private long GrownCapacity(long needed) => Math.Min(Array.MaxLength, Math.Max(needed, _capacity + (_capacity / 2)));
+
+    /// <summary>A label array of <paramref name="length"/> holding the published labels.</summary>
+    private int[] LabelsWithRoom(long length)
+    {
+        var labels = new int[length];
+        Array.Copy(_labelBuffer, labels, _snapshot.Count);
+        return labels;
     }
 
     /// <summary>Sets the native context pool to <see cref="_threads"/> (usearch_reserve resets it to the core count).</summary>

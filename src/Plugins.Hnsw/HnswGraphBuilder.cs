@@ -54,8 +54,8 @@ internal sealed unsafe class HnswGraphBuilder
         _rowBytes = BinaryPrimitives.ReadUInt32LittleEndian(new ReadOnlySpan<byte>(previous + 4, 4));
         Dimension = (int)(_rowBytes / sizeof(float));
         var header = previous + USearchGraphLayout.MatrixHeadBytes + (_previousCount * _rowBytes) + USearchGraphLayout.HeadBytes;
-        _connectivity = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 8, 8));
-        _connectivityBase = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 16, 8));
+        _connectivity = (int)USearchGraphLayout.ReadHeader(header, USearchGraphLayout.ConnectivityField);
+        _connectivityBase = (int)USearchGraphLayout.ReadHeader(header, USearchGraphLayout.ConnectivityBaseField);
         _previousNodesOffset = header + USearchGraphLayout.GraphHeaderBytes + (2 * _previousCount) - previous;
         _previousNodesBytes = previousLength - _previousNodesOffset;
         _firstKey = firstKey;
@@ -107,12 +107,12 @@ internal sealed unsafe class HnswGraphBuilder
 
         var previousHead = _previous + USearchGraphLayout.MatrixHeadBytes + (previousCount * _rowBytes);
         var head = vectors + (count * _rowBytes);
-        Buffer.MemoryCopy(previousHead, head, USearchGraphLayout.HeadBytes + USearchGraphLayout.GraphHeaderBytes, USearchGraphLayout.HeadBytes + USearchGraphLayout.GraphHeaderBytes);
+        Buffer.MemoryCopy(previousHead, head, USearchGraphLayout.HeadBytes, USearchGraphLayout.HeadBytes); // the graph header is written at the end
         BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(head + USearchGraphLayout.HeadPresentOffset, 8), (ulong)count);
         var header = head + USearchGraphLayout.HeadBytes;
         var previousHeader = previousHead + USearchGraphLayout.HeadBytes;
-        var entry = previousCount > 0 ? (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(previousHeader + 32, 8)) : 0;
-        var maxLevel = previousCount > 0 ? (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(previousHeader + 24, 8)) : _newLevels.Length > 0 ? _newLevels[0] : 0;
+        var entry = previousCount > 0 ? (int)USearchGraphLayout.ReadHeader(previousHeader, USearchGraphLayout.EntryField) : 0;
+        var maxLevel = previousCount > 0 ? (int)USearchGraphLayout.ReadHeader(previousHeader, USearchGraphLayout.MaxLevelField) : _newLevels.Length > 0 ? _newLevels[0] : 0;
 
         var levels = (short*)(header + USearchGraphLayout.GraphHeaderBytes);
         Buffer.MemoryCopy(previousHeader + USearchGraphLayout.GraphHeaderBytes, levels, 2 * previousCount, 2 * previousCount);
@@ -149,12 +149,15 @@ internal sealed unsafe class HnswGraphBuilder
             graph.InsertAll(first, count, Math.Max(expansionAdd, _connectivityBase + 1), Math.Max(1, threads));
         }
 
-        BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(header, 8), count);
-        BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(header + 8, 8), _connectivity);
-        BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(header + 16, 8), _connectivityBase);
-        BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(header + 24, 8), graph.MaxLevel);
-        BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(header + 32, 8), count > 0 ? graph.Entry : 0);
+        WriteHeader(header, USearchGraphLayout.SizeField, count);
+        WriteHeader(header, USearchGraphLayout.ConnectivityField, _connectivity);
+        WriteHeader(header, USearchGraphLayout.ConnectivityBaseField, _connectivityBase);
+        WriteHeader(header, USearchGraphLayout.MaxLevelField, graph.MaxLevel);
+        WriteHeader(header, USearchGraphLayout.EntryField, graph.Entry);
     }
+
+    private static void WriteHeader(byte* header, int field, long value) =>
+        BinaryPrimitives.WriteInt64LittleEndian(new Span<byte>(header + field, 8), value);
 
     /// <summary>The graph being built: node offsets, per-node locks, the entry and the insertion.</summary>
     private sealed class Graph(
@@ -162,8 +165,6 @@ internal sealed unsafe class HnswGraphBuilder
     {
         private readonly int[] _locks = new int[offsets.Length];
         private readonly Lock _global = new();
-        private readonly int _baseListBytes = 4 * (1 + connectivityBase);
-        private readonly int _listBytes = 4 * (1 + connectivity);
         private volatile int _entry = entry;
         private volatile int _maxLevel = maxLevel;
 
@@ -252,7 +253,7 @@ internal sealed unsafe class HnswGraphBuilder
                 for (var l = Math.Min(level, top); l >= 0; l--)
                 {
                     var found = SearchLayer(query, current, l, scratch);
-                    var kept = Refine(scratch.Distances, scratch.Slots, found, connectivity, scratch);
+                    var kept = Refine(scratch.Distances, scratch.Slots, found, connectivity);
                     Lock(slot);
                     var list = List(slot, l);
                     for (var j = 0; j < kept; j++)
@@ -384,7 +385,7 @@ internal sealed unsafe class HnswGraphBuilder
                 }
 
                 SortAscending(distances, slots, n + 1);
-                var kept = Refine(distances, slots, n + 1, capacity, scratch);
+                var kept = Refine(distances, slots, n + 1, capacity);
                 for (var j = 0; j < kept; j++)
                 {
                     list[1 + j] = (uint)slots[j];
@@ -402,7 +403,7 @@ internal sealed unsafe class HnswGraphBuilder
         /// USearch's <c>refine_</c> over candidates sorted nearest first: keeps the first, then each candidate not closer to
         /// one already kept than to the centre, up to <paramref name="needed"/>; all of them when there are fewer. Returns how many, kept in front.
         /// </summary>
-        private int Refine(float[] distances, int[] slots, int count, int needed, Scratch scratch)
+        private int Refine(float[] distances, int[] slots, int count, int needed)
         {
             if (count < needed)
             {
@@ -486,12 +487,11 @@ internal sealed unsafe class HnswGraphBuilder
         private float* Row(uint slot) => (float*)(vectors + (slot * rowBytes));
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private float Distance(float* a, float* b) => 1f - InnerProductKernel.Dot(a, b, dimension);
+        private float Distance(float* a, float* b) => InnerProductKernel.Distance(a, b, dimension);
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private uint* List(int slot, int level) =>
-            (uint*)(block + offsets[slot] + USearchGraphLayout.NodeHeadBytes + (level == 0 ? 0 : _baseListBytes + ((level - 1) * _listBytes)));
-
+            (uint*)(block + offsets[slot] + USearchGraphLayout.ListOffset(level, connectivity, connectivityBase));
     }
 
     /// <summary>One worker's candidate arrays and list buffer (visit marks and heaps are the walk's, per thread).</summary>

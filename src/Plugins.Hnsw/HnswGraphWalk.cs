@@ -29,8 +29,8 @@ internal sealed unsafe class HnswGraphWalk : IDisposable
     private readonly long _rowBytes;
     private readonly long[] _nodes;
     private readonly uint[] _keys;
-    private readonly int _baseListBytes;
-    private readonly int _listBytes;
+    private readonly int _connectivity;
+    private readonly int _connectivityBase;
     private readonly int _maxLevel;
     private readonly int _entry;
     private readonly int _stride;
@@ -45,13 +45,11 @@ internal sealed unsafe class HnswGraphWalk : IDisposable
         Dimension = (int)(_rowBytes / sizeof(float));
         _vectors = graph + USearchGraphLayout.MatrixHeadBytes;
         var header = _vectors + (rows * _rowBytes) + USearchGraphLayout.HeadBytes;
-        var size = BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header, 8));
-        var connectivity = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 8, 8));
-        var connectivityBase = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 16, 8));
-        _maxLevel = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 24, 8));
-        _entry = (int)BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + 32, 8));
-        _baseListBytes = 4 * (1 + connectivityBase);
-        _listBytes = 4 * (1 + connectivity);
+        var size = USearchGraphLayout.ReadHeader(header, USearchGraphLayout.SizeField);
+        _connectivity = (int)USearchGraphLayout.ReadHeader(header, USearchGraphLayout.ConnectivityField);
+        _connectivityBase = (int)USearchGraphLayout.ReadHeader(header, USearchGraphLayout.ConnectivityBaseField);
+        _maxLevel = (int)USearchGraphLayout.ReadHeader(header, USearchGraphLayout.MaxLevelField);
+        _entry = (int)USearchGraphLayout.ReadHeader(header, USearchGraphLayout.EntryField);
         Count = (int)size;
         _nodes = new long[size];
         _keys = new uint[size];
@@ -61,7 +59,7 @@ internal sealed unsafe class HnswGraphWalk : IDisposable
         {
             _nodes[slot] = offset;
             _keys[slot] = (uint)BinaryPrimitives.ReadUInt64LittleEndian(new ReadOnlySpan<byte>(graph + offset, 8));
-            offset += USearchGraphLayout.NodeBytes(levels[slot], connectivity, connectivityBase);
+            offset += USearchGraphLayout.NodeBytes(levels[slot], _connectivity, _connectivityBase);
         }
 
         if (offset != length)
@@ -70,7 +68,7 @@ internal sealed unsafe class HnswGraphWalk : IDisposable
         }
 
         Base = graph;
-        _stride = Stride(connectivityBase);
+        _stride = Stride(_connectivityBase);
         ListBytes = size * _stride * sizeof(uint);
         _base0 = (uint*)NativeMemory.AlignedAlloc((nuint)ListBytes, 64);
         for (var slot = 0; slot < size; slot++)
@@ -248,11 +246,11 @@ internal sealed unsafe class HnswGraphWalk : IDisposable
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private float Distance(float* query, int slot, int dimension) =>
-        1f - InnerProductKernel.Dot(query, Row((uint)slot), dimension);
+        InnerProductKernel.Distance(query, Row((uint)slot), dimension);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private uint* List(int slot, int level) =>
-        (uint*)(Base + Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_nodes), slot) + USearchGraphLayout.NodeHeadBytes + (level == 0 ? 0 : _baseListBytes + ((level - 1) * _listBytes)));
+        (uint*)(Base + Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(_nodes), slot) + USearchGraphLayout.ListOffset(level, _connectivity, _connectivityBase));
 
     /// <summary>Per-search state: visit marks (a generation per slot) and the two heaps; one per thread, reused.</summary>
     public sealed class Scratch

@@ -15,11 +15,15 @@ namespace ScalableCache.Hnsw;
 internal static unsafe class InnerProductKernel
 {
     /// <summary>The callback's address, for <c>usearch_change_metric</c>.</summary>
-    public static nint Pointer => (nint)(delegate* unmanaged[Cdecl]<float*, float*, nint, float>)&Distance;
+    public static nint Pointer => (nint)(delegate* unmanaged[Cdecl]<float*, float*, nint, float>)&Callback;
 
-    /// <summary><c>1 − a·b</c> for two float32 vectors of <paramref name="dimension"/> elements.</summary>
+    /// <summary><c>1 − a·b</c> for two float32 vectors of <paramref name="dimension"/> elements: USearch's metric, and the managed walk's and insertion's.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Distance(float* a, float* b, int dimension) => 1f - Dot(a, b, dimension);
+
+    /// <summary><see cref="Distance"/>, called by USearch.</summary>
     [UnmanagedCallersOnly(CallConvs = [typeof(CallConvCdecl)])]
-    private static float Distance(float* a, float* b, nint dimension) => 1f - Dot(a, b, (int)dimension);
+    private static float Callback(float* a, float* b, nint dimension) => Distance(a, b, (int)dimension);
 
     /// <summary><c>a·b</c> in float32 with four vector accumulators (512-bit vectors where the CPU has them, else 256-bit).</summary>
     /// <remarks>The two widths repeat one loop: <c>ISimdVector</c>, which would make it generic, is not public in .NET 10.</remarks>

@@ -39,6 +39,9 @@ internal static class USearchGraphLayout
     /// <summary>Bytes of the graph header (size, connectivity, base connectivity, top level, entry slot).</summary>
     internal const int GraphHeaderBytes = 40;
 
+    /// <summary>Where the graph header's u64 fields are, from its start.</summary>
+    internal const int SizeField = 0, ConnectivityField = 8, ConnectivityBaseField = 16, MaxLevelField = 24, EntryField = 32;
+
     /// <summary>Bytes of a node's head (key, level) before its neighbour lists.</summary>
     internal const int NodeHeadBytes = 10;
 
@@ -119,7 +122,7 @@ internal static class USearchGraphLayout
             throw Invalid($"its vectors are {columns} bytes; {dimensions} {scalar} components are {dimensions * (ulong)scalarBytes}");
         }
 
-        ThrowIfNonFinite(vectors, scalar, (int)columns);
+        ThrowIfNotStorable(vectors, scalar, (int)columns);
         var size = reader.UInt64("the graph's node count");
         var connectivity = reader.UInt64("the graph's connectivity");
         var connectivityBase = reader.UInt64("the graph's base connectivity");
@@ -228,7 +231,16 @@ internal static class USearchGraphLayout
     internal static long NodeBytes(int level, int connectivity, int connectivityBase) =>
         NodeHeadBytes + (4L * (1 + connectivityBase)) + (level * 4L * (1 + connectivity));
 
-    private static void ThrowIfNonFinite(ReadOnlySpan<byte> vectors, USearchNative.ScalarKind scalar, int columns)
+    /// <summary>Where a node's list of <paramref name="level"/> (its count, then its slots) starts, from the node's start.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    internal static int ListOffset(int level, int connectivity, int connectivityBase) =>
+        NodeHeadBytes + (level == 0 ? 0 : (4 * (1 + connectivityBase)) + ((level - 1) * 4 * (1 + connectivity)));
+
+    /// <summary>The graph header's u64 field at <paramref name="field"/> (one of the <c>…Field</c> offsets).</summary>
+    internal static unsafe long ReadHeader(byte* header, int field) =>
+        BinaryPrimitives.ReadInt64LittleEndian(new ReadOnlySpan<byte>(header + field, 8));
+
+    private static void ThrowIfNotStorable(ReadOnlySpan<byte> vectors, USearchNative.ScalarKind scalar, int columns)
     {
         if (scalar == USearchNative.ScalarKind.Int8)
         {
