@@ -20,7 +20,8 @@ namespace ScalableCache.Benchmarks;
 /// </summary>
 /// <remarks>
 /// Arguments (all optional): <c>--images N</c> (50000, the first N CIFAR-10 training images), <c>--batch B</c> (256),
-/// <c>--repeats R</c> (1), <c>--layers a,b,c</c>, <c>--model NAME</c> (resnet20), <c>--weights FILE</c> (resnet20.safetensors in
+/// <c>--forward-batch F</c> (<see cref="LayerTapExtractor.DefaultForwardBatchSize"/>: images per call of the network, on both sides
+/// and in PyTorch's loop), <c>--repeats R</c> (1), <c>--layers a,b,c</c>, <c>--model NAME</c> (resnet20), <c>--weights FILE</c> (resnet20.safetensors in
 /// <c>shared/models/cifar10</c>), <c>--data FOLDER</c> (<c>SCACHE_DATA</c>, else <c>shared/data/cifar10</c> beside the
 /// repository), <c>--device cpu|cuda[:N]</c> (cpu), <c>--no-anchor</c> (skip PyTorch's forward pass on the same images, which
 /// runs when Debian's <c>python3-torch</c> is installed: images/s and the ratio, goal ≥ 0.95), <c>--default-allocator</c> (leave
@@ -48,9 +49,9 @@ internal static class ExtractionBenchmark
             return Program.UsageError;
         }
 
-        if (settings.Images < 1 || settings.Batch < 1 || settings.Repeats < 1 || settings.Layers.Count == 0)
+        if (settings.Images < 1 || settings.Batch < 1 || settings.ForwardBatch < 1 || settings.Repeats < 1 || settings.Layers.Count == 0)
         {
-            Console.Error.WriteLine("--images, --batch and --repeats must be positive and --layers must name at least one layer.");
+            Console.Error.WriteLine("--images, --batch, --forward-batch and --repeats must be positive and --layers must name at least one layer.");
             return Program.UsageError;
         }
 
@@ -76,15 +77,15 @@ internal static class ExtractionBenchmark
         var layerInfo = LayerInspector.ListLayers(model, input).ToDictionary(l => l.Name);
         var dimension = settings.Layers.Sum(l => layerInfo.TryGetValue(l, out var info) ? info.FeatureCount : 0);
         Console.WriteLine(
-            Line($"Extraction benchmark: {settings.Model} ({Path.GetFileName(weights)}), {train.Count:N0} CIFAR-10 training images, batch {settings.Batch}, ") +
+            Line($"Extraction benchmark: {settings.Model} ({Path.GetFileName(weights)}), {train.Count:N0} CIFAR-10 training images, batch {settings.Batch} in slices of {settings.ForwardBatch}, ") +
             Line($"taps {string.Join(", ", settings.Layers)} (D = {dimension:N0}), device {device}, torch threads {get_num_threads()}, ") +
             Line($"{Environment.ProcessorCount} cores; native allocator {(reuse ? "reusing freed blocks under 32 MiB (ProcessMemory.ReuseNativeAllocations)" : "glibc defaults (--default-allocator)")}; ") +
             Line($"setup {load.Elapsed.TotalSeconds:F1} s"));
 
-        using var extractor = new LayerTapExtractor(model, settings.Layers);
+        using var extractor = new LayerTapExtractor(model, settings.Layers) { ForwardBatchSize = settings.ForwardBatch };
         var options = new FeatureExtractionOptions { BatchSize = settings.Batch, Device = device };
         var warmUp = train.Slice(0, Math.Min(settings.Batch, train.Count));
-        PlainPass(model, warmUp, normalization, settings.Batch, device);
+        PlainPass(model, warmUp, normalization, settings.Batch, settings.ForwardBatch, device);
         DatasetFeatureExtractor.Extract(extractor, warmUp, normalization, options).Dispose();
 
         // Interleaved batch by batch (alternating which side goes first), so that load from other processes on a shared machine
@@ -97,7 +98,7 @@ internal static class ExtractionBenchmark
             for (var (start, b) = (0, 0); start < train.Count; start += settings.Batch, b++)
             {
                 var batch = train.Slice(start, Math.Min(settings.Batch, train.Count - start));
-                double Plain() => Time(() => PlainPass(model, batch, normalization, settings.Batch, device));
+                double Plain() => Time(() => PlainPass(model, batch, normalization, settings.Batch, settings.ForwardBatch, device));
                 double Taps() => Time(() =>
                     DatasetFeatureExtractor.Extract(extractor, batch, normalization, options).Dispose());
                 if (b % 2 == 0)
@@ -138,6 +139,7 @@ internal static class ExtractionBenchmark
             ["model"] = settings.Model,
             ["images"] = train.Count,
             ["batch"] = settings.Batch,
+            ["forward_batch"] = settings.ForwardBatch,
             ["layers"] = settings.Layers,
             ["dim"] = dimension,
             ["device"] = device.ToString(),
@@ -183,7 +185,7 @@ internal static class ExtractionBenchmark
         Console.WriteLine($"PyTorch ({PythonAnchor.Interpreter}) on the same {images:N0} images from {Path.GetFileName(checkpoint)} …");
         var result = PythonAnchor.Run(
             "torch_forward_anchor.py",
-            [folder, images.ToString(Invariant), settings.Batch.ToString(Invariant), depth.ToString(Invariant),
+            [folder, images.ToString(Invariant), Math.Min(settings.Batch, settings.ForwardBatch).ToString(Invariant), depth.ToString(Invariant),
                 get_num_threads().ToString(Invariant), checkpoint, Join(normalization.Mean), Join(normalization.Std)],
             TimeSpan.FromHours(2));
         var rate = result.GetProperty("imagesPerSecond").GetDouble();
@@ -199,8 +201,11 @@ internal static class ExtractionBenchmark
         };
     }
 
-    /// <summary>The driver's loop without taps: same batches and normalisation, logits and probabilities copied into CPU tensors.</summary>
-    private static void PlainPass(ImageClassifier model, ImageDataset data, InputNormalization normalization, int batch, Device device)
+    /// <summary>
+    /// The driver's loop without taps: same batches, slices of <paramref name="forwardBatch"/> images per call of the network, same
+    /// normalisation, logits and probabilities copied into CPU tensors.
+    /// </summary>
+    private static void PlainPass(ImageClassifier model, ImageDataset data, InputNormalization normalization, int batch, int forwardBatch, Device device)
     {
         using var noGrad = no_grad();
         using var scope = NewDisposeScope();
@@ -215,7 +220,9 @@ internal static class ExtractionBenchmark
             data.Pixels.Slice(start * size, n * size).CopyTo(buffer);
             var x = empty([n, data.Channels, data.Height, data.Width], ScalarType.Byte);
             x.bytes = buffer.AsSpan(0, n * size);
-            var output = model.Logits(normalization.Normalize(x, device));
+            var normalized = normalization.Normalize(x, device);
+            var output = cat([.. Enumerable.Range(0, (n + forwardBatch - 1) / forwardBatch)
+                .Select(i => model.Logits(normalized.narrow(0, i * forwardBatch, Math.Min(forwardBatch, n - (i * forwardBatch)))))], 0);
             logits.narrow(0, start, n).copy_(output);
             probabilities.narrow(0, start, n).copy_(nn.functional.softmax(output, 1));
             scope.DisposeEverythingBut(logits, probabilities);
@@ -237,7 +244,7 @@ internal static class ExtractionBenchmark
     private static string Line(FormattableString text) => text.ToString(Invariant);
 
     private sealed record Settings(
-        int Images, int Batch, int Repeats, IReadOnlyList<string> Layers, string Model, string? Weights, string? Data, string Device, bool NoAnchor,
+        int Images, int Batch, int ForwardBatch, int Repeats, IReadOnlyList<string> Layers, string Model, string? Weights, string? Data, string Device, bool NoAnchor,
         bool DefaultAllocator)
     {
         public static Settings Parse(string[] args)
@@ -254,6 +261,7 @@ internal static class ExtractionBenchmark
             return new Settings(
                 Int("--images") ?? 50_000,
                 Int("--batch") ?? 256,
+                Int("--forward-batch") ?? LayerTapExtractor.DefaultForwardBatchSize,
                 Int("--repeats") ?? 1,
                 layers,
                 Value("--model") ?? "resnet20",

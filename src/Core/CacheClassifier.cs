@@ -12,6 +12,12 @@ public sealed class CacheClassifierOptions
     /// <summary>Images per forward pass (and per memory query). Must be positive.</summary>
     public int BatchSize { get; set; } = 256;
 
+    /// <summary>
+    /// Most images the backbone sees in one call (<see cref="LayerTapExtractor.ForwardBatchSize"/>): a batch of <see cref="BatchSize"/>
+    /// goes through it in slices of this many, with the same outputs. Must be positive.
+    /// </summary>
+    public int ForwardBatchSize { get; set; } = LayerTapExtractor.DefaultForwardBatchSize;
+
     /// <summary>Device the images are sent to; the backbone's parameter device when <see langword="null"/>.</summary>
     public Device? Device { get; set; }
 
@@ -64,6 +70,12 @@ public sealed class CacheLoadOptions
     /// <summary>Images per forward pass.</summary>
     public int BatchSize { get; set; } = 256;
 
+    /// <summary>
+    /// Most images the backbone sees in one call (<see cref="LayerTapExtractor.ForwardBatchSize"/>): a batch of <see cref="BatchSize"/>
+    /// goes through it in slices of this many, with the same outputs. Must be positive.
+    /// </summary>
+    public int ForwardBatchSize { get; set; } = LayerTapExtractor.DefaultForwardBatchSize;
+
     /// <summary>Device the images are sent to; the backbone's when <see langword="null"/>.</summary>
     public Device? Device { get; set; }
 
@@ -111,6 +123,7 @@ public sealed class CacheClassifier : IDisposable
         ArgumentNullException.ThrowIfNull(memory);
         options ??= new CacheClassifierOptions();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(options.BatchSize, nameof(options));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(options.ForwardBatchSize, nameof(options));
         if (theta.HasValue != lambda.HasValue)
         {
             throw new ArgumentException("Give both θ and λ, or neither (a classifier to tune later).");
@@ -143,7 +156,7 @@ public sealed class CacheClassifier : IDisposable
         Flip = options.Flip;
         _ownsBackbone = options.OwnsBackbone;
         _device = options.Device ?? backbone.ParameterDevice();
-        _tap = new LayerTapExtractor(backbone, recipe.Layers, recipe.Normalization);
+        _tap = new LayerTapExtractor(backbone, recipe.Layers, recipe.Normalization) { ForwardBatchSize = options.ForwardBatchSize };
     }
 
     /// <summary>The network.</summary>
@@ -370,6 +383,7 @@ public sealed class CacheClassifier : IDisposable
             return new CacheClassifier(backbone, recipe, loaded, header.Theta, header.Lambda, new CacheClassifierOptions
             {
                 BatchSize = options.BatchSize,
+                ForwardBatchSize = options.ForwardBatchSize,
                 Device = options.Device,
                 Model = options.Model ?? header.Model,
                 Flip = header.Flip,

@@ -66,6 +66,12 @@ public sealed class CacheFitOptions
     /// <summary>Images per forward pass and per memory query.</summary>
     public int BatchSize { get; set; } = 256;
 
+    /// <summary>
+    /// Most images the backbone sees in one call (<see cref="LayerTapExtractor.ForwardBatchSize"/>): a batch of <see cref="BatchSize"/>
+    /// goes through it in slices of this many, with the same outputs. Must be positive.
+    /// </summary>
+    public int ForwardBatchSize { get; set; } = LayerTapExtractor.DefaultForwardBatchSize;
+
     /// <summary>Device the images go to; the backbone's when <see langword="null"/>.</summary>
     public Device? Device { get; set; }
 
@@ -124,6 +130,11 @@ public sealed class CacheFitOptions
         if (BatchSize < 1)
         {
             errors.Add($"BatchSize must be positive (got {BatchSize}).");
+        }
+
+        if (ForwardBatchSize < 1)
+        {
+            errors.Add($"ForwardBatchSize must be positive (got {ForwardBatchSize}).");
         }
 
         if (Theta.HasValue != Lambda.HasValue)
@@ -251,7 +262,7 @@ public sealed class CacheFitter
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(layers);
         CheckShape(data);
-        using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
+        using var extractor = Tap(layers);
         var step = _options.Progress?.Step($"{label} [{layers.Count} layer{(layers.Count == 1 ? "" : "s")}]", data.Count);
         return DatasetFeatureExtractor.ExtractPerLayer(
             extractor, data, _input, ExtractionOptions(), _options.CandidateStorage, Adapt(step), cancellationToken);
@@ -282,7 +293,7 @@ public sealed class CacheFitter
         var resumed = writer.Count;
         var chunk = writer.Layout.EffectiveRowsPerChunk;
         var watch = Stopwatch.StartNew();
-        using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
+        using var extractor = Tap(layers);
         for (var start = (int)writer.Count; start < data.Count && !writer.IsComplete; start += chunk)
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -314,7 +325,7 @@ public sealed class CacheFitter
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(layers);
         CheckShape(data);
-        using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
+        using var extractor = Tap(layers);
         var step = _options.Progress?.Step($"{label} [{layers.Count} layer{(layers.Count == 1 ? "" : "s")}{(validation is null ? "" : ", similarities")}]", data.Count);
         var folder = Path.Combine(_options.KeyFolder ?? Path.GetTempPath(), $"scache-keys-{Guid.NewGuid():N}");
         return DatasetFeatureExtractor.ExtractForSearch(
@@ -342,7 +353,7 @@ public sealed class CacheFitter
         ArgumentNullException.ThrowIfNull(data);
         ArgumentNullException.ThrowIfNull(layers);
         CheckShape(data);
-        using var extractor = new LayerTapExtractor(Backbone, layers, _options.KeyNormalization);
+        using var extractor = Tap(layers);
         var step = _options.Progress?.Step($"{label} [{string.Join(",", layers)}]", data.Count);
         using var features = DatasetFeatureExtractor.Extract(extractor, data, input, ExtractionOptions(), Adapt(step), cancellationToken);
         return new FeatureTable(features.Keys, features.Probabilities, features.Labels!, features.Layers);
@@ -659,6 +670,9 @@ public sealed class CacheFitter
                 $"The images are {data.Shape} but the fit expects {_options.InputShape} (CacheFitOptions.InputShape).", nameof(data));
         }
     }
+
+    private LayerTapExtractor Tap(IReadOnlyList<string> layers) =>
+        new(Backbone, layers, _options.KeyNormalization) { ForwardBatchSize = _options.ForwardBatchSize };
 
     private FeatureExtractionOptions ExtractionOptions() => new() { BatchSize = _options.BatchSize, Device = _options.Device };
 

@@ -20,4 +20,10 @@ public sealed class TorchOptions
 
     /// <summary>Images per forward pass during feature extraction.</summary>
     public int BatchSize { get; set; } = 256;
+
+    /// <summary>
+    /// Most images the network sees in one call (<see cref="Features.LayerTapExtractor.ForwardBatchSize"/>); a batch of
+    /// <see cref="BatchSize"/> goes through it in slices of this many, with the same outputs.
+    /// </summary>
+    public int ForwardBatchSize { get; set; } = Features.LayerTapExtractor.DefaultForwardBatchSize;
 }

@@ -18,6 +18,7 @@ internal static class ScacheServiceCollectionExtensions
     {
         services.AddOptions<TorchOptions>().Bind(configuration.GetSection(TorchOptions.SectionName))
             .Validate(o => o.BatchSize > 0, "Torch:BatchSize must be positive.")
+            .Validate(o => o.ForwardBatchSize > 0, "Torch:ForwardBatchSize must be positive.")
             .Validate(o => o.Threads >= 0, "Torch:Threads must be 0 (libtorch default) or positive.")
             .ValidateOnStart();
         services.AddOptions<CacheOptions>().Bind(configuration.GetSection(CacheOptions.SectionName))

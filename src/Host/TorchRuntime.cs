@@ -27,4 +27,7 @@ internal sealed class TorchRuntime(IOptions<TorchOptions> options)
 
     /// <summary>Images per forward pass.</summary>
     public int BatchSize => options.Value.BatchSize;
+
+    /// <summary>Most images the network sees in one call (<c>Torch:ForwardBatchSize</c>).</summary>
+    public int ForwardBatchSize => options.Value.ForwardBatchSize;
 }

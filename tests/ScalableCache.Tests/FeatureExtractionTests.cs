@@ -190,6 +190,42 @@ public sealed class FeatureExtractionTests
     }
 
     [Fact]
+    public void ABatchRunInForwardSlicesGivesTheWholeBatchsOutputsInEvalModeOnly()
+    {
+        using var loaded = ModelTestSupport.LoadResNet20();
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var x = ModelTestSupport.NormalizedTestImages(0, 100);
+        using var whole = new LayerTapExtractor(loaded.Model, Taps) { ForwardBatchSize = 100 };
+        using var sliced = new LayerTapExtractor(loaded.Model, Taps) { ForwardBatchSize = 32 }; // 32, 32, 32 and 4 images
+        Assert.Equal(LayerTapExtractor.DefaultForwardBatchSize, new LayerTapExtractor(loaded.Model, Taps).ForwardBatchSize);
+        var (logits, activations) = whole.ForwardActivations(x);
+        var (slicedLogits, slicedActivations) = sliced.ForwardActivations(x);
+        Assert.Equal(logits.shape, slicedLogits.shape);
+        Assert.True(logits.sub(slicedLogits).abs().max().item<float>() <= 1e-5f, "logits: each image's own, in order");
+        for (var i = 0; i < activations.Length; i++)
+        {
+            Assert.Equal(activations[i].shape, slicedActivations[i].shape);
+            Assert.True(activations[i].sub(slicedActivations[i]).abs().max().item<float>() <= 1e-5f, $"{Taps[i]}: each image's own, in order");
+        }
+
+        // Out of order slices would not pass: the last slice's images are not the first ones.
+        Assert.True(logits.narrow(0, 96, 4).sub(logits.narrow(0, 0, 4)).abs().max().item<float>() > 1e-2f);
+        using var keys = sliced.Extract(x);
+        Assert.True(keys.Keys.sub(whole.Extract(x).Keys).abs().max().item<float>() <= 1e-6f, "Extract slices too");
+        Assert.Throws<ArgumentOutOfRangeException>(() => sliced.ForwardBatchSize = 0);
+
+        // In training mode (batch statistics) the network sees the whole batch: slices would change every value.
+        using var small = nn.Sequential(("conv", nn.Conv2d(3, 4, 3)), ("bn", nn.BatchNorm2d(4)), ("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(4, 3)));
+        small.train();
+        using var trainTap = new LayerTapExtractor(small, ["bn"]) { ForwardBatchSize = 8 };
+        var images = randn(20, 3, 10, 10, generator: new Generator(7));
+        var (trainLogits, _) = trainTap.ForwardActivations(images);
+        Assert.True(trainLogits.sub(small.call(images)).abs().max().item<float>() <= 1e-6f, "the whole batch's statistics");
+        Assert.True(trainLogits.narrow(0, 0, 8).sub(small.call(images.narrow(0, 0, 8))).abs().max().item<float>() > 1e-3f, "a slice's statistics differ");
+    }
+
+    [Fact]
     public void DatasetDriverValidatesItsInput()
     {
         using var model = new CifarResNet(1);

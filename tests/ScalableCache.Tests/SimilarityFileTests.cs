@@ -59,6 +59,41 @@ public sealed class SimilarityFileTests : IDisposable
     }
 
     [Fact]
+    public void PanelsLeftForTheCallerToWriteMakeTheSameFileAndAFullPanelMustBeWrittenFirst()
+    {
+        using var scope = NewDisposeScope();
+        var (similarities, _, _, _) = LayerCombinationSearchTests.FusedCase(seed: 5, q: 11, signal: 1.5);
+        var matrix = similarities[0]; // [11, 9003]: panels of 4096, 4096 and 811 keys
+        foreach (var block in new[] { 512, 4096, 1000 }) // panel ends at block ends (512, 4096) or inside blocks (1000)
+        {
+            using var plain = Write(matrix, block, $"plain{block}.f16");
+            var path = _folder.File($"deferred{block}.f16");
+            using var writer = new SimilarityFile.Writer(path, matrix.shape[0], matrix.shape[1]);
+            var deferred = 0;
+            for (long start = 0; start < matrix.shape[1]; start += block)
+            {
+                using var inner = NewDisposeScope();
+                var width = Math.Min(block, matrix.shape[1] - start);
+                if (writer.AppendDeferringWrite(matrix.narrow(1, start, width).to_type(ScalarType.Float32)))
+                {
+                    deferred++;
+                    if (start + width < matrix.shape[1])
+                    {
+                        Assert.Throws<ArgumentException>(() => writer.Append(zeros(3, 1))); // shapes are still checked first
+                    }
+
+                    writer.WritePanel();
+                    Assert.Throws<InvalidOperationException>(() => writer.WritePanel()); // nothing full is waiting any more
+                }
+            }
+
+            Assert.Equal(block == 1000 ? 1 : 3, deferred); // blocks of 1000: the first two panels end inside a block, so Append-like writes
+            using var file = writer.Complete();
+            Assert.True(File.ReadAllBytes(file.Path).AsSpan().SequenceEqual(File.ReadAllBytes(plain.Path)), $"blocks of {block}: the same bytes as Append writes");
+        }
+    }
+
+    [Fact]
     public void TheWriterRefusesWrongShapesAndAnIncompleteMatrixAndLeavesNoFileWhenAbandoned()
     {
         using var scope = NewDisposeScope();

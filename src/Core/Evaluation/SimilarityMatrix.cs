@@ -311,6 +311,19 @@ public sealed class SimilarityFile : SimilarityMatrix
         /// </summary>
         public void Append(Tensor block)
         {
+            if (AppendDeferringWrite(block))
+            {
+                WritePanel();
+            }
+        }
+
+        /// <summary>
+        /// Appends the next columns as <see cref="Append"/> does, except that a panel the block fills exactly is left for the caller to
+        /// write with <see cref="WritePanel"/> (else the next append writes it first), e.g. on another thread beside other files' writes: returns
+        /// whether one waits. A panel filled before the end of the block is written here, as <see cref="Append"/> writes it.
+        /// </summary>
+        public bool AppendDeferringWrite(Tensor block)
+        {
             ArgumentNullException.ThrowIfNull(block);
             ObjectDisposedException.ThrowIf(_done, this);
             if (block.shape.Length != 2 || block.shape[0] != Rows || _written + _filled + block.shape[1] > Columns)
@@ -329,9 +342,31 @@ public sealed class SimilarityFile : SimilarityMatrix
                 taken += part;
                 if (_filled == width)
                 {
+                    if (taken == b)
+                    {
+                        return true;
+                    }
+
                     Flush();
                 }
             }
+
+            return false;
+        }
+
+        /// <summary>
+        /// Writes the panel <see cref="AppendDeferringWrite"/> left full. File I/O only (no tensor operation), so writers of different
+        /// files may write their panels at the same time.
+        /// </summary>
+        public void WritePanel()
+        {
+            ObjectDisposedException.ThrowIf(_done, this);
+            if (_filled == 0 || _filled != PanelCapacity)
+            {
+                throw new InvalidOperationException(FormattableString.Invariant($"The panel holds {_filled} of {PanelCapacity} columns; only a full panel is written."));
+            }
+
+            Flush();
         }
 
         /// <summary>Writes the last panel and opens the file for reading; every column must have been appended.</summary>

@@ -10,7 +10,7 @@ namespace ScalableCache.Core.Features;
 /// <summary>Settings of a whole-data-set extraction.</summary>
 public sealed class FeatureExtractionOptions
 {
-    /// <summary>Images per forward pass.</summary>
+    /// <summary>Images per batch (the network sees at most <see cref="LayerTapExtractor.ForwardBatchSize"/> of them per call).</summary>
     public int BatchSize { get; set; } = 256;
 
     /// <summary>Device the batches are sent to; the model's own device when <see langword="null"/> (the model must already be there).</summary>
@@ -650,18 +650,43 @@ public static class DatasetFeatureExtractor
                 }
             }
 
+            // The tensor work first, on this thread; then the files' writes (each layer's keys, and the similarity panels this batch
+            // filled) side by side, one file per thread: copying into the page cache is most of the writing, and one file's writes
+            // run one at a time.
+            var writes = new List<Action>();
             for (var i = 0; i < activations.Length; i++)
             {
                 var (unit, norm) = LayerSink.UnitKeys(activations[i]);
                 _norms![i].narrow(0, start, n).copy_(norm);
                 var keys = unit.device_type == DeviceType.CPU ? unit : unit.cpu();
-                _writer.Append(i, keys);
+                var layer = i;
+                writes.Add(() => _writer.Append(layer, keys));
                 if (_similarities is not null)
                 {
                     var product = _queries![i].mm(keys.t());
-                    _similarities[i].Append(product); // batches come in order
-                    _exact?[i].Append(product);
+                    foreach (var file in _exact is null ? [_similarities[i]] : new[] { _similarities[i], _exact[i] })
+                    {
+                        if (file.AppendDeferringWrite(product)) // batches come in order
+                        {
+                            writes.Add(file.WritePanel);
+                        }
+                    }
                 }
+            }
+
+            WriteSideBySide(writes);
+        }
+
+        private static void WriteSideBySide(List<Action> writes)
+        {
+            try
+            {
+                Parallel.Invoke(new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, [.. writes]);
+            }
+            catch (AggregateException e) when (e.InnerExceptions.Count >= 1)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw(); // e.g. the disk's IOException, as one write throws it
+                throw;
             }
         }
 

@@ -38,6 +38,13 @@ public sealed class LayerTapExtractor : IDisposable
     private readonly List<Action> _removers = [];
     private bool _disposed;
     private bool _active;
+    private int _forwardBatchSize = DefaultForwardBatchSize;
+
+    /// <summary>
+    /// The default <see cref="ForwardBatchSize"/>: 128 images. On a 2-core Xeon with 2 MiB of L2 per core the CIFAR ResNets ran
+    /// 1.15–1.4× as fast in slices of 128 as in batches of 256, with bit-identical outputs; 512 was slower still.
+    /// </summary>
+    public const int DefaultForwardBatchSize = 128;
 
     /// <summary>Creates the extractor and hooks the named modules of <paramref name="model"/>.</summary>
     /// <param name="model">The model, images → logits (not owned: the caller disposes it after this extractor).</param>
@@ -120,6 +127,21 @@ public sealed class LayerTapExtractor : IDisposable
     public IReadOnlyList<string> Layers => _layers;
 
     /// <summary>
+    /// Most images a model in eval mode sees in one call (<see cref="ForwardActivations"/>); default
+    /// <see cref="DefaultForwardBatchSize"/>. Larger batches are run in slices of this many, with the same outputs.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException">Set to less than 1.</exception>
+    public int ForwardBatchSize
+    {
+        get => _forwardBatchSize;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegativeOrZero(value);
+            _forwardBatchSize = value;
+        }
+    }
+
+    /// <summary>
     /// Runs one forward pass on normalised images <c>[b, C, H, W]</c> (on the model's device) under <c>no_grad</c> and returns
     /// the keys <c>[b, D]</c>, logits and probabilities of that pass, on the model's device.
     /// </summary>
@@ -151,11 +173,41 @@ public sealed class LayerTapExtractor : IDisposable
     /// One forward pass on normalised images under the caller's gradient mode: the logits and each tapped layer's activation
     /// flattened per example (<c>[b, D_l]</c>, in <see cref="Layers"/> order). All join the caller's dispose scope.
     /// </summary>
+    /// <remarks>
+    /// A model in eval mode sees at most <see cref="ForwardBatchSize"/> images per call: a larger batch goes through it in slices and
+    /// the slices' outputs are concatenated. That changes no value (in eval mode an image's outputs do not depend on the other images
+    /// of its batch) but keeps each layer's activations small enough to stay in the cores' caches. A model in training mode (batch
+    /// statistics) always sees the whole batch.
+    /// </remarks>
     /// <exception cref="InvalidOperationException">A tapped module did not run exactly once in the pass.</exception>
     public (Tensor Logits, Tensor[] Activations) ForwardActivations(Tensor images)
     {
         ArgumentNullException.ThrowIfNull(images);
         ObjectDisposedException.ThrowIf(_disposed, this);
+        var count = images.dim() > 0 ? images.shape[0] : 0;
+        if (count <= ForwardBatchSize || _model.training)
+        {
+            return ForwardOnce(images);
+        }
+
+        using var scope = NewDisposeScope();
+        var logits = new List<Tensor>();
+        var parts = _layers.Select(_ => new List<Tensor>()).ToArray();
+        for (long start = 0; start < count; start += ForwardBatchSize)
+        {
+            var (sliceLogits, sliceParts) = ForwardOnce(images.narrow(0, start, Math.Min(ForwardBatchSize, count - start)));
+            logits.Add(sliceLogits);
+            for (var i = 0; i < parts.Length; i++)
+            {
+                parts[i].Add(sliceParts[i]);
+            }
+        }
+
+        return (cat(logits, 0).MoveToOuterDisposeScope(), [.. parts.Select(p => cat(p, 0).MoveToOuterDisposeScope())]);
+    }
+
+    private (Tensor Logits, Tensor[] Activations) ForwardOnce(Tensor images)
+    {
         Array.Clear(_fired);
         _active = true;
         try

@@ -235,6 +235,7 @@ internal sealed class ExperimentSession(
             InputShape = model.Input,
             KeyNormalization = model.Spec.NeedsPixelStatistics ? KeyNormalization.Concatenated : KeyNormalization.PerLayer,
             BatchSize = BatchSize,
+            ForwardBatchSize = torchRuntime.ForwardBatchSize,
             Device = model.Device,
             Model = model.Id,
             Progress = progress,
@@ -264,6 +265,7 @@ internal sealed class ExperimentSession(
                     Model = model.Id,
                     Flip = flip,
                     BatchSize = BatchSize,
+                    ForwardBatchSize = torchRuntime.ForwardBatchSize,
                     Device = model.Device,
                 });
             }
@@ -322,6 +324,7 @@ internal sealed class ExperimentSession(
             Providers = providers.Factories,
             Model = model.Id,
             BatchSize = BatchSize,
+            ForwardBatchSize = torchRuntime.ForwardBatchSize,
             Device = model.Device,
         };
     }
