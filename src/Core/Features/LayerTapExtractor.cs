@@ -42,7 +42,7 @@ public sealed class LayerTapExtractor : IDisposable
 
     /// <summary>
     /// The default <see cref="ForwardBatchSize"/>: 128 images. On a 2-core Xeon with 2 MiB of L2 per core the CIFAR ResNets ran
-    /// 1.15–1.4× as fast in slices of 128 as in batches of 256, with bit-identical outputs; 512 was slower still.
+    /// 1.1–1.4× as fast in slices of 128 as in batches of 256, with bit-identical outputs; 512 was slower still.
     /// </summary>
     public const int DefaultForwardBatchSize = 128;
 
