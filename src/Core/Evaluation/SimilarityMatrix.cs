@@ -355,8 +355,8 @@ public sealed class SimilarityFile : SimilarityMatrix
         }
 
         /// <summary>
-        /// Writes the panel <see cref="AppendDeferringWrite"/> left full. File I/O only (no tensor operation), so writers of different
-        /// files may write their panels at the same time.
+        /// Writes the panel <see cref="AppendDeferringWrite"/> left full. Writers of different files may write their panels at the same
+        /// time: a full-width panel is written as it is (file I/O only); the last, narrower one is first copied to a contiguous tensor.
         /// </summary>
         public void WritePanel()
         {

@@ -683,10 +683,9 @@ public static class DatasetFeatureExtractor
             {
                 Parallel.Invoke(new ParallelOptions { MaxDegreeOfParallelism = Environment.ProcessorCount }, [.. writes]);
             }
-            catch (AggregateException e) when (e.InnerExceptions.Count >= 1)
+            catch (AggregateException e) when (e.InnerExceptions.Count > 0)
             {
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw(); // e.g. the disk's IOException, as one write throws it
-                throw;
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerExceptions[0]); // e.g. the disk's IOException, as one write throws it
             }
         }
 
